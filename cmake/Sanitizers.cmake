@@ -1,0 +1,10 @@
+# MPX_SANITIZE=address -> AddressSanitizer + UndefinedBehaviorSanitizer; =thread -> ThreadSanitizer.
+if(MPX_SANITIZE STREQUAL "address")
+  add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+  add_link_options(-fsanitize=address,undefined)
+elseif(MPX_SANITIZE STREQUAL "thread")
+  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=thread)
+elseif(NOT MPX_SANITIZE STREQUAL "")
+  message(FATAL_ERROR "MPX_SANITIZE must be '', 'address' or 'thread' (got '${MPX_SANITIZE}')")
+endif()
