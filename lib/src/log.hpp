@@ -5,4 +5,7 @@
 
 namespace mpx::detail {
 spdlog::logger& logger();
+// In a freshly forked child: another thread of the parent may have held the sink's mutex
+// at fork time, so the child swaps in a new logger and abandons the old one.
+void reset_logger_after_fork();
 }  // namespace mpx::detail
