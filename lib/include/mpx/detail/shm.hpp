@@ -1,0 +1,54 @@
+// Memory shared with every process forked after it was made.
+//
+// mpx's process-shared objects reach other processes only by fork inheritance, so they live in
+// anonymous MAP_SHARED mappings: nothing has a name in /dev/shm, and the kernel frees the pages
+// when the last process holding the mapping unmaps it or dies — crashes cannot leak them.
+#pragma once
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <memory>
+#include <new>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+
+namespace mpx::detail {
+
+// Maps `bytes` of zeroed shared memory. With `lazy`, pages are committed only when touched
+// (MAP_NORESERVE), so a large byte budget costs nothing until used.
+inline void* map_shared(std::size_t bytes, bool lazy = false) {
+  int flags = MAP_SHARED | MAP_ANONYMOUS | (lazy ? MAP_NORESERVE : 0);
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap(MAP_SHARED)");
+  return p;
+}
+
+inline void unmap_shared(void* p, std::size_t bytes) noexcept { ::munmap(p, bytes); }
+
+// Constructs a T in its own shared mapping (plus `extra` trailing bytes). The returned handle
+// unmaps this process's view when its last copy goes; ~T never runs, because other processes
+// may still be using the object — so T must not own process-local resources.
+template <class T, class... Args>
+std::shared_ptr<T> make_shared_object_with_extra(std::size_t extra, Args&&... args) {
+  static_assert(std::is_trivially_destructible_v<T>,
+                "objects in shared memory outlive any one process: keep them trivially destructible");
+  std::size_t bytes = sizeof(T) + extra;
+  void* p = map_shared(bytes, extra > (std::size_t{1} << 20));
+  try {
+    T* obj = ::new (p) T(std::forward<Args>(args)...);
+    return std::shared_ptr<T>(obj, [bytes](T* o) { unmap_shared(o, bytes); });
+  } catch (...) {
+    unmap_shared(p, bytes);
+    throw;
+  }
+}
+
+template <class T, class... Args>
+std::shared_ptr<T> make_shared_object(Args&&... args) {
+  return make_shared_object_with_extra<T>(0, std::forward<Args>(args)...);
+}
+
+}  // namespace mpx::detail
