@@ -10,19 +10,45 @@ namespace mpx {
 struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-struct TimeoutError : Error { using Error::Error; };         // a timed wait ran out
-struct Empty : Error { using Error::Error; };                // get() on an empty queue
-struct Full : Error { using Error::Error; };                 // put() on a full bounded queue
-struct KeyError : Error { using Error::Error; };             // missing key / attribute
-struct ValueError : Error { using Error::Error; };           // a bad argument
-struct StateError : Error { using Error::Error; };           // the object is in the wrong state
-struct IndexError : Error { using Error::Error; };           // index out of range
-struct ConnectionError : Error { using Error::Error; };      // connect/bind failed, peer gone
-struct ConnectionClosed : ConnectionError { using ConnectionError::ConnectionError; };  // EOF
-struct AuthenticationError : Error { using Error::Error; };  // authkey handshake failed
-struct ProtocolError : Error { using Error::Error; };        // malformed or oversized frame
-struct TypeMismatch : Error { using Error::Error; };         // named object opened as another type
-struct BrokenBarrierError : Error { using Error::Error; };
+struct TimeoutError : Error {
+  using Error::Error;
+};  // a timed wait ran out
+struct Empty : Error {
+  using Error::Error;
+};  // get() on an empty queue
+struct Full : Error {
+  using Error::Error;
+};  // put() on a full bounded queue
+struct KeyError : Error {
+  using Error::Error;
+};  // missing key / attribute
+struct ValueError : Error {
+  using Error::Error;
+};  // a bad argument
+struct StateError : Error {
+  using Error::Error;
+};  // the object is in the wrong state
+struct IndexError : Error {
+  using Error::Error;
+};  // index out of range
+struct ConnectionError : Error {
+  using Error::Error;
+};  // connect/bind failed, peer gone
+struct ConnectionClosed : ConnectionError {
+  using ConnectionError::ConnectionError;
+};  // EOF
+struct AuthenticationError : Error {
+  using Error::Error;
+};  // authkey handshake failed
+struct ProtocolError : Error {
+  using Error::Error;
+};  // malformed or oversized frame
+struct TypeMismatch : Error {
+  using Error::Error;
+};  // named object opened as another type
+struct BrokenBarrierError : Error {
+  using Error::Error;
+};
 
 // An exception thrown by user code in another process.
 struct RemoteError : Error {
