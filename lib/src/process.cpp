@@ -1,0 +1,518 @@
+#include "mpx/process.hpp"
+
+#include <cxxabi.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <iostream>
+#include <thread>
+#include <typeinfo>
+
+#include "log.hpp"
+
+namespace mpx {
+namespace detail {
+namespace {
+
+// A daemon's parent gets this long to let SIGTERM end it before ~Process sends SIGKILL.
+constexpr std::chrono::seconds kDaemonGrace{1};
+
+std::string errno_text(int err) { return std::error_code(err, std::generic_category()).message(); }
+
+std::string demangle(const char* mangled) {
+  int status = 0;
+  char* out = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
+  std::string result = (status == 0 && out) ? out : mangled;
+  std::free(out);
+  return result;
+}
+
+bool have_pidfd() {
+  static const bool have = [] {
+    int fd = static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0));
+    if (fd < 0) return false;
+    ::close(fd);
+    return true;
+  }();
+  return have;
+}
+
+// What this process knows about itself and the Processes it started. A forked child replaces it
+// (another thread of the parent may have held the mutex at fork time); the old one is kept
+// reachable through `abandoned` so leak checkers do not flag it.
+struct Globals {
+  std::mutex m;
+  ProcessInfo current{"MainProcess", 0, false};
+  std::optional<ProcessInfo> parent;
+  std::string identity;  // "" in the main process, "1" in Process-1, "1:2" in its second child
+  unsigned counter = 0;
+  std::vector<std::weak_ptr<ChildProcess>> children;
+  Globals* abandoned = nullptr;
+};
+
+std::atomic<Globals*> g_globals{nullptr};
+
+Globals& globals() {
+  static Globals* first = [] {
+    auto* g = new Globals;
+    g_globals.store(g, std::memory_order_release);
+    return g;
+  }();
+  (void)first;
+  return *g_globals.load(std::memory_order_acquire);
+}
+
+struct ForkRequest {
+  const ForkOptions* options;
+  ChildFn fn;
+  void* ctx;
+  sigset_t mask;
+  pid_t parent;
+  int pipe_read;
+  pid_t pid = -1;
+  int err = 0;
+  bool done = false;
+};
+
+// The thread that forks die-with-parent children for threads other than the main one: it lives
+// until the process ends, so PDEATHSIG (tied to the forking thread) means "the process died".
+struct Forker {
+  std::mutex m;
+  std::condition_variable cv;
+  std::deque<ForkRequest*> queue;
+  bool running = false;
+  Forker* abandoned = nullptr;
+};
+
+std::atomic<Forker*> g_forker{nullptr};
+
+Forker& forker() {
+  static Forker* first = [] {
+    auto* f = new Forker;
+    g_forker.store(f, std::memory_order_release);
+    return f;
+  }();
+  (void)first;
+  return *g_forker.load(std::memory_order_acquire);
+}
+
+// In the child, before any user code: start from a clean slate for everything mpx keeps.
+void after_fork_in_child(const ForkOptions& options, pid_t parent_pid) {
+  reset_logger_after_fork();
+
+  Globals& old = globals();
+  auto* g = new Globals;
+  g->abandoned = &old;
+  g->parent = ProcessInfo{old.current.name, parent_pid, old.current.daemon};
+  g->current = ProcessInfo{options.name.empty() ? old.current.name : options.name, 0, options.daemon};
+  g->identity = options.identity;
+  g_globals.store(g, std::memory_order_release);
+
+  Forker& old_forker = forker();
+  auto* f = new Forker;
+  f->abandoned = &old_forker;
+  g_forker.store(f, std::memory_order_release);
+}
+
+void report_exception(const std::string& header) noexcept {
+  try {
+    std::string type = "unknown exception";
+    std::string what;
+    try {
+      throw;
+    } catch (const std::exception& e) {
+      type = demangle(typeid(e).name());
+      what = e.what();
+    } catch (...) {
+      if (const std::type_info* t = abi::__cxa_current_exception_type()) type = demangle(t->name());
+    }
+    std::string text = header + "\n" + type + (what.empty() ? "" : ": " + what) + "\n";
+    std::fflush(stdout);
+    std::fputs(text.c_str(), stderr);
+    std::fflush(stderr);
+  } catch (...) {
+  }
+}
+
+[[noreturn]] void child_main(const ForkRequest& req) {
+  const ForkOptions& options = *req.options;
+  if (options.die_with_parent) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    // The parent may have died between fork and prctl: then nobody will send the signal.
+    if (::getppid() != req.parent) ::raise(SIGKILL);
+  }
+  ::pthread_sigmask(SIG_SETMASK, &req.mask, nullptr);
+  if (req.pipe_read >= 0) ::close(req.pipe_read);
+  int status = 1;
+  try {
+    after_fork_in_child(options, req.parent);
+    status = req.fn(req.ctx);
+  } catch (...) {
+    report_exception("mpx child " + options.name + ":");
+    status = 1;
+  }
+  flush_std_streams();
+  ::_exit(status);
+}
+
+void do_fork(ForkRequest& req) {
+  pid_t pid = ::fork();
+  if (pid == 0) child_main(req);
+  req.pid = pid;
+  req.err = pid < 0 ? errno : 0;
+}
+
+void forker_main(Forker* f) {
+  // Signals for the process must land on the caller's threads, not here; the child restores the
+  // caller's mask anyway.
+  sigset_t all;
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
+  std::unique_lock lock(f->m);
+  for (;;) {
+    f->cv.wait(lock, [&] { return !f->queue.empty(); });
+    ForkRequest* req = f->queue.front();
+    f->queue.pop_front();
+    lock.unlock();
+    do_fork(*req);
+    lock.lock();
+    req->done = true;
+    f->cv.notify_all();
+  }
+}
+
+void fork_on_forker(ForkRequest& req) {
+  Forker& f = forker();
+  std::unique_lock lock(f.m);
+  if (!f.running) {
+    std::thread(forker_main, &f).detach();  // throws std::system_error if no thread can be had
+    f.running = true;
+  }
+  f.queue.push_back(&req);
+  f.cv.notify_all();
+  f.cv.wait(lock, [&] { return req.done; });
+}
+
+int exitcode_from_status(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return -WTERMSIG(status);
+  return status;
+}
+
+}  // namespace
+
+struct ChildProcess::Private {};
+
+void flush_std_streams() noexcept {
+  std::fflush(nullptr);
+  try {
+    std::cout.flush();
+    std::cerr.flush();
+    std::clog.flush();
+    std::wcout.flush();
+    std::wcerr.flush();
+    std::wclog.flush();
+  } catch (...) {
+  }
+}
+
+std::shared_ptr<ChildProcess> fork_child_raw(const ForkOptions& options, ChildFn fn, void* ctx) {
+  int pipe_fds[2] = {-1, -1};
+  if (!have_pidfd() && ::pipe2(pipe_fds, O_CLOEXEC) != 0)
+    throw Error("cannot start a child: pipe: " + errno_text(errno));
+  ForkRequest req{&options, fn, ctx, {}, ::getpid(), pipe_fds[0]};
+  ::pthread_sigmask(SIG_SETMASK, nullptr, &req.mask);
+  flush_std_streams();
+  // The main thread lives as long as the process; any other thread may exit first, and would
+  // take PDEATHSIG children with it, so those forks go through the long-lived internal thread.
+  if (options.die_with_parent && ::gettid() != ::getpid())
+    fork_on_forker(req);
+  else
+    do_fork(req);
+  if (pipe_fds[1] >= 0) ::close(pipe_fds[1]);
+  if (req.pid < 0) {
+    if (pipe_fds[0] >= 0) ::close(pipe_fds[0]);
+    throw Error("cannot start a child: fork: " + errno_text(req.err));
+  }
+  int fd = pipe_fds[0];
+  bool is_pidfd = false;
+  if (have_pidfd()) {
+    fd = static_cast<int>(::syscall(SYS_pidfd_open, req.pid, 0));
+    is_pidfd = fd >= 0;
+  }
+  return std::make_shared<ChildProcess>(ChildProcess::Private{}, req.pid, fd, is_pidfd);
+}
+
+ChildProcess::ChildProcess(const Private&, pid_t pid, int fd, bool pidfd)
+    : pid_(pid), fd_(fd), pidfd_(pidfd), owner_(::getpid()) {}
+
+ChildProcess::~ChildProcess() {
+  if (owned_here() && !poll()) {
+    signal(SIGKILL);
+    int status = 0;
+    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+  }
+  if (fd_ >= 0) ::close(fd_);
+}
+
+bool ChildProcess::owned_here() const { return ::getpid() == owner_; }
+
+bool ChildProcess::poll() {
+  std::lock_guard lock(m_);
+  if (ended_) return true;
+  if (!owned_here()) return false;
+  int status = 0;
+  pid_t r;
+  do r = ::waitpid(pid_, &status, WNOHANG);
+  while (r < 0 && errno == EINTR);
+  if (r == 0) return false;
+  ended_ = true;
+  if (r == pid_) {
+    exitcode_ = exitcode_from_status(status);
+  } else {
+    logger().warn("child {} was reaped elsewhere (SIGCHLD ignored or waitpid(-1)?): exit code unknown", pid_);
+  }
+  return true;
+}
+
+bool ChildProcess::wait(Timeout timeout) {
+  Deadline deadline(timeout);
+  for (;;) {
+    if (poll()) return true;
+    if (deadline.expired()) return false;
+    int ms = deadline.poll_ms();
+    // A pipe sentinel may be held open by a grandchild, and without any fd there is nothing to
+    // poll: check the status at a short interval then.
+    if (!pidfd_ && (ms < 0 || ms > 20)) ms = 20;
+    if (fd_ >= 0) {
+      pollfd p{fd_, POLLIN, 0};
+      ::poll(&p, 1, ms);
+    } else {
+      ::poll(nullptr, 0, ms);
+    }
+  }
+}
+
+std::optional<int> ChildProcess::exitcode() const {
+  std::lock_guard lock(m_);
+  return exitcode_;
+}
+
+bool ChildProcess::ended() const {
+  std::lock_guard lock(m_);
+  return ended_;
+}
+
+bool ChildProcess::signal(int sig) {
+  std::lock_guard lock(m_);
+  if (ended_ || !owned_here()) return false;
+  int r =
+      pidfd_ ? static_cast<int>(::syscall(SYS_pidfd_send_signal, fd_, sig, nullptr, 0)) : ::kill(pid_, sig);
+  return r == 0;
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+
+struct Process::State {
+  std::string name;
+  bool daemon = false;
+  std::string identity;
+  pid_t created_in = 0;
+  std::unique_ptr<detail::Target> target;
+  std::shared_ptr<detail::ChildProcess> child;
+};
+
+Process::Process(Options options, std::unique_ptr<detail::Target> target)
+    : state_(std::make_unique<State>()) {
+  auto& g = detail::globals();
+  unsigned n;
+  std::string prefix;
+  {
+    std::lock_guard lock(g.m);
+    n = ++g.counter;
+    prefix = g.identity;
+  }
+  state_->identity = prefix.empty() ? std::to_string(n) : prefix + ":" + std::to_string(n);
+  state_->name = options.name.empty() ? "Process-" + state_->identity : std::move(options.name);
+  state_->daemon = options.daemon;
+  state_->created_in = ::getpid();
+  state_->target = std::move(target);
+}
+
+Process::Process(Process&&) noexcept = default;
+
+Process& Process::operator=(Process&& other) noexcept {
+  if (this != &other) {
+    finish();
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+
+Process::~Process() { finish(); }
+
+void Process::finish() noexcept {
+  if (!state_ || !state_->child) return;
+  auto& child = *state_->child;
+  if (!child.owned_here()) return;
+  try {
+    if (state_->daemon) {
+      if (!child.poll()) {
+        child.signal(SIGTERM);
+        if (!child.wait(detail::kDaemonGrace)) {
+          child.signal(SIGKILL);
+          child.wait();
+        }
+      }
+    } else {
+      child.wait();
+    }
+  } catch (...) {
+  }
+}
+
+Process::State& Process::checked_owner(const char* what) const {
+  if (!state_) throw StateError(std::string("Process::") + what + ": moved-from Process");
+  pid_t owner = state_->child ? (state_->child->owned_here() ? ::getpid() : -1) : state_->created_in;
+  if (owner != ::getpid())
+    throw StateError(std::string("Process::") + what + ": only the process that started " + state_->name +
+                     " may do this");
+  return *state_;
+}
+
+void Process::start() {
+  State& s = checked_owner("start");
+  if (s.child) throw StateError("Process::start: " + s.name + " was already started");
+  detail::ForkOptions options{s.name, s.daemon, s.daemon, s.identity};
+  auto body = [&s]() -> int {
+    try {
+      s.target->run();
+      return 0;
+    } catch (...) {
+      detail::report_exception("Process " + s.name + ":");
+      return 1;
+    }
+  };
+  s.child = detail::fork_child(options, body);
+  s.target.reset();
+  auto& g = detail::globals();
+  std::lock_guard lock(g.m);
+  std::erase_if(g.children, [](const auto& w) {
+    auto c = w.lock();
+    return !c || c->ended();
+  });
+  g.children.push_back(s.child);
+}
+
+bool Process::join(Timeout timeout) {
+  State& s = checked_owner("join");
+  if (!s.child) throw StateError("Process::join: " + s.name + " was not started");
+  return s.child->wait(timeout);
+}
+
+bool Process::is_alive() const {
+  State& s = checked_owner("is_alive");
+  return s.child && !s.child->poll();
+}
+
+std::optional<int> Process::exitcode() const {
+  State& s = checked_owner("exitcode");
+  if (!s.child) return std::nullopt;
+  s.child->poll();
+  return s.child->exitcode();
+}
+
+pid_t Process::pid() const { return state_ && state_->child ? state_->child->pid() : 0; }
+
+const std::string& Process::name() const {
+  if (!state_) throw StateError("Process::name: moved-from Process");
+  return state_->name;
+}
+
+bool Process::daemon() const {
+  if (!state_) throw StateError("Process::daemon: moved-from Process");
+  return state_->daemon;
+}
+
+void Process::terminate() {
+  State& s = checked_owner("terminate");
+  if (!s.child) throw StateError("Process::terminate: " + s.name + " was not started");
+  s.child->signal(SIGTERM);
+}
+
+void Process::kill() {
+  State& s = checked_owner("kill");
+  if (!s.child) throw StateError("Process::kill: " + s.name + " was not started");
+  s.child->signal(SIGKILL);
+}
+
+int Process::sentinel() const {
+  if (!state_ || !state_->child) throw StateError("Process::sentinel: the process was not started");
+  return state_->child->sentinel();
+}
+
+ProcessInfo current_process() {
+  auto& g = detail::globals();
+  ProcessInfo info = g.current;  // immutable once this process runs user code
+  info.pid = ::getpid();
+  return info;
+}
+
+std::optional<ProcessInfo> parent_process() { return detail::globals().parent; }
+
+std::vector<pid_t> active_children() {
+  auto& g = detail::globals();
+  std::vector<std::shared_ptr<detail::ChildProcess>> children;
+  {
+    std::lock_guard lock(g.m);
+    for (auto& w : g.children)
+      if (auto c = w.lock()) children.push_back(std::move(c));
+  }
+  std::vector<pid_t> live;
+  for (auto& c : children)
+    if (!c->poll()) live.push_back(c->pid());
+  std::lock_guard lock(g.m);
+  std::erase_if(g.children, [](const auto& w) {
+    auto c = w.lock();
+    return !c || c->ended();
+  });
+  return live;
+}
+
+unsigned cpu_count() {
+  for (int n = 1024; n <= (1 << 20); n *= 2) {
+    cpu_set_t* set = CPU_ALLOC(n);
+    if (!set) break;
+    std::size_t size = CPU_ALLOC_SIZE(n);
+    CPU_ZERO_S(size, set);
+    if (::sched_getaffinity(0, size, set) == 0) {
+      int count = CPU_COUNT_S(size, set);
+      CPU_FREE(set);
+      return count > 0 ? static_cast<unsigned>(count) : 1u;
+    }
+    int err = errno;
+    CPU_FREE(set);
+    if (err != EINVAL) break;
+  }
+  unsigned hw = std::thread::hardware_concurrency();
+  return hw ? hw : 1u;
+}
+
+}  // namespace mpx
