@@ -1,0 +1,298 @@
+// Message-oriented sockets, byte-compatible with Python's multiprocessing.connection:
+// the same framing for send_bytes/recv_bytes and the same authkey handshake, so a Python
+// Client/Listener and an mpx one talk to each other.
+//
+//   mpx::Listener listener(mpx::Address::parse("unix:/tmp/echo.sock"), 128, "secret");
+//   mpx::Connection c = listener.accept();            // handshake done, or AuthenticationError
+//   c.send(std::vector<int>{1, 2, 3});                 // any transferable value
+//   mpx::Bytes raw = c.recv_bytes();                   // or whole byte messages
+//
+// Blocking calls suit one connection per thread or wait() over several; rebind() moves a
+// connection onto your Boost.Asio executor for async_send_bytes / async_recv_bytes (any
+// completion token: callbacks, use_future, use_awaitable ...).
+#pragma once
+
+#include <mpx/errors.hpp>
+#include <mpx/proto/frame.hpp>
+#include <mpx/serialize.hpp>
+#include <mpx/timeout.hpp>
+
+// GCC's -Wnull-dereference flags code inlined from Asio's scheduler; the pragma keeps
+// users' -Werror builds working (it takes effect where those headers are first included).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnull-dereference"
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/compose.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/write.hpp>
+#pragma GCC diagnostic pop
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace mpx {
+
+// Where a Listener listens and a Client connects.
+class Address {
+ public:
+  enum class Kind { unix_path, abstract, tcp };
+
+  static Address unix_path(std::string path);                // filesystem Unix socket
+  static Address abstract(std::string name);                 // Linux abstract namespace (no file)
+  static Address tcp(std::string host, std::uint16_t port);  // IPv6 host without brackets: tcp("::1", p)
+  // "unix:/path", "unix:@name", "tcp:host:port", "tcp:[::1]:port"; ValueError otherwise.
+  static Address parse(std::string_view text);
+
+  std::string str() const;  // exactly the forms parse() reads; round-trips
+  bool operator==(const Address&) const = default;
+
+  Kind kind() const noexcept { return kind_; }
+  const std::string& path() const noexcept { return name_; }  // the path, or the abstract name
+  const std::string& host() const noexcept { return name_; }
+  std::uint16_t port() const noexcept { return port_; }
+
+ private:
+  Address(Kind kind, std::string name, std::uint16_t port);
+  Kind kind_;
+  std::string name_;
+  std::uint16_t port_ = 0;
+};
+
+namespace detail {
+struct ConnectionState;
+using AsyncSocket = boost::asio::generic::stream_protocol::socket;
+}  // namespace detail
+
+class Connection;
+class Listener;
+
+// The indices of the connections that have a message (or EOF) ready, waiting up to `timeout`
+// for at least one; empty on timeout.
+std::vector<std::size_t> wait(std::span<Connection* const> connections, Timeout timeout = forever);
+std::vector<std::size_t> wait(std::initializer_list<Connection*> connections, Timeout timeout = forever);
+
+// One end of a message channel. Movable, not copyable; the descriptor is closed on
+// destruction. Not safe for concurrent use from several threads.
+class Connection {
+ public:
+  Connection() noexcept;  // a closed connection, for assigning later
+  // Adopts a connected stream socket (made close-on-exec). A half-duplex end passes
+  // readable/writable; the other direction then throws StateError.
+  explicit Connection(int fd, bool readable = true, bool writable = true);
+  Connection(Connection&&) noexcept;
+  Connection& operator=(Connection&&) noexcept;
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+  ~Connection();
+
+  // One message; ConnectionClosed if the peer is gone. StateError on a closed connection.
+  void send_bytes(std::span<const std::byte> message);
+  void send_bytes(std::string_view message);
+  // The next message. ConnectionClosed at EOF (also mid-message); a length above
+  // `maxlength` (default: max_message()) or a malformed header throws ProtocolError and
+  // closes the connection.
+  Bytes recv_bytes(std::optional<std::size_t> maxlength = {});
+  // The same into `buffer` (resized to the message, its capacity reused); returns the size.
+  std::size_t recv_bytes_into(Bytes& buffer, std::optional<std::size_t> maxlength = {});
+  void set_max_message(std::size_t max_length);  // default 1 GiB
+  std::size_t max_message() const noexcept;
+
+  template <class T>
+  void send(const T& value);  // encode<T> + send_bytes
+  template <class T>
+  T recv();  // recv_bytes + decode<T>; the connection's cap applies
+
+  // Is a message (or EOF) ready to read? Waits up to `timeout`; forever with mpx::forever.
+  bool poll(Timeout timeout = std::chrono::nanoseconds{0});
+
+  void close();
+  bool closed() const noexcept;
+  int fileno() const;  // StateError when closed
+  bool readable() const noexcept;
+  bool writable() const noexcept;
+
+  // Boost.Asio: one outstanding async operation per direction; the caller's buffer must
+  // outlive it. Until rebind() the async operations throw StateError.
+  using executor_type = boost::asio::any_io_executor;
+  executor_type get_executor() const noexcept;
+  void rebind(executor_type executor);
+
+  // Completes with (error_code). Errors: boost::asio::error::broken_pipe etc. from the socket.
+  template <class Token>
+  auto async_send_bytes(std::span<const std::byte> message, Token&& token);
+  // Completes with (error_code, Bytes). boost::asio::error::eof at EOF;
+  // boost::asio::error::message_size above max_message() and boost::system::errc::protocol_error
+  // for a malformed header (both close the connection).
+  template <class Token>
+  auto async_recv_bytes(Token&& token);
+
+ private:
+  std::span<const std::byte> recv_view(std::optional<std::size_t> maxlength);  // valid until the next call
+  Bytes& encode_buffer();
+  void release_encode_buffer() noexcept;
+  detail::ConnectionState& live() const;  // StateError when closed
+  explicit Connection(std::shared_ptr<detail::ConnectionState> state) noexcept;
+  friend class Listener;
+  friend std::vector<std::size_t> wait(std::span<Connection* const>, Timeout);
+
+  std::shared_ptr<detail::ConnectionState> s_;
+};
+
+// A connected pair. duplex=false: first only receives, second only sends.
+std::pair<Connection, Connection> Pipe(bool duplex = true);
+
+class Listener {
+ public:
+  // Binds and listens; ConnectionError if that fails. A filesystem socket is created with
+  // mode 0600 and removed on close/destruction (by the process that created it). With an
+  // authkey, accept() runs the handshake and hands out authenticated connections only; an
+  // empty authkey means no handshake (as in Python).
+  explicit Listener(Address address, int backlog = 128, std::optional<std::string> authkey = {});
+  Listener(Listener&&) noexcept;
+  Listener& operator=(Listener&&) noexcept;
+  Listener(const Listener&) = delete;
+  Listener& operator=(const Listener&) = delete;
+  ~Listener();
+
+  // The next peer. TimeoutError when `timeout` runs out; for a peer that fails the
+  // handshake: AuthenticationError (wrong key, garbage, or it stalls past
+  // handshake_timeout()), ProtocolError (frame over 256 bytes), ConnectionClosed (it left).
+  // The listener keeps working after any of them.
+  Connection accept(Timeout timeout = forever);
+  const Address& address() const noexcept;  // the bound address (tcp port 0 -> the real port)
+  void close();
+  bool closed() const noexcept;
+  int fileno() const;
+  // Longest a connected peer may take over the handshake (default 30 s).
+  void set_handshake_timeout(Timeout timeout) noexcept;
+  Timeout handshake_timeout() const noexcept;
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+// Connects (ConnectionError on failure) and, with an authkey, runs the handshake
+// (AuthenticationError if either side rejects the other).
+Connection Client(const Address& address, std::optional<std::string> authkey = {});
+
+// ---------------------------------------------------------------------------------------
+// Implementation of the templates.
+
+namespace detail {
+
+// Hooks the asynchronous operations below use; defined in connection.cpp.
+AsyncSocket& async_socket(ConnectionState& s);  // StateError unless open and rebound
+bool async_usable(const ConnectionState& s) noexcept;
+std::array<boost::asio::const_buffer, 2> async_send_buffers(ConnectionState& s,
+                                                            std::span<const std::byte> message);
+
+struct AsyncRecvNext {
+  boost::asio::mutable_buffer buffer;  // read into this, then async_recv_commit
+  boost::system::error_code error;     // the message cannot be received (connection now closed)
+  bool done = false;                   // a whole message is ready: async_recv_take
+};
+void async_recv_begin(ConnectionState& s);
+AsyncRecvNext async_recv_next(ConnectionState& s);
+void async_recv_commit(ConnectionState& s, std::size_t n);
+Bytes async_recv_take(ConnectionState& s);
+
+struct AsyncSendOp {
+  std::shared_ptr<ConnectionState> state;
+  std::array<boost::asio::const_buffer, 2> buffers;
+  bool started = false;
+
+  template <class Self>
+  void operator()(Self& self, boost::system::error_code ec = {}, std::size_t = 0) {
+    if (!started) {
+      started = true;
+      boost::asio::async_write(async_socket(*state), buffers, std::move(self));
+      return;
+    }
+    self.complete(ec);
+  }
+};
+
+struct AsyncRecvOp {
+  enum class Phase { start, reading, finish };
+  std::shared_ptr<ConnectionState> state;
+  Phase phase = Phase::start;
+  boost::system::error_code result{};
+
+  template <class Self>
+  void operator()(Self& self, boost::system::error_code ec = {}, std::size_t n = 0) {
+    switch (phase) {
+      case Phase::start:
+        async_recv_begin(*state);
+        break;
+      case Phase::reading:
+        if (!async_usable(*state)) return self.complete(boost::asio::error::operation_aborted, Bytes{});
+        if (ec) return self.complete(ec, Bytes{});
+        async_recv_commit(*state, n);
+        break;
+      case Phase::finish:
+        if (result) return self.complete(result, Bytes{});
+        return self.complete(result, async_recv_take(*state));
+    }
+    auto next = async_recv_next(*state);
+    if (next.error || next.done) {
+      result = next.error;
+      if (phase == Phase::start) {  // never complete inside the initiating call
+        phase = Phase::finish;
+        boost::asio::post(std::move(self));
+        return;
+      }
+      phase = Phase::finish;
+      (*this)(self);
+      return;
+    }
+    phase = Phase::reading;
+    async_socket(*state).async_read_some(next.buffer, std::move(self));
+  }
+};
+
+}  // namespace detail
+
+template <class T>
+void Connection::send(const T& value) {
+  Bytes& buffer = encode_buffer();
+  encode_append(buffer, value);
+  send_bytes(std::span<const std::byte>(buffer));
+  release_encode_buffer();
+}
+
+template <class T>
+T Connection::recv() {
+  return decode<T>(recv_view({}));
+}
+
+template <class Token>
+auto Connection::async_send_bytes(std::span<const std::byte> message, Token&& token) {
+  auto& socket = detail::async_socket(live());
+  auto buffers = detail::async_send_buffers(*s_, message);
+  return boost::asio::async_compose<Token, void(boost::system::error_code)>(detail::AsyncSendOp{s_, buffers},
+                                                                            token, socket);
+}
+
+template <class Token>
+auto Connection::async_recv_bytes(Token&& token) {
+  auto& socket = detail::async_socket(live());
+  return boost::asio::async_compose<Token, void(boost::system::error_code, Bytes)>(
+      detail::AsyncRecvOp{s_, detail::AsyncRecvOp::Phase::start, {}}, token, socket);
+}
+
+}  // namespace mpx
