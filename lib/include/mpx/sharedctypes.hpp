@@ -1,0 +1,126 @@
+// Values and arrays in shared memory, like Python's multiprocessing.Value / Array.
+//
+// Create them before forking; copies of the handle (in this process or inherited by children)
+// all refer to the same memory. Each carries an RLock (get_lock()) for compound updates:
+//
+//   mpx::Value<long> counter(0);
+//   { std::lock_guard g(counter.get_lock()); counter.store(counter.load() + 1); }
+//
+// Value::load/store are each atomic on their own: lock-free std::atomic_ref when T's size
+// allows, otherwise under the RLock (which is recursive, so they stay legal while you hold it).
+// Array elements are plain memory: hold get_lock() (or use std::atomic_ref) when processes
+// write concurrently.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <span>
+#include <string>
+#include <type_traits>
+
+#include <mpx/detail/sync.hpp>
+#include <mpx/errors.hpp>
+#include <mpx/synchronize.hpp>
+
+namespace mpx {
+
+template <class T>
+class Value {
+  static_assert(std::is_trivially_copyable_v<T>, "mpx::Value<T> needs a trivially copyable T");
+
+ public:
+  explicit Value(T initial = T{})
+      : s_(detail::make_locked_object<Shared>(0, initial)),
+        lock_(std::shared_ptr<detail::LockState>(s_, &s_->lock)) {}
+
+  T load() const {
+    if constexpr (kLockFree) {
+      return std::atomic_ref<T>(s_->value).load(std::memory_order_seq_cst);
+    } else {
+      std::lock_guard guard(lock_);
+      return s_->value;
+    }
+  }
+
+  void store(T value) {
+    if constexpr (kLockFree) {
+      std::atomic_ref<T>(s_->value).store(value, std::memory_order_seq_cst);
+    } else {
+      std::lock_guard guard(lock_);
+      s_->value = value;
+    }
+  }
+
+  RLock& get_lock() { return lock_; }
+
+ private:
+  static constexpr bool kLockFree = std::atomic_ref<T>::is_always_lock_free;
+  struct Shared {
+    explicit Shared(T v) : value(v) {}
+    detail::LockState lock;
+    alignas(std::atomic_ref<T>::required_alignment) T value;
+  };
+  std::shared_ptr<Shared> s_;
+  mutable RLock lock_;
+};
+
+template <class T>
+class Array {
+  static_assert(std::is_trivially_copyable_v<T>, "mpx::Array<T> needs a trivially copyable T");
+
+ public:
+  explicit Array(std::size_t n, T fill = T{}) : Array(Sized{}, n) {
+    std::uninitialized_fill_n(data_, n, fill);
+  }
+  explicit Array(std::span<const T> init) : Array(Sized{}, init.size()) {
+    std::uninitialized_copy(init.begin(), init.end(), data_);
+  }
+
+  std::size_t size() const { return s_->size; }
+  T& operator[](std::size_t i) { return data_[i]; }
+  const T& operator[](std::size_t i) const { return data_[i]; }
+  // Bounds-checked: IndexError like Python.
+  T& at(std::size_t i) { return data_[checked(i)]; }
+  const T& at(std::size_t i) const { return data_[checked(i)]; }
+  std::span<T> span() { return {data_, s_->size}; }
+  std::span<const T> span() const { return {data_, s_->size}; }
+  T* begin() { return data_; }
+  T* end() { return data_ + s_->size; }
+  const T* begin() const { return data_; }
+  const T* end() const { return data_ + s_->size; }
+  RLock& get_lock() { return lock_; }
+
+ private:
+  struct Header {
+    explicit Header(std::size_t n) : size(n) {}
+    detail::LockState lock;
+    std::size_t size;
+  };
+  static constexpr std::size_t kOffset = (sizeof(Header) + alignof(T) - 1) / alignof(T) * alignof(T);
+
+  struct Sized {};
+  Array(Sized, std::size_t n)
+      : s_(detail::make_locked_object<Header>(kOffset - sizeof(Header) + n * sizeof(T), n)),
+        lock_(std::shared_ptr<detail::LockState>(s_, &s_->lock)),
+        data_(reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(s_.get()) + kOffset)) {
+    static_assert(alignof(T) <= 4096, "shared mappings are page aligned");
+  }
+
+  std::size_t checked(std::size_t i) const {
+    if (i >= s_->size)
+      throw IndexError("Array index " + std::to_string(i) + " out of range (size " +
+                       std::to_string(s_->size) + ")");
+    return i;
+  }
+
+  std::shared_ptr<Header> s_;
+  RLock lock_;
+  T* data_;
+};
+
+}  // namespace mpx
