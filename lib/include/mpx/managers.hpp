@@ -1,0 +1,762 @@
+// Managers: a server process that owns shared objects, and proxies that reach them over a
+// socket — Python's multiprocessing.managers.
+//
+//   mpx::Manager mgr;                                  // forks a private server
+//   auto d = mgr.dict<std::string, int>("scores");     // named: other clients open it by name
+//   d.set("alice", 3);
+//   auto q = mgr.queue<std::string>();                 // anonymous: lives while this process does
+//   mpx::Process p([q]() mutable { q.put("hi"); });    // proxies work in forked children ...
+//
+//   auto remote = mpx::Manager::connect(mpx::Address::parse("unix:/run/mpxd.sock"), key);  // ... and mpxd
+//
+// Every proxy call is one request/response round trip on the calling thread's own connection.
+// The *_async forms pipeline: they queue the request and return a Deferred whose get() reads
+// the reply later, so many operations share one write and one read. A Deferred must be
+// completed by the thread that made it; an error of one nobody waits for is thrown by the
+// next call (or Manager::flush()) on that thread.
+#pragma once
+
+#include <mpx/connection.hpp>
+#include <mpx/detail/proxy_core.hpp>
+#include <mpx/detail/proxy_tags.hpp>
+#include <mpx/detail/server_types.hpp>
+#include <mpx/errors.hpp>
+#include <mpx/serialize.hpp>
+#include <mpx/timeout.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace mpx {
+
+// The result of a pipelined proxy call.
+template <class T>
+class Deferred {
+ public:
+  Deferred() = default;
+  explicit Deferred(std::shared_ptr<detail::TypedSlot<T>> slot) : slot_(std::move(slot)) {}
+  // The value (reading replies on this thread's connection as needed), or the call's error.
+  T get() {
+    wait();
+    if (slot_->error) std::rethrow_exception(slot_->error);
+    if constexpr (!std::is_void_v<T>) return std::move(*slot_->value);
+  }
+  void wait() {
+    if (!slot_) throw StateError("mpx: empty Deferred");
+    if (slot_->done) return;
+    if (!slot_->conn || slot_->conn->owner() != std::this_thread::get_id())
+      throw StateError("mpx: a Deferred must be completed by the thread that made the call");
+    slot_->conn->wait(*slot_);
+  }
+  bool ready() const noexcept { return slot_ && slot_->done; }
+
+ private:
+  std::shared_ptr<detail::TypedSlot<T>> slot_;
+};
+
+namespace detail {
+
+template <class T>
+T decode_value(proto::Reader& r) {
+  return get_value<T>(r);
+}
+template <class T>
+std::optional<T> decode_optional(proto::Reader& r) {
+  if (!r.boolean()) return std::nullopt;
+  return get_value<T>(r);
+}
+inline bool decode_bool(proto::Reader& r) { return r.boolean(); }
+inline void decode_void(proto::Reader&) {}
+
+template <class T>
+Deferred<T> send_async(Request& req, T (*decode)(proto::Reader&)) {
+  auto slot = std::make_shared<TypedSlot<T>>(decode);
+  req.call_async(slot);
+  return Deferred<T>(std::move(slot));
+}
+
+// Opens (or creates) an object on the server; returns the proxy core.
+ProxyCore open_object(const std::shared_ptr<Session>& session, const std::shared_ptr<void>& keepalive,
+                      proto::Kind kind, std::string_view name, const std::string& tag,
+                      const std::function<void(proto::Writer&)>& init);
+
+struct ManagerState;
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------
+// Proxies. Copyable handles; default-constructed ones are empty (for decoding into).
+
+template <class K, class V>
+class DictProxy {
+ public:
+  DictProxy() = default;
+  explicit DictProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  static std::string tag() { return detail::type_tag<K>() + "|" + detail::type_tag<V>(); }
+
+  void set(const K& key, const V& value) {
+    detail::Request req(core_, proto::Op::dict_set);
+    detail::put_value(req.w(), key);
+    detail::put_value(req.w(), value);
+    req.call();
+  }
+  V at(const K& key) const {
+    auto v = get(key);
+    if (!v) throw KeyError("mpx: key not found in the managed dict");
+    return std::move(*v);
+  }
+  std::optional<V> get(const K& key) const {
+    detail::Request req(core_, proto::Op::dict_get);
+    detail::put_value(req.w(), key);
+    auto r = req.call();
+    return detail::decode_optional<V>(r);
+  }
+  V get(const K& key, V dflt) const {
+    auto v = get(key);
+    return v ? std::move(*v) : std::move(dflt);
+  }
+  bool contains(const K& key) const { return key_op(proto::Op::dict_contains, key); }
+  bool erase(const K& key) { return key_op(proto::Op::dict_erase, key); }
+  // Removes and returns the value (nullopt when absent).
+  std::optional<V> pop(const K& key) {
+    detail::Request req(core_, proto::Op::dict_pop);
+    detail::put_value(req.w(), key);
+    auto r = req.call();
+    return detail::decode_optional<V>(r);
+  }
+  std::size_t size() const {
+    detail::Request req(core_, proto::Op::dict_size);
+    return static_cast<std::size_t>(req.call().u64());
+  }
+  std::vector<K> keys() const {
+    detail::Request req(core_, proto::Op::dict_keys);
+    auto r = req.call();
+    std::vector<K> out(static_cast<std::size_t>(r.count(8)));
+    for (auto& k : out) k = detail::get_value<K>(r);
+    return out;
+  }
+  std::vector<V> values() const {
+    detail::Request req(core_, proto::Op::dict_values);
+    auto r = req.call();
+    std::vector<V> out(static_cast<std::size_t>(r.count(8)));
+    for (auto& v : out) v = detail::get_value<V>(r);
+    return out;
+  }
+  std::vector<std::pair<K, V>> items() const {
+    detail::Request req(core_, proto::Op::dict_items);
+    auto r = req.call();
+    std::vector<std::pair<K, V>> out(static_cast<std::size_t>(r.count(16)));
+    for (auto& [k, v] : out) {
+      k = detail::get_value<K>(r);
+      v = detail::get_value<V>(r);
+    }
+    return out;
+  }
+  void clear() {
+    detail::Request req(core_, proto::Op::dict_clear);
+    req.call();
+  }
+  void update(const std::vector<std::pair<K, V>>& items) {
+    detail::Request req(core_, proto::Op::dict_update);
+    req.w().u64(items.size());
+    for (auto& [k, v] : items) {
+      detail::put_value(req.w(), k);
+      detail::put_value(req.w(), v);
+    }
+    req.call();
+  }
+
+  // Pipelined forms.
+  Deferred<void> set_async(const K& key, const V& value) {
+    detail::Request req(core_, proto::Op::dict_set);
+    detail::put_value(req.w(), key);
+    detail::put_value(req.w(), value);
+    return detail::send_async<void>(req, &detail::decode_void);
+  }
+  Deferred<std::optional<V>> get_async(const K& key) const {
+    detail::Request req(core_, proto::Op::dict_get);
+    detail::put_value(req.w(), key);
+    return detail::send_async<std::optional<V>>(req, &detail::decode_optional<V>);
+  }
+
+  const detail::ProxyCore& core() const noexcept { return core_; }
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(core_);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(core_);
+    core_.expect(proto::Kind::dict, tag());
+  }
+
+ private:
+  bool key_op(proto::Op op, const K& key) const {
+    detail::Request req(core_, op);
+    detail::put_value(req.w(), key);
+    return req.call().boolean();
+  }
+  detail::ProxyCore core_;
+};
+
+template <class T>
+class ListProxy {
+ public:
+  ListProxy() = default;
+  explicit ListProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  static std::string tag() { return detail::type_tag<T>(); }
+
+  void append(const T& v) {
+    detail::Request req(core_, proto::Op::list_append);
+    detail::put_value(req.w(), v);
+    req.call();
+  }
+  void extend(const std::vector<T>& vs) {
+    detail::Request req(core_, proto::Op::list_extend);
+    req.w().u64(vs.size());
+    for (auto& v : vs) detail::put_value(req.w(), v);
+    req.call();
+  }
+  // Indices count from the end when negative, as in Python; out of range: IndexError.
+  T at(std::ptrdiff_t i) const {
+    detail::Request req(core_, proto::Op::list_at);
+    req.w().i64(i);
+    auto r = req.call();
+    return detail::get_value<T>(r);
+  }
+  void set(std::ptrdiff_t i, const T& v) {
+    detail::Request req(core_, proto::Op::list_set);
+    req.w().i64(i);
+    detail::put_value(req.w(), v);
+    req.call();
+  }
+  void insert(std::ptrdiff_t i, const T& v) {  // clamps like Python
+    detail::Request req(core_, proto::Op::list_insert);
+    req.w().i64(i);
+    detail::put_value(req.w(), v);
+    req.call();
+  }
+  T pop(std::ptrdiff_t i = -1) {
+    detail::Request req(core_, proto::Op::list_pop);
+    req.w().i64(i);
+    auto r = req.call();
+    return detail::get_value<T>(r);
+  }
+  void erase(std::ptrdiff_t i) {
+    detail::Request req(core_, proto::Op::list_erase);
+    req.w().i64(i);
+    req.call();
+  }
+  std::size_t size() const {
+    detail::Request req(core_, proto::Op::list_size);
+    return static_cast<std::size_t>(req.call().u64());
+  }
+  void clear() {
+    detail::Request req(core_, proto::Op::list_clear);
+    req.call();
+  }
+  std::vector<T> snapshot() const {
+    detail::Request req(core_, proto::Op::list_snapshot);
+    auto r = req.call();
+    std::vector<T> out(static_cast<std::size_t>(r.count(8)));
+    for (auto& v : out) v = detail::get_value<T>(r);
+    return out;
+  }
+  Deferred<void> append_async(const T& v) {
+    detail::Request req(core_, proto::Op::list_append);
+    detail::put_value(req.w(), v);
+    return detail::send_async<void>(req, &detail::decode_void);
+  }
+
+  const detail::ProxyCore& core() const noexcept { return core_; }
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(core_);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(core_);
+    core_.expect(proto::Kind::list, tag());
+  }
+
+ private:
+  detail::ProxyCore core_;
+};
+
+template <class T>
+class ValueProxy {
+ public:
+  ValueProxy() = default;
+  explicit ValueProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  static std::string tag() { return detail::type_tag<T>(); }
+
+  T get() const {
+    detail::Request req(core_, proto::Op::value_get);
+    auto r = req.call();
+    return detail::get_value<T>(r);
+  }
+  void set(const T& v) {
+    detail::Request req(core_, proto::Op::value_set);
+    detail::put_value(req.w(), v);
+    req.call();
+  }
+  Deferred<T> get_async() const {
+    detail::Request req(core_, proto::Op::value_get);
+    return detail::send_async<T>(req, &detail::decode_value<T>);
+  }
+  Deferred<void> set_async(const T& v) {
+    detail::Request req(core_, proto::Op::value_set);
+    detail::put_value(req.w(), v);
+    return detail::send_async<void>(req, &detail::decode_void);
+  }
+
+  const detail::ProxyCore& core() const noexcept { return core_; }
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(core_);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(core_);
+    core_.expect(proto::Kind::value, tag());
+  }
+
+ private:
+  detail::ProxyCore core_;
+};
+
+class NamespaceProxy {
+ public:
+  NamespaceProxy() = default;
+  explicit NamespaceProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+
+  template <class T>
+  void set(std::string_view name, const T& value) {
+    detail::Request req(core_, proto::Op::ns_set);
+    req.w().str(name);
+    req.w().str(detail::type_tag<T>());
+    detail::put_value(req.w(), value);
+    req.call();
+  }
+  // KeyError when absent; TypeMismatch when stored as another type.
+  template <class T>
+  T get(std::string_view name) const {
+    detail::Request req(core_, proto::Op::ns_get);
+    req.w().str(name);
+    req.w().str(detail::type_tag<T>());
+    auto r = req.call();
+    return detail::get_value<T>(r);
+  }
+  bool contains(std::string_view name) const;
+  bool erase(std::string_view name);
+
+  const detail::ProxyCore& core() const noexcept { return core_; }
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(core_);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(core_);
+    core_.expect(proto::Kind::namespace_, "");
+  }
+
+ private:
+  detail::ProxyCore core_;
+};
+
+template <class T>
+class QueueProxy {
+ public:
+  QueueProxy() = default;
+  explicit QueueProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  static std::string tag() { return detail::type_tag<T>(); }
+
+  void put(const T& item, bool block = true, Timeout timeout = forever) {
+    check_open();
+    detail::Request req(core_, proto::Op::queue_put);
+    detail::put_value(req.w(), item);
+    req.w().i64(detail::wire_timeout(block, timeout));
+    req.call();
+  }
+  void put(const T& item, Timeout timeout) { put(item, true, timeout); }
+  T get(bool block = true, Timeout timeout = forever) {
+    detail::Request req(core_, proto::Op::queue_get);
+    req.w().i64(detail::wire_timeout(block, timeout));
+    auto r = req.call();
+    return detail::get_value<T>(r);
+  }
+  T get(Timeout timeout) { return get(true, timeout); }
+  void put_nowait(const T& item) { put(item, false); }
+  T get_nowait() { return get(false); }
+  std::size_t qsize() const {
+    detail::Request req(core_, proto::Op::queue_size);
+    return static_cast<std::size_t>(req.call().u64());
+  }
+  bool empty() const { return flag(proto::Op::queue_empty); }
+  bool full() const { return flag(proto::Op::queue_full); }
+  // No more put() through this handle (and its copies made afterwards): StateError after.
+  void close() { closed_ = true; }
+
+  // Several items in one round trip, in order (a bounded queue takes them as room appears;
+  // Full if the timeout runs out first, with the ones already in left there).
+  void put_many(const std::vector<T>& items, bool block = true, Timeout timeout = forever) {
+    check_open();
+    detail::Request req(core_, proto::Op::queue_put_many);
+    req.w().u64(items.size());
+    for (auto& item : items) detail::put_value(req.w(), item);
+    req.w().i64(detail::wire_timeout(block, timeout));
+    req.call();
+  }
+  // Waits like get() for the first item, then takes up to `most` that are there.
+  std::vector<T> get_many(std::size_t most, bool block = true, Timeout timeout = forever) {
+    detail::Request req(core_, proto::Op::queue_get_many);
+    req.w().u64(most);
+    req.w().i64(detail::wire_timeout(block, timeout));
+    auto r = req.call();
+    std::vector<T> out(static_cast<std::size_t>(r.count(8)));
+    for (auto& v : out) v = detail::get_value<T>(r);
+    return out;
+  }
+  Deferred<void> put_async(const T& item, bool block = true, Timeout timeout = forever) {
+    check_open();
+    detail::Request req(core_, proto::Op::queue_put);
+    detail::put_value(req.w(), item);
+    req.w().i64(detail::wire_timeout(block, timeout));
+    return detail::send_async<void>(req, &detail::decode_void);
+  }
+  Deferred<T> get_async(bool block = true, Timeout timeout = forever) {
+    detail::Request req(core_, proto::Op::queue_get);
+    req.w().i64(detail::wire_timeout(block, timeout));
+    return detail::send_async<T>(req, &detail::decode_value<T>);
+  }
+
+  const detail::ProxyCore& core() const noexcept { return core_; }
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(core_);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(core_);
+    if (core_.kind() != proto::Kind::joinable_queue) core_.expect(proto::Kind::queue, tag());
+    core_.expect(core_.kind(), tag());
+  }
+
+ protected:
+  bool flag(proto::Op op) const {
+    detail::Request req(core_, op);
+    return req.call().boolean();
+  }
+  void check_open() const {
+    if (closed_) throw StateError("mpx: put() on a closed queue handle");
+  }
+  detail::ProxyCore core_;
+  bool closed_ = false;
+};
+
+template <class T>
+class JoinableQueueProxy : public QueueProxy<T> {
+ public:
+  using QueueProxy<T>::QueueProxy;
+  void task_done() {
+    detail::Request req(this->core_, proto::Op::queue_task_done);
+    req.call();
+  }
+  // Until every item put has been task_done(); false on timeout.
+  bool join(Timeout timeout = forever) {
+    detail::Request req(this->core_, proto::Op::queue_join);
+    req.w().i64(detail::wire_timeout(true, timeout));
+    return req.call().boolean();
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(this->core_);
+    this->core_.expect(proto::Kind::joinable_queue, QueueProxy<T>::tag());
+  }
+};
+
+namespace detail {
+
+// Shared by the lock-like proxies: acquire/release and the Lockable spellings.
+class LockableProxy {
+ public:
+  LockableProxy() = default;
+  explicit LockableProxy(ProxyCore core) : core_(std::move(core)) {}
+
+  bool acquire(bool block = true, Timeout timeout = forever);
+  bool acquire(Timeout timeout) { return acquire(true, timeout); }
+  void lock() { acquire(); }
+  void unlock() { release(); }
+  bool try_lock() { return acquire(false); }
+  template <class Rep, class Period>
+  bool try_lock_for(const std::chrono::duration<Rep, Period>& d) {
+    return acquire(true, std::chrono::ceil<std::chrono::nanoseconds>(d));
+  }
+  template <class Clock, class Duration>
+  bool try_lock_until(const std::chrono::time_point<Clock, Duration>& t) {
+    return try_lock_for(t - Clock::now());
+  }
+  void release();
+
+  const ProxyCore& core() const noexcept { return core_; }
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(core_);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(core_);
+  }
+
+ protected:
+  void release_n(std::uint32_t n);
+  ProxyCore core_;
+};
+
+}  // namespace detail
+
+class LockProxy : public detail::LockableProxy {
+ public:
+  using LockableProxy::LockableProxy;
+};
+class RLockProxy : public detail::LockableProxy {
+ public:
+  using LockableProxy::LockableProxy;
+};
+
+class SemaphoreProxy : public detail::LockableProxy {
+ public:
+  using LockableProxy::LockableProxy;
+  void release(unsigned n = 1) { release_n(n); }
+  void unlock() { release(); }
+  unsigned get_value() const;
+};
+class BoundedSemaphoreProxy : public SemaphoreProxy {
+ public:
+  using SemaphoreProxy::SemaphoreProxy;
+};
+
+class ConditionProxy : public detail::LockableProxy {
+ public:
+  using LockableProxy::LockableProxy;
+  // Releases the lock (every level), waits for a notify or the timeout, takes the lock back.
+  bool wait(Timeout timeout = forever);
+  template <class Pred>
+  bool wait_for(Pred pred, Timeout timeout = forever) {
+    detail::Deadline deadline(timeout);
+    bool result = pred();
+    while (!result) {
+      if (deadline.expired()) break;
+      wait(deadline.remaining());
+      result = pred();
+    }
+    return result;
+  }
+  void notify(unsigned n = 1);
+  void notify_all();
+};
+
+class EventProxy {
+ public:
+  EventProxy() = default;
+  explicit EventProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  bool is_set() const;
+  void set();
+  void clear();
+  bool wait(Timeout timeout = forever);
+  const detail::ProxyCore& core() const noexcept { return core_; }
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(core_);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(core_);
+  }
+
+ private:
+  detail::ProxyCore core_;
+};
+
+class BarrierProxy {
+ public:
+  BarrierProxy() = default;
+  explicit BarrierProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  // 0..parties-1 in order of arrival; a wait that times out breaks the barrier (BrokenBarrierError).
+  unsigned wait(Timeout timeout = forever);
+  void reset();
+  void abort();
+  unsigned parties() const;
+  unsigned n_waiting() const;
+  bool broken() const;
+  const detail::ProxyCore& core() const noexcept { return core_; }
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(core_);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(core_);
+  }
+
+ private:
+  detail::ProxyCore core_;
+};
+
+// An object of a registered type (Server::register_type / mpx::register_type).
+template <class T>
+class ObjectProxy {
+ public:
+  ObjectProxy() = default;
+  explicit ObjectProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+
+  // Calls a registered method; TypeMismatch if no method of that name takes exactly these
+  // (decayed) argument types and returns R. An exception in the method: RemoteError.
+  template <class R, class... Args>
+  R call(std::string_view method, Args&&... args) {
+    detail::Request req(core_, proto::Op::object_call);
+    req.w().str(method);
+    req.w().str(detail::type_tags<std::decay_t<Args>...>());
+    req.w().str(detail::type_tag<R>());
+    detail::put_value(req.w(), std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...));
+    auto r = req.call();
+    if constexpr (std::is_void_v<R>) {
+      r.blob();
+    } else {
+      return detail::get_value<R>(r);
+    }
+  }
+
+  const detail::ProxyCore& core() const noexcept { return core_; }
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(core_);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(core_);
+  }
+
+ private:
+  detail::ProxyCore core_;
+};
+
+// ---------------------------------------------------------------------------------------
+
+class Manager {
+ public:
+  // Forks a private server: a Unix socket in a fresh 0700 directory, a random authkey. It
+  // stops with shutdown(), when the last handle in this process goes, or when this process
+  // dies; its directory is removed then.
+  Manager();
+  // Reaches a running server (mpxd, or a Server in another program).
+  static Manager connect(const Address& address, std::string authkey);
+
+  const Address& address() const;
+  const std::string& authkey() const;
+  // Stops the server this Manager() started; StateError on a connect()ed one (and in a
+  // process other than the one that started it).
+  void shutdown();
+  // Drops a named object (its proxies then fail with StateError).
+  void erase(std::string_view name);
+  // Waits for every pipelined call this thread has outstanding; throws the first error
+  // nobody collected.
+  void flush();
+
+  template <class K, class V>
+  DictProxy<K, V> dict(std::string_view name = {}) {
+    return DictProxy<K, V>(open(proto::Kind::dict, name, DictProxy<K, V>::tag(), {}));
+  }
+  template <class T>
+  ListProxy<T> list(std::string_view name = {}) {
+    return ListProxy<T>(open(proto::Kind::list, name, ListProxy<T>::tag(), {}));
+  }
+  template <class T>
+  ValueProxy<T> value(T initial = T{}, std::string_view name = {}) {
+    return ValueProxy<T>(open(proto::Kind::value, name, ValueProxy<T>::tag(),
+                              [&](proto::Writer& w) { detail::put_value(w, initial); }));
+  }
+  NamespaceProxy namespace_(std::string_view name = {});
+  template <class T>
+  QueueProxy<T> queue(std::size_t maxsize = 0, std::string_view name = {}) {
+    return QueueProxy<T>(
+        open(proto::Kind::queue, name, QueueProxy<T>::tag(), [&](proto::Writer& w) { w.u64(maxsize); }));
+  }
+  template <class T>
+  JoinableQueueProxy<T> joinable_queue(std::size_t maxsize = 0, std::string_view name = {}) {
+    return JoinableQueueProxy<T>(open(proto::Kind::joinable_queue, name, QueueProxy<T>::tag(),
+                                      [&](proto::Writer& w) { w.u64(maxsize); }));
+  }
+  LockProxy lock(std::string_view name = {});
+  RLockProxy rlock(std::string_view name = {});
+  SemaphoreProxy semaphore(unsigned value = 1, std::string_view name = {});
+  BoundedSemaphoreProxy bounded_semaphore(unsigned value = 1, std::string_view name = {});
+  ConditionProxy condition(std::string_view name = {});
+  EventProxy event(std::string_view name = {});
+  BarrierProxy barrier(unsigned parties, std::string_view name = {});
+
+  // Constructs a registered type in the server from `args` (or opens the existing `name`).
+  template <class T, class... Args>
+  ObjectProxy<T> make(std::string_view type_name, std::string_view name, Args&&... args) {
+    std::string tag = std::string(type_name) + "|" + detail::type_tag<T>();
+    return ObjectProxy<T>(open(proto::Kind::object, name, tag, [&](proto::Writer& w) {
+      w.str(type_name);
+      w.str(detail::type_tags<std::decay_t<Args>...>());
+      detail::put_value(w, std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...));
+    }));
+  }
+
+ private:
+  Manager(std::shared_ptr<detail::Session> session, std::shared_ptr<detail::ManagerState> state);
+  detail::ProxyCore open(proto::Kind kind, std::string_view name, const std::string& tag,
+                         const std::function<void(proto::Writer&)>& init);
+
+  std::shared_ptr<detail::Session> session_;
+  std::shared_ptr<detail::ManagerState> state_;  // only for a Manager() that started a server
+};
+
+// Hosts the manager server inside your program (mpxd is this plus a command line).
+class Server {
+ public:
+  // Binds at once (so address() has the real port for tcp:host:0); ConnectionError on failure.
+  Server(const Address& address, std::string authkey);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  const Address& address() const;
+  // Register before serve_forever().
+  template <class T>
+  detail::TypeRegistration<T> register_type(std::string name) {
+    return detail::TypeRegistration<T>(types_->add(std::move(name), detail::type_tag<T>()));
+  }
+  // Serves until shutdown() (from any thread or a signal handler-free context) or
+  // SIGTERM/SIGINT; then closes every connection and removes the socket file.
+  void serve_forever();
+  void shutdown();
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+  std::shared_ptr<detail::TypeRegistry> types_;
+};
+
+// For the private server of Manager(): register in the parent before constructing it.
+template <class T>
+detail::TypeRegistration<T> register_type(std::string name) {
+  return detail::TypeRegistration<T>(
+      detail::global_type_registry()->add(std::move(name), detail::type_tag<T>()));
+}
+
+}  // namespace mpx

@@ -1,0 +1,535 @@
+// The client side of the manager protocol: sessions, per-thread connections, proxies'
+// non-template members.
+#include <mpx/managers.hpp>
+
+#include "log.hpp"
+
+#include <mpx/proto/frame.hpp>
+
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <unordered_set>
+
+namespace mpx::detail {
+
+std::atomic<std::uint64_t> manager_fork_generation{0};
+
+struct Session::Private {};
+
+namespace {
+
+std::exception_ptr to_exception_ptr(const proto::ErrorInfo& e) {
+  try {
+    proto::throw_error(e);
+  } catch (...) {
+    return std::current_exception();
+  }
+}
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+// ---------------------------------------------------------------------------------------
+// The process-wide table of sessions, and the fork handlers that keep a child off its
+// parent's sockets.
+
+struct Registry {
+  std::mutex m;
+  std::map<std::pair<std::string, std::string>, std::weak_ptr<Session>> by_key;
+  std::unordered_set<Session*> all;
+};
+
+Registry& registry() {
+  static auto* r = new Registry;  // never destroyed: sessions may outlive static destruction
+  return *r;
+}
+
+void fork_prepare() { registry().m.lock(); }
+void fork_parent() { registry().m.unlock(); }
+void fork_child() {
+  auto& r = registry();
+  manager_fork_generation.fetch_add(1, std::memory_order_relaxed);
+  for (Session* s : r.all) s->abandon_after_fork();
+  r.by_key.clear();
+  r.m.unlock();
+}
+
+void install_fork_handlers() {
+  static std::once_flag once;
+  std::call_once(once, [] { ::pthread_atfork(fork_prepare, fork_parent, fork_child); });
+}
+
+std::atomic<std::uint64_t> next_serial{1};
+
+// Lets each session know when a thread that used it ends.
+struct ThreadHook {
+  std::vector<std::weak_ptr<Session>> sessions;
+  ~ThreadHook() {
+    auto me = std::this_thread::get_id();
+    for (auto& w : sessions)
+      if (auto s = w.lock()) s->thread_exited(me);
+  }
+};
+
+std::shared_ptr<Session> get_locked(const Address& address, const std::string& authkey) {
+  auto& r = registry();
+  auto key = std::make_pair(address.str(), authkey);
+  auto it = r.by_key.find(key);
+  if (it != r.by_key.end())
+    if (auto s = it->second.lock()) return s;
+  auto s = std::make_shared<Session>(Session::Private{}, address, authkey);
+  r.by_key[key] = s;
+  return s;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// ClientConn
+
+ClientConn::ClientConn(const Address& address, const std::string& authkey, std::span<const std::byte> token)
+    : owner_(std::this_thread::get_id()), in_(64 * 1024) {
+  {
+    Connection c = Client(address, authkey.empty() ? std::nullopt : std::optional<std::string>(authkey));
+    fd_ = ::fcntl(c.fileno(), F_DUPFD_CLOEXEC, 0);
+    if (fd_ < 0) throw ConnectionError("mpx: cannot keep the manager connection: " + errno_text(errno));
+  }
+  try {
+    proto::Writer w = begin(proto::Op::hello, 0);
+    proto::write_hello(w, std::span<const std::byte, proto::kSessionTokenSize>(token.data(), token.size()));
+    auto r = call();
+    auto magic = r.take(proto::kManagerMagic.size());
+    std::uint32_t version = r.u32();
+    if (std::memcmp(magic.data(), proto::kManagerMagic.data(), magic.size()) != 0 ||
+        version != proto::kManagerVersion)
+      throw ProtocolError("mpx: the server at " + address.str() +
+                          " does not speak manager protocol version " +
+                          std::to_string(proto::kManagerVersion));
+  } catch (...) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    throw;
+  }
+}
+
+ClientConn::~ClientConn() {
+  send_queued_noexcept();
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  auto error = std::make_exception_ptr(ConnectionClosed("mpx: the manager connection was closed"));
+  for (auto& slot : pending_)
+    if (slot) {
+      slot->error = error;
+      slot->done = true;
+      slot->conn = nullptr;
+    }
+}
+
+void ClientConn::send_queued_noexcept() noexcept {
+  if (in_request_) abandon();
+  std::size_t off = 0;
+  while (fd_ >= 0 && off < out_.size()) {
+    ssize_t n = ::send(fd_, out_.data() + off, out_.size() - off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    off += static_cast<std::size_t>(n);
+  }
+  out_.clear();
+}
+
+void ClientConn::abandon_after_fork() noexcept {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  out_.clear();
+  in_request_ = false;
+  auto error =
+      std::make_exception_ptr(ConnectionClosed("mpx: a pipelined call made before fork() cannot complete"));
+  for (auto& slot : pending_)
+    if (slot) {
+      slot->error = error;
+      slot->done = true;
+      slot->conn = nullptr;
+    }
+  pending_.clear();
+}
+
+proto::Writer ClientConn::begin(proto::Op op, std::uint64_t oid) {
+  if (fd_ < 0) throw ConnectionClosed("mpx: the connection to the manager is lost");
+  if (in_request_) abandon();
+  frame_start_ = out_.size();
+  out_.resize(frame_start_ + proto::kShortHeaderSize);
+  proto::Writer w(out_);
+  w.u8(static_cast<std::uint8_t>(op));
+  w.u64(oid);
+  in_request_ = true;
+  return w;
+}
+
+void ClientConn::abandon() noexcept {
+  if (!in_request_) return;
+  out_.resize(frame_start_);
+  in_request_ = false;
+}
+
+void ClientConn::end_frame() {
+  std::uint64_t len = out_.size() - frame_start_ - proto::kShortHeaderSize;
+  auto header = proto::encode_header(len);
+  if (header.size() != proto::kShortHeaderSize)
+    out_.insert(out_.begin() + static_cast<std::ptrdiff_t>(frame_start_ + proto::kShortHeaderSize),
+                header.size() - proto::kShortHeaderSize, std::byte{0});
+  std::memcpy(out_.data() + frame_start_, header.bytes().data(), header.size());
+  in_request_ = false;
+}
+
+void ClientConn::fail(const Error& e) {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  out_.clear();
+  in_request_ = false;
+  auto error = std::make_exception_ptr(ConnectionClosed(e.what()));
+  for (auto& slot : pending_)
+    if (slot) {
+      slot->error = error;
+      slot->done = true;
+      slot->conn = nullptr;
+    }
+  pending_.clear();
+  throw ConnectionClosed(e.what());
+}
+
+void ClientConn::send_all() {
+  std::size_t off = 0;
+  while (off < out_.size()) {
+    ssize_t n = ::send(fd_, out_.data() + off, out_.size() - off, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail(ConnectionClosed("mpx: lost the connection to the manager: " + errno_text(errno)));
+    }
+    off += static_cast<std::size_t>(n);
+  }
+  out_.clear();
+}
+
+std::span<const std::byte> ClientConn::read_frame() {
+  for (;;) {
+    std::span<const std::byte> avail(in_.data() + in_pos_, in_end_ - in_pos_);
+    std::size_t need;
+    if (auto h = proto::decode_header(avail)) {
+      std::size_t total = h->header_size + static_cast<std::size_t>(h->length);
+      if (avail.size() >= total) {
+        in_pos_ += total;
+        auto payload = avail.subspan(h->header_size, static_cast<std::size_t>(h->length));
+        if (in_pos_ == in_end_) in_pos_ = in_end_ = 0;  // the next read starts at the front
+        return payload;
+      }
+      need = total;
+    } else {
+      need = proto::kMaxHeaderSize;
+    }
+    if (in_.size() - in_pos_ < need) {
+      if (in_pos_ > 0) {
+        std::memmove(in_.data(), in_.data() + in_pos_, in_end_ - in_pos_);
+        in_end_ -= in_pos_;
+        in_pos_ = 0;
+      }
+      if (in_.size() < need) in_.resize(std::max(need, in_.size() * 2));
+    }
+    ssize_t n = ::recv(fd_, in_.data() + in_end_, in_.size() - in_end_, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail(ConnectionClosed("mpx: lost the connection to the manager: " + errno_text(errno)));
+    }
+    if (n == 0) fail(ConnectionClosed("mpx: the manager closed the connection"));
+    in_end_ += static_cast<std::size_t>(n);
+  }
+}
+
+void ClientConn::deliver(const std::shared_ptr<ReplySlot>& slot, std::span<const std::byte> frame) {
+  proto::Reader r(frame);
+  auto status = static_cast<proto::Status>(r.u8());
+  std::exception_ptr error;
+  if (status != proto::Status::ok) {
+    error = to_exception_ptr(proto::read_error(r));
+  } else if (slot) {
+    try {
+      slot->on_reply(r);
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  if (slot) {
+    slot->error = error;
+    slot->done = true;
+    slot->conn = nullptr;
+  }
+  // Nobody holds the Deferred: its error must not vanish.
+  if (error && (!slot || slot.use_count() == 1) && !unobserved_) unobserved_ = error;
+}
+
+void ClientConn::read_pending(const ReplySlot* stop) {
+  while (!pending_.empty()) {
+    auto slot = std::move(pending_.front());
+    pending_.pop_front();
+    bool last = slot.get() == stop;
+    deliver(slot, read_frame());
+    if (last) return;
+  }
+}
+
+void ClientConn::throw_unobserved() {
+  if (!unobserved_) return;
+  auto e = std::exchange(unobserved_, nullptr);
+  std::rethrow_exception(e);
+}
+
+proto::Reader ClientConn::call() {
+  end_frame();
+  send_all();
+  read_pending(nullptr);
+  auto frame = read_frame();
+  proto::Reader r(frame);
+  auto status = static_cast<proto::Status>(r.u8());
+  if (status != proto::Status::ok) proto::throw_error(proto::read_error(r));
+  throw_unobserved();
+  return r;
+}
+
+void ClientConn::call_async(std::shared_ptr<ReplySlot> slot) {
+  end_frame();
+  if (slot) slot->conn = this;
+  pending_.push_back(std::move(slot));
+  // Bound what piles up on both sides: send in large writes, and collect replies now and
+  // then so neither this process nor the server buffers without limit.
+  if (out_.size() >= 256 * 1024) send_all();
+  if (pending_.size() >= 8192) {
+    send_all();
+    read_pending(pending_[pending_.size() / 2].get());
+  }
+}
+
+void ClientConn::flush() {
+  send_all();
+  read_pending(nullptr);
+  throw_unobserved();
+}
+
+void ClientConn::wait(ReplySlot& slot) {
+  if (slot.done) return;
+  send_all();
+  read_pending(&slot);
+}
+
+// ---------------------------------------------------------------------------------------
+// Session
+
+Session::Session(const Private&, Address address, std::string authkey)
+    : address_(std::move(address)),
+      authkey_(std::move(authkey)),
+      serial_(next_serial.fetch_add(1)),
+      generation_(manager_fork_generation.load()) {
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(token_.data()), static_cast<int>(token_.size())) != 1)
+    throw Error("mpx: no randomness for a session token");
+  registry().all.insert(this);
+}
+
+Session::~Session() {
+  {
+    std::lock_guard lock(registry().m);
+    registry().all.erase(this);
+  }
+  conns_.clear();
+  anchor_.reset();
+}
+
+std::shared_ptr<Session> Session::get(const Address& address, const std::string& authkey) {
+  install_fork_handlers();
+  std::lock_guard lock(registry().m);
+  return get_locked(address, authkey);
+}
+
+Session& Session::successor() {
+  std::shared_ptr<Session> next;
+  {
+    std::lock_guard lock(registry().m);
+    if (!successor_ || successor_->generation_ != manager_fork_generation.load())
+      successor_ = get_locked(address_, authkey_);
+    next = successor_;
+  }
+  return *next;  // kept alive by successor_ while this session lives
+}
+
+ClientConn& Session::conn_slow(Cache& cache) {
+  auto me = std::this_thread::get_id();
+  ClientConn* c = nullptr;
+  {
+    std::lock_guard lock(m_);
+    auto it = conns_.find(me);
+    if (it != conns_.end()) c = it->second.get();
+  }
+  if (!c) {
+    auto fresh = std::make_unique<ClientConn>(address_, authkey_, token_);
+    std::lock_guard lock(m_);
+    c = conns_.emplace(me, std::move(fresh)).first->second.get();
+    thread_local ThreadHook hook;
+    hook.sessions.push_back(weak_from_this());
+  }
+  cache.serial = serial_;
+  cache.conn = c;
+  return *c;
+}
+
+void Session::thread_exited(std::thread::id id) noexcept {
+  std::unique_ptr<ClientConn> c;
+  std::lock_guard lock(m_);
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  c = std::move(it->second);
+  conns_.erase(it);
+  c->send_queued_noexcept();
+  if (!anchor_ && !c->broken()) anchor_ = std::move(c);
+}
+
+void Session::abandon_after_fork() noexcept {
+  // Another thread of the parent may have held the mutex at fork time; in the child no one does.
+  new (&m_) std::mutex;
+  for (auto& [id, c] : conns_) c->abandon_after_fork();
+  if (anchor_) anchor_->abandon_after_fork();
+}
+
+// ---------------------------------------------------------------------------------------
+// Proxies
+
+void ProxyCore::expect(proto::Kind kind, const std::string& tag) const {
+  if (kind_ != kind || tag_ != tag)
+    throw TypeMismatch("mpx: received a proxy to a " + std::string(proto::kind_name(kind_)) + "<" + tag_ +
+                       "> as a " + std::string(proto::kind_name(kind)) + "<" + tag + ">");
+}
+
+std::int64_t wire_timeout(bool block, Timeout timeout) noexcept {
+  if (!block) return 0;
+  if (!timeout) return proto::kForever;
+  return std::max<std::int64_t>(0, timeout->count());
+}
+
+ProxyCore open_object(const std::shared_ptr<Session>& session, const std::shared_ptr<void>& keepalive,
+                      proto::Kind kind, std::string_view name, const std::string& tag,
+                      const std::function<void(proto::Writer&)>& init) {
+  Request req(session->current().conn(), proto::Op::open, 0);
+  req.w().u8(static_cast<std::uint8_t>(kind));
+  req.w().str(name);
+  req.w().str(tag);
+  if (init) init(req.w());
+  auto r = req.call();
+  std::uint64_t oid = r.u64();
+  return ProxyCore(session, keepalive, oid, kind, tag, std::string(name));
+}
+
+}  // namespace mpx::detail
+
+namespace mpx {
+
+using detail::Request;
+using proto::Op;
+
+bool NamespaceProxy::contains(std::string_view name) const {
+  Request req(core_, Op::ns_contains);
+  req.w().str(name);
+  return req.call().boolean();
+}
+
+bool NamespaceProxy::erase(std::string_view name) {
+  Request req(core_, Op::ns_erase);
+  req.w().str(name);
+  return req.call().boolean();
+}
+
+namespace detail {
+
+bool LockableProxy::acquire(bool block, Timeout timeout) {
+  Request req(core_, Op::acquire);
+  req.w().i64(wire_timeout(block, timeout));
+  return req.call().boolean();
+}
+
+void LockableProxy::release() { release_n(1); }
+
+void LockableProxy::release_n(std::uint32_t n) {
+  Request req(core_, Op::release);
+  req.w().u32(n);
+  req.call();
+}
+
+}  // namespace detail
+
+unsigned SemaphoreProxy::get_value() const {
+  Request req(core_, Op::sem_value);
+  return req.call().u32();
+}
+
+bool ConditionProxy::wait(Timeout timeout) {
+  Request req(core_, Op::cond_wait);
+  req.w().i64(detail::wire_timeout(true, timeout));
+  return req.call().boolean();
+}
+
+void ConditionProxy::notify(unsigned n) {
+  Request req(core_, Op::cond_notify);
+  req.w().u32(n);
+  req.call();
+}
+
+void ConditionProxy::notify_all() {
+  Request req(core_, Op::cond_notify_all);
+  req.call();
+}
+
+bool EventProxy::is_set() const {
+  Request req(core_, Op::event_is_set);
+  return req.call().boolean();
+}
+void EventProxy::set() {
+  Request req(core_, Op::event_set);
+  req.call();
+}
+void EventProxy::clear() {
+  Request req(core_, Op::event_clear);
+  req.call();
+}
+bool EventProxy::wait(Timeout timeout) {
+  Request req(core_, Op::event_wait);
+  req.w().i64(detail::wire_timeout(true, timeout));
+  return req.call().boolean();
+}
+
+unsigned BarrierProxy::wait(Timeout timeout) {
+  Request req(core_, Op::barrier_wait);
+  req.w().i64(detail::wire_timeout(true, timeout));
+  return req.call().u32();
+}
+void BarrierProxy::reset() {
+  Request req(core_, Op::barrier_reset);
+  req.call();
+}
+void BarrierProxy::abort() {
+  Request req(core_, Op::barrier_abort);
+  req.call();
+}
+unsigned BarrierProxy::parties() const {
+  Request req(core_, Op::barrier_parties);
+  return req.call().u32();
+}
+unsigned BarrierProxy::n_waiting() const {
+  Request req(core_, Op::barrier_n_waiting);
+  return req.call().u32();
+}
+bool BarrierProxy::broken() const {
+  Request req(core_, Op::barrier_broken);
+  return req.call().boolean();
+}
+
+}  // namespace mpx

@@ -1,0 +1,98 @@
+// mpx::Server: the manager server hosted in the calling thread, and the serve loop that the
+// private Manager() process and mpxd share.
+#include "server_serve.hpp"
+
+#include "log.hpp"
+#include "server_core.hpp"
+
+#include <mpx/managers.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <csignal>
+
+namespace mpx {
+namespace detail {
+
+void serve_listener(Listener& listener, ServerOptions options, const std::vector<int>& signals,
+                    const std::function<void()>& ready, ServeControl* control) {
+  boost::asio::io_context io(1);
+  bool stopping = false;
+  std::unique_ptr<ServerCore> core;
+  boost::asio::signal_set sigs(io);
+  auto stop_all = [&] {
+    if (stopping) return;
+    stopping = true;
+    boost::system::error_code ignored;
+    sigs.cancel(ignored);
+    core->drain(std::chrono::seconds(2), [] {});
+  };
+  auto user_shutdown = std::move(options.on_shutdown_request);
+  options.on_shutdown_request = [&] {
+    if (user_shutdown) user_shutdown();
+    stop_all();
+  };
+  core = std::make_unique<ServerCore>(io, std::move(options));
+  int fd = ::fcntl(listener.fileno(), F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) throw ConnectionError("mpx: cannot serve on " + listener.address().str());
+  core->accept_on(fd);
+  for (int s : signals) sigs.add(s);
+  if (!signals.empty())
+    sigs.async_wait([&](boost::system::error_code ec, int sig) {
+      if (ec) return;
+      logger().info("manager at {}: signal {}, shutting down", listener.address().str(), sig);
+      stop_all();
+    });
+  if (control) {
+    std::lock_guard lock(control->m);
+    control->stop = [&io, &stop_all] { boost::asio::post(io, [&stop_all] { stop_all(); }); };
+    if (control->stop_requested) control->stop();
+  }
+  if (ready) ready();
+  io.run();
+  if (control) {
+    std::lock_guard lock(control->m);
+    control->stop = nullptr;
+  }
+  core.reset();
+}
+
+}  // namespace detail
+
+struct Server::State {
+  Listener listener;
+  std::string authkey;
+  detail::ServeControl control;
+  bool served = false;
+  State(const Address& a, std::string key) : listener(a), authkey(std::move(key)) {}
+};
+
+Server::Server(const Address& address, std::string authkey)
+    : s_(std::make_unique<State>(address, std::move(authkey))),
+      types_(std::make_shared<detail::TypeRegistry>()) {}
+
+Server::~Server() = default;
+
+const Address& Server::address() const { return s_->listener.address(); }
+
+void Server::serve_forever() {
+  if (s_->served) throw StateError("mpx: Server::serve_forever() has already run");
+  s_->served = true;
+  detail::ServerOptions options;
+  options.authkey = s_->authkey;
+  options.types = types_;
+  options.description = "mpx server at " + address().str();
+  detail::serve_listener(s_->listener, std::move(options), {SIGTERM, SIGINT}, {}, &s_->control);
+  s_->listener.close();
+}
+
+void Server::shutdown() {
+  std::lock_guard lock(s_->control.m);
+  if (s_->control.stop)
+    s_->control.stop();
+  else
+    s_->control.stop_requested = true;
+}
+
+}  // namespace mpx

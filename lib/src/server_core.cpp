@@ -1,0 +1,566 @@
+#include "server_core.hpp"
+
+#include "log.hpp"
+#include "server_impl.hpp"
+
+#include <mpx/proto/handshake.hpp>
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace mpx::detail {
+
+ServerCore::ServerCore(boost::asio::io_context& io, ServerOptions options)
+    : core_(std::make_unique<server::Core>(io, std::move(options))) {}
+ServerCore::~ServerCore() {
+  if (core_) core_->stop();
+}
+void ServerCore::accept_on(int listen_fd) { core_->accept_on(listen_fd); }
+void ServerCore::stop() { core_->stop(); }
+void ServerCore::drain(std::chrono::milliseconds grace, std::function<void()> on_drained) {
+  core_->drain(grace, std::move(on_drained));
+}
+
+namespace server {
+
+namespace {
+
+constexpr std::size_t kReadBuffer = 64 * 1024;
+// A connection parked on a blocking call stops reading once this much has piled up behind it.
+constexpr std::size_t kMaxBacklogBytes = std::size_t{64} << 20;
+
+ErrorInfo make_error(proto::ErrorCode code, std::string message) { return {code, {}, std::move(message), 0}; }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Conn
+
+Conn::Conn(Core& core, Socket socket, std::uint64_t id)
+    : core_(core),
+      socket_(std::move(socket)),
+      id_(id),
+      decoder_(proto::kMaxHandshakeMessage),
+      rbuf_(kReadBuffer),
+      timer_(core.io()) {}
+
+Conn::~Conn() = default;
+
+void Conn::start() {
+  if (core_.options().authkey.empty()) {
+    phase_ = Phase::await_hello;
+  } else {
+    challenge_ = proto::make_challenge();
+    send_frame(challenge_);
+    phase_ = Phase::challenge_sent;
+  }
+  start_handshake_timer();
+  flush();
+  read_more();
+}
+
+void Conn::start_handshake_timer() {
+  timer_.expires_after(core_.options().handshake_timeout);
+  timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+    if (ec || self->closed_ || self->phase_ == Phase::ready) return;
+    logger().info("manager: closing a connection that stalled in the handshake");
+    self->close_now();
+  });
+}
+
+void Conn::read_more() {
+  if (reading_ || closed_ || closing_ || backlog_bytes_ > kMaxBacklogBytes) return;
+  reading_ = true;
+  socket_.async_read_some(boost::asio::buffer(rbuf_),
+                          [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
+                            self->reading_ = false;
+                            if (self->closed_) return;
+                            if (ec) {
+                              self->close_now();
+                              return;
+                            }
+                            self->on_read(n);
+                          });
+}
+
+void Conn::on_read(std::size_t n) {
+  std::span<const std::byte> data(rbuf_.data(), n);
+  while (!data.empty() && !closed_ && !closing_) {
+    std::size_t used = 0;
+    try {
+      used = decoder_.feed(data);
+    } catch (const ProtocolError& e) {
+      // A frame over the cap: the stream cannot be resynchronised, so answer and close.
+      send_error_and_close(make_error(proto::ErrorCode::protocol, e.what()));
+      return;
+    }
+    data = data.subspan(used);
+    if (decoder_.ready()) on_frame(decoder_.take());
+  }
+  flush();
+  read_more();
+}
+
+void Conn::on_frame(Bytes frame) {
+  if (phase_ != Phase::ready) {
+    on_handshake_frame(frame);
+    return;
+  }
+  if (park_ || !backlog_.empty()) {
+    backlog_bytes_ += frame.size();
+    backlog_.push_back(std::move(frame));
+    return;
+  }
+  handle_request(frame);
+}
+
+void Conn::on_handshake_frame(Bytes& frame) {
+  const std::string& key = core_.options().authkey;
+  try {
+    switch (phase_) {
+      case Phase::challenge_sent:
+        try {
+          proto::verify_response(key, challenge_, frame);
+        } catch (const AuthenticationError&) {
+          send_frame(proto::as_bytes(proto::kFailure));
+          closing_ = true;
+          logger().info("manager: a peer failed the authkey handshake");
+          return;
+        }
+        send_frame(proto::as_bytes(proto::kWelcome));
+        phase_ = Phase::await_peer_challenge;
+        return;
+      case Phase::await_peer_challenge: {
+        auto response = proto::create_response(key, frame);
+        send_frame(response);
+        phase_ = Phase::await_verdict;
+        return;
+      }
+      case Phase::await_verdict:
+        if (!proto::is_welcome(frame)) {
+          closing_ = true;
+          return;
+        }
+        phase_ = Phase::await_hello;
+        return;
+      case Phase::await_hello: {
+        Reader r(frame);
+        if (static_cast<Op>(r.u8()) != Op::hello) throw ProtocolError("mpx manager protocol: expected hello");
+        r.u64();
+        auto magic = r.take(proto::kManagerMagic.size());
+        if (std::memcmp(magic.data(), proto::kManagerMagic.data(), magic.size()) != 0)
+          throw ProtocolError("mpx manager protocol: not an mpx manager client");
+        std::uint32_t version = r.u32();
+        if (version != proto::kManagerVersion)
+          throw ProtocolError("mpx manager protocol: version mismatch: client speaks " +
+                              std::to_string(version) + ", server speaks " +
+                              std::to_string(proto::kManagerVersion));
+        auto token = r.take(proto::kSessionTokenSize);
+        r.expect_end();
+        session_ = core_.join_session(std::string(reinterpret_cast<const char*>(token.data()), token.size()));
+        std::size_t start = begin_frame();
+        Writer w(out_);
+        w.u8(static_cast<std::uint8_t>(proto::Status::ok));
+        w.raw(proto::kManagerMagic.data(), proto::kManagerMagic.size());
+        w.u32(proto::kManagerVersion);
+        w.str(core_.options().description);
+        end_frame(start);
+        phase_ = Phase::ready;
+        decoder_.set_max_length(core_.options().max_message);
+        timer_.cancel();
+        return;
+      }
+      case Phase::ready:
+        return;
+    }
+  } catch (const std::exception& e) {
+    // Anything wrong before the session starts ends the connection.
+    send_error_and_close(proto::error_from_exception(e));
+  }
+}
+
+void Conn::handle_request(Bytes& frame) {
+  std::size_t start = begin_frame();
+  bool parked = false;
+  {
+    Writer w(out_);
+    w.u8(static_cast<std::uint8_t>(proto::Status::ok));
+    try {
+      Reader r(frame);
+      auto op = static_cast<Op>(r.u8());
+      std::uint64_t oid = r.u64();
+      core_.dispatch(*this, op, oid, r, w, parked);
+    } catch (const std::exception& e) {
+      parked = false;
+      out_.resize(start + 4);
+      w.u8(static_cast<std::uint8_t>(proto::Status::error));
+      proto::write_error(w, proto::error_from_exception(e));
+    }
+  }
+  if (parked)
+    out_.resize(start);
+  else
+    end_frame(start);
+}
+
+void Conn::resume() {
+  while (!park_ && !backlog_.empty() && !closed_ && !closing_) {
+    Bytes frame = std::move(backlog_.front());
+    backlog_.pop_front();
+    backlog_bytes_ -= frame.size();
+    handle_request(frame);
+  }
+  flush();
+  read_more();
+}
+
+Park& Conn::park(Obj& obj, Op op, std::int64_t timeout_ns) {
+  park_.emplace();
+  park_->obj = &obj;
+  park_->op = op;
+  rearm(timeout_ns);
+  return *park_;
+}
+
+void Conn::rearm(std::int64_t timeout_ns) {
+  ++park_gen_;
+  timer_.cancel();
+  if (timeout_ns < 0) return;
+  timer_.expires_after(std::chrono::nanoseconds(timeout_ns));
+  timer_.async_wait([self = shared_from_this(), gen = park_gen_](boost::system::error_code ec) {
+    if (ec || self->closed_ || !self->park_ || self->park_gen_ != gen) return;
+    self->park_->obj->on_timeout(*self);
+  });
+}
+
+void Conn::complete_ok(const std::function<void(Writer&)>& body) {
+  park_.reset();
+  ++park_gen_;
+  timer_.cancel();
+  if (closed_) return;
+  std::size_t start = begin_frame();
+  Writer w(out_);
+  w.u8(static_cast<std::uint8_t>(proto::Status::ok));
+  body(w);
+  end_frame(start);
+  if (!resume_posted_) {
+    resume_posted_ = true;
+    boost::asio::post(core_.io(), [self = shared_from_this()] {
+      self->resume_posted_ = false;
+      if (!self->closed_) self->resume();
+    });
+  }
+}
+
+void Conn::complete_error(const ErrorInfo& e) {
+  park_.reset();
+  ++park_gen_;
+  timer_.cancel();
+  if (closed_) return;
+  std::size_t start = begin_frame();
+  Writer w(out_);
+  w.u8(static_cast<std::uint8_t>(proto::Status::error));
+  proto::write_error(w, e);
+  end_frame(start);
+  if (!resume_posted_) {
+    resume_posted_ = true;
+    boost::asio::post(core_.io(), [self = shared_from_this()] {
+      self->resume_posted_ = false;
+      if (!self->closed_) self->resume();
+    });
+  }
+}
+
+void Conn::send_error_and_close(const ErrorInfo& e) {
+  if (closed_ || closing_) return;
+  std::size_t start = begin_frame();
+  Writer w(out_);
+  w.u8(static_cast<std::uint8_t>(proto::Status::error));
+  proto::write_error(w, e);
+  end_frame(start);
+  closing_ = true;
+  flush();
+}
+
+void Conn::close_now() {
+  if (closed_) return;
+  closed_ = true;
+  timer_.cancel();
+  if (park_ && park_->obj) park_->obj->drop_waiter(*this);
+  park_.reset();
+  backlog_.clear();
+  for (std::uint64_t oid : holdings_)
+    if (Obj* o = core_.find(oid)) o->release_held(*this);
+  holdings_.clear();
+  boost::system::error_code ignored;
+  socket_.shutdown(Socket::shutdown_both, ignored);
+  socket_.close(ignored);
+  core_.conn_closed(*this);
+}
+
+void Conn::drain() {
+  if (closed_ || closing_) return;
+  if (phase_ != Phase::ready) {
+    close_now();
+    return;
+  }
+  if (park_ && park_->obj) {
+    park_->obj->drop_waiter(*this);
+    complete_error(make_error(proto::ErrorCode::connection_closed, "mpx: the manager is shutting down"));
+  }
+  backlog_.clear();
+  backlog_bytes_ = 0;
+  closing_ = true;
+  flush();
+}
+
+void Conn::send_frame(std::span<const std::byte> payload) { proto::append_frame(out_, payload); }
+
+std::size_t Conn::begin_frame() {
+  std::size_t start = out_.size();
+  out_.resize(start + proto::kShortHeaderSize);
+  return start;
+}
+
+void Conn::end_frame(std::size_t start) {
+  std::uint64_t len = out_.size() - start - proto::kShortHeaderSize;
+  auto header = proto::encode_header(len);
+  if (header.size() != proto::kShortHeaderSize)
+    out_.insert(out_.begin() + static_cast<std::ptrdiff_t>(start + proto::kShortHeaderSize),
+                header.size() - proto::kShortHeaderSize, std::byte{0});
+  std::memcpy(out_.data() + start, header.bytes().data(), header.size());
+}
+
+void Conn::flush() {
+  if (closed_) return;
+  if (write_in_flight_) return;
+  if (out_.empty()) {
+    if (closing_) close_now();
+    return;
+  }
+  std::swap(out_, writing_);
+  out_.clear();
+  write_in_flight_ = true;
+  boost::asio::async_write(socket_, boost::asio::buffer(writing_),
+                           [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+                             self->write_in_flight_ = false;
+                             self->writing_.clear();
+                             if (self->closed_) return;
+                             if (ec) {
+                               self->close_now();
+                               return;
+                             }
+                             self->flush();
+                           });
+}
+
+// ---------------------------------------------------------------------------------------
+// Core
+
+Core::Core(boost::asio::io_context& io, ServerOptions options) : io_(io), options_(std::move(options)) {}
+
+Core::~Core() {
+  stop();
+  *alive_ = false;
+}
+
+void Core::accept_on(int listen_fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(listen_fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+    ::close(listen_fd);
+    throw ConnectionError("mpx: the manager's listening socket is unusable");
+  }
+  tcp_ = ss.ss_family == AF_INET || ss.ss_family == AF_INET6;
+  boost::asio::generic::stream_protocol protocol(ss.ss_family, tcp_ ? IPPROTO_TCP : 0);
+  acceptor_ =
+      std::make_unique<boost::asio::basic_socket_acceptor<boost::asio::generic::stream_protocol>>(io_);
+  acceptor_->assign(protocol, listen_fd);
+  do_accept();
+}
+
+void Core::do_accept() {
+  if (stopping_ || !acceptor_) return;
+  acceptor_->async_accept([this, alive = alive_](boost::system::error_code ec, Conn::Socket socket) {
+    if (!*alive || stopping_ || ec == boost::asio::error::operation_aborted) return;
+    if (ec) {
+      // Out of descriptors and the like: log, back off a little, keep serving the others.
+      logger().warn("manager: accept failed: {}", ec.message());
+      auto t = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::milliseconds(50));
+      t->async_wait([this, t, alive](boost::system::error_code) {
+        if (*alive) do_accept();
+      });
+      return;
+    }
+    if (tcp_) {
+      int one = 1;
+      ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    std::uint64_t id = next_conn_++;
+    auto c = std::make_shared<Conn>(*this, std::move(socket), id);
+    conns_[id] = c;
+    c->start();
+    do_accept();
+  });
+}
+
+void Core::drain(std::chrono::milliseconds grace, std::function<void()> on_drained) {
+  if (stopping_) return;
+  stopping_ = true;
+  on_drained_ = std::move(on_drained);
+  if (acceptor_) {
+    boost::system::error_code ignored;
+    acceptor_->close(ignored);
+  }
+  drain_timer_ = std::make_unique<boost::asio::steady_timer>(io_, grace);
+  drain_timer_->async_wait([this, alive = alive_](boost::system::error_code ec) {
+    if (ec || !*alive) return;
+    stop();
+  });
+  std::vector<std::shared_ptr<Conn>> conns;
+  for (auto& [id, weak] : conns_)
+    if (auto c = weak.lock()) conns.push_back(c);
+  for (auto& c : conns) c->drain();
+  if (conns_.empty()) stop();
+}
+
+void Core::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  stopping_ = true;
+  if (drain_timer_) drain_timer_->cancel();
+  if (acceptor_) {
+    boost::system::error_code ignored;
+    acceptor_->close(ignored);
+  }
+  auto conns = std::move(conns_);
+  conns_.clear();
+  for (auto& [id, weak] : conns)
+    if (auto c = weak.lock()) c->close_now();
+  objects_.clear();
+  names_.clear();
+  sessions_.clear();
+  if (auto f = std::exchange(on_drained_, nullptr)) f();
+}
+
+void Core::request_shutdown() {
+  if (options_.on_shutdown_request) boost::asio::post(io_, [f = options_.on_shutdown_request] { f(); });
+}
+
+Obj* Core::find(std::uint64_t oid) {
+  auto it = objects_.find(oid);
+  return it == objects_.end() ? nullptr : it->second.get();
+}
+
+SessionRec* Core::join_session(std::string token) {
+  auto& s = sessions_[token];
+  if (!s) {
+    s = std::make_unique<SessionRec>();
+    s->token = std::move(token);
+  }
+  ++s->connections;
+  return s.get();
+}
+
+void Core::leave_session(SessionRec* s) {
+  if (!s || --s->connections > 0) return;
+  auto anonymous = std::move(s->anonymous);
+  std::string token = s->token;
+  sessions_.erase(token);
+  for (std::uint64_t oid : anonymous) destroy(oid, "its creator disconnected");
+}
+
+void Core::conn_closed(Conn& c) {
+  if (stopped_) return;
+  conns_.erase(c.id());
+  SessionRec* s = c.session_;
+  c.session_ = nullptr;
+  leave_session(s);
+  if (stopping_ && conns_.empty()) stop();
+}
+
+void Core::destroy(std::uint64_t oid, const char* why) {
+  auto it = objects_.find(oid);
+  if (it == objects_.end()) return;
+  std::unique_ptr<Obj> o = std::move(it->second);
+  objects_.erase(it);
+  if (!o->name().empty()) names_.erase(o->name());
+  o->fail_waiters(
+      make_error(proto::ErrorCode::state, std::string("mpx: the managed object is gone: ") + why));
+}
+
+void Core::dispatch(Conn& c, Op op, std::uint64_t oid, Reader& r, Writer& w, bool& parked) {
+  switch (op) {
+    case Op::hello:
+      throw ProtocolError("mpx manager protocol: hello sent twice");
+    case Op::open:
+      open(c, r, w);
+      return;
+    case Op::erase_name: {
+      std::string name(r.str());
+      r.expect_end();
+      bool existed = names_.count(name) != 0;
+      if (existed) destroy(names_[name], "erased");
+      w.boolean(existed);
+      return;
+    }
+    case Op::ping:
+      return;
+    case Op::shutdown:
+      if (!options_.allow_remote_shutdown)
+        throw StateError("mpx: this server does not take shutdown requests");
+      request_shutdown();
+      return;
+    default:
+      break;
+  }
+  Obj* o = find(oid);
+  if (!o)
+    throw StateError("mpx: no managed object #" + std::to_string(oid) +
+                     " (it was erased, or its creator disconnected)");
+  parked = o->handle(c, op, r, w);
+}
+
+void Core::open(Conn& c, Reader& r, Writer& w) {
+  auto kind = static_cast<Kind>(r.u8());
+  std::string name(r.str());
+  std::string tag(r.str());
+  if (proto::kind_name(kind) == "?") throw ProtocolError("mpx manager protocol: unknown object kind");
+  if (!name.empty()) {
+    auto it = names_.find(name);
+    if (it != names_.end()) {
+      Obj* o = find(it->second);
+      if (o->kind() != kind || o->tag() != tag)
+        throw TypeMismatch("mpx: managed object '" + name + "' is a " +
+                           std::string(proto::kind_name(o->kind())) + "<" + o->tag() + ">, not a " +
+                           std::string(proto::kind_name(kind)) + "<" + tag + ">");
+      w.u64(o->id());
+      w.boolean(false);
+      return;
+    }
+  }
+  std::uint64_t id = next_oid_;
+  std::unique_ptr<Obj> obj;
+  if (kind == Kind::object) {
+    obj = make_registered(*this, id, tag, name, r, options_.types.get());
+  } else if (kind == Kind::task_queue) {
+    if (name.empty()) throw ValueError("mpx: a task queue needs a name");
+    r.expect_end();
+    obj = make_task_queue(*this, id, tag, name);
+  } else {
+    obj = make_builtin(*this, id, kind, tag, name, r);
+  }
+  ++next_oid_;
+  objects_[id] = std::move(obj);
+  if (!name.empty())
+    names_[name] = id;
+  else if (c.session())
+    c.session()->anonymous.push_back(id);
+  w.u64(id);
+  w.boolean(true);
+}
+
+}  // namespace server
+}  // namespace mpx::detail

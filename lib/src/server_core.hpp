@@ -1,0 +1,51 @@
+// The manager server core: one Boost.Asio server hosting shared objects and named task
+// queues, for the private Manager() process, mpx::Server and mpxd alike.
+#pragma once
+
+#include "server_asio.hpp"
+
+#include <mpx/detail/server_types.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace mpx::detail {
+
+namespace server {
+class Core;
+}
+
+struct ServerOptions {
+  std::string authkey;                 // empty: no handshake (as Python's Listener without authkey)
+  bool allow_remote_shutdown = false;  // may a client's shutdown request stop the server?
+  std::size_t max_message = std::size_t{1} << 30;  // largest request after the handshake
+  std::chrono::nanoseconds handshake_timeout = std::chrono::seconds(30);
+  std::shared_ptr<TypeRegistry> types;  // registered types; nullptr = none
+  std::string description = "mpx manager";
+  std::function<void()> on_shutdown_request;  // run (on the server thread) for an allowed shutdown request
+};
+
+class ServerCore {
+ public:
+  ServerCore(boost::asio::io_context& io, ServerOptions options);
+  ~ServerCore();
+  ServerCore(const ServerCore&) = delete;
+  ServerCore& operator=(const ServerCore&) = delete;
+
+  // Serves connections accepted on a listening socket; takes ownership of the descriptor.
+  void accept_on(int listen_fd);
+  // Closes the listener and every connection and drops every object. Server thread only.
+  void stop();
+  // Graceful stop: no new connections; each one gets its replies out (a parked request
+  // fails with ConnectionClosed) and closes; after `grace` the stragglers are cut off.
+  // on_drained runs (on the server thread) when no connection is left.
+  void drain(std::chrono::milliseconds grace, std::function<void()> on_drained);
+
+ private:
+  std::unique_ptr<server::Core> core_;
+};
+
+}  // namespace mpx::detail

@@ -1,0 +1,247 @@
+// The manager server's insides: connections, the object table and the object kinds.
+// Everything here runs on one io_context thread, so nothing is locked. A request that has
+// to wait (queue get, lock acquire ...) parks its connection: the connection stops taking
+// requests until the object completes the parked one (or its timer runs out), while every
+// other connection is served as usual.
+#pragma once
+
+#include "server_core.hpp"
+
+#include <mpx/proto/frame.hpp>
+#include <mpx/proto/manager.hpp>
+
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+namespace mpx::detail::server {
+
+using proto::ErrorInfo;
+using proto::Kind;
+using proto::Op;
+using proto::Reader;
+using proto::Writer;
+
+class Core;
+class Obj;
+struct SessionRec;
+
+// What a parked request needs to finish later.
+struct Park {
+  Obj* obj = nullptr;
+  Op op{};
+  Bytes item;                // queue_put
+  std::vector<Bytes> items;  // queue_put_many: the items not yet in the queue
+  std::uint64_t n = 0;       // queue_get_many: the most to hand out; task id for task ops
+  std::uint32_t saved = 0;   // condition_wait: the rlock depth to restore
+  bool result = true;        // condition_wait: false once it timed out
+  bool reacquiring = false;  // condition_wait: notified (or timed out), now waits for the lock
+};
+
+class Conn : public std::enable_shared_from_this<Conn> {
+ public:
+  using Socket = boost::asio::generic::stream_protocol::socket;
+  Conn(Core& core, Socket socket, std::uint64_t id);
+  ~Conn();
+
+  void start();
+  std::uint64_t id() const noexcept { return id_; }
+  bool closed() const noexcept { return closed_; }
+  SessionRec* session() const noexcept { return session_; }
+  int peer_pid() const noexcept { return peer_pid_; }
+
+  // Parking, from an object's handler: the request waits (timeout_ns: 0 = not at all,
+  // < 0 = forever). The handler returns true after calling this.
+  Park& park(Obj& obj, Op op, std::int64_t timeout_ns);
+  Park* parked() noexcept { return park_ ? &*park_ : nullptr; }
+  // The parked request of a connection an object has in a wait list (always there).
+  Park& waiting() { return *park_; }
+  // Finishing the parked request, from the object that held it.
+  void complete_ok(const std::function<void(Writer&)>& body);
+  void complete_error(const ErrorInfo& e);
+  // Restarts (or stops) the park's timer, for a parked request that changes phase.
+  void rearm(std::int64_t timeout_ns);
+
+  // Objects this connection holds something in (lock, semaphore slot ...), released on close.
+  void hold(std::uint64_t oid) { holdings_.insert(oid); }
+
+  // Closes at once: objects forget this connection, nothing more is sent.
+  void close_now();
+  // Server shutdown: a parked request fails with ConnectionClosed, queued replies go out,
+  // then the connection closes.
+  void drain();
+
+  // Replies that have not gone out yet, and a way to send an unsolicited final error.
+  void send_error_and_close(const ErrorInfo& e);
+
+ private:
+  enum class Phase { challenge_sent, await_peer_challenge, await_verdict, await_hello, ready };
+  void read_more();
+  void on_read(std::size_t n);
+  void on_frame(Bytes frame);
+  void on_handshake_frame(Bytes& frame);
+  void handle_request(Bytes& frame);
+  void resume();
+  void flush();
+  void send_frame(std::span<const std::byte> payload);
+  std::size_t begin_frame();
+  void end_frame(std::size_t start);
+  void start_handshake_timer();
+
+  Core& core_;
+  Socket socket_;
+  std::uint64_t id_;
+  Phase phase_ = Phase::challenge_sent;
+  Bytes challenge_;
+  proto::FrameDecoder decoder_;
+  std::vector<std::byte> rbuf_;
+  Bytes out_, writing_;
+  bool write_in_flight_ = false;
+  bool reading_ = false;
+  bool closed_ = false;
+  bool closing_ = false;  // flush what is queued, then close
+  std::optional<Park> park_;
+  std::uint64_t park_gen_ = 0;
+  std::deque<Bytes> backlog_;  // requests that arrived while parked
+  std::size_t backlog_bytes_ = 0;
+  bool resume_posted_ = false;
+  boost::asio::steady_timer timer_;
+  std::unordered_set<std::uint64_t> holdings_;
+  SessionRec* session_ = nullptr;
+  int peer_pid_ = 0;
+
+  friend class Core;
+};
+
+// The base of every object kind.
+class Obj {
+ public:
+  Obj(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name)
+      : core_(core), id_(id), kind_(kind), tag_(std::move(tag)), name_(std::move(name)) {}
+  virtual ~Obj() = default;
+  Obj(const Obj&) = delete;
+  Obj& operator=(const Obj&) = delete;
+
+  std::uint64_t id() const noexcept { return id_; }
+  Kind kind() const noexcept { return kind_; }
+  const std::string& tag() const noexcept { return tag_; }
+  const std::string& name() const noexcept { return name_; }
+
+  // Serves one request: writes the ok body to `w`, or parks `c` and returns true.
+  virtual bool handle(Conn& c, Op op, Reader& r, Writer& w) = 0;
+  // c's parked request ran out of time.
+  virtual void on_timeout(Conn& c) { c.complete_error({proto::ErrorCode::timeout, {}, "mpx: timed out", 0}); }
+  // c is closing while parked here: forget it (no reply).
+  virtual void drop_waiter(Conn& c) = 0;
+  // c is closing: give back whatever it holds.
+  virtual void release_held(Conn&) {}
+  // The object is going away: fail every parked request.
+  virtual void fail_waiters(const ErrorInfo& e) = 0;
+
+ protected:
+  Core& core_;
+
+ private:
+  std::uint64_t id_;
+  Kind kind_;
+  std::string tag_;
+  std::string name_;
+};
+
+// Waiters in arrival order, with removal of any one of them.
+class WaitList {
+ public:
+  void push(Conn* c) { q_.push_back(c); }
+  bool empty() const noexcept { return q_.empty(); }
+  std::size_t size() const noexcept { return q_.size(); }
+  Conn* front() const { return q_.front(); }
+  Conn* pop() {
+    Conn* c = q_.front();
+    q_.pop_front();
+    return c;
+  }
+  bool remove(Conn* c) {
+    for (auto it = q_.begin(); it != q_.end(); ++it)
+      if (*it == c) {
+        q_.erase(it);
+        return true;
+      }
+    return false;
+  }
+  void fail_all(const ErrorInfo& e) {
+    auto q = std::move(q_);
+    q_.clear();
+    for (Conn* c : q) c->complete_error(e);
+  }
+  auto begin() { return q_.begin(); }
+  auto end() { return q_.end(); }
+
+ private:
+  std::deque<Conn*> q_;
+};
+
+struct SessionRec {
+  std::string token;
+  int connections = 0;
+  std::vector<std::uint64_t> anonymous;  // objects that end with the session
+};
+
+// Makes a built-in object: OPEN's body after kind/name/tag is the kind's init data.
+std::unique_ptr<Obj> make_builtin(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name,
+                                  Reader& init);
+std::unique_ptr<Obj> make_registered(Core& core, std::uint64_t id, std::string tag, std::string name,
+                                     Reader& init, const TypeRegistry* types);
+std::unique_ptr<Obj> make_task_queue(Core& core, std::uint64_t id, std::string tag, std::string name);
+
+class Core {
+ public:
+  Core(boost::asio::io_context& io, ServerOptions options);
+  ~Core();
+
+  boost::asio::io_context& io() noexcept { return io_; }
+  const ServerOptions& options() const noexcept { return options_; }
+  void accept_on(int listen_fd);
+  // Stops accepting and lets every connection send what it owes, closing each; after
+  // `grace` the rest are closed. on_drained runs once no connection is left.
+  void drain(std::chrono::milliseconds grace, std::function<void()> on_drained);
+  void stop();
+  bool stopping() const noexcept { return stopping_; }
+
+  // Called by connections.
+  void dispatch(Conn& c, Op op, std::uint64_t oid, Reader& r, Writer& w, bool& parked);
+  SessionRec* join_session(std::string token);
+  void leave_session(SessionRec* s);
+  void conn_closed(Conn& c);
+  Obj* find(std::uint64_t oid);
+  void request_shutdown();
+
+ private:
+  void do_accept();
+  void open(Conn& c, Reader& r, Writer& w);
+  void erase_name(std::string_view name);
+  void destroy(std::uint64_t oid, const char* why);
+
+  boost::asio::io_context& io_;
+  ServerOptions options_;
+  std::unique_ptr<boost::asio::basic_socket_acceptor<boost::asio::generic::stream_protocol>> acceptor_;
+  bool tcp_ = false;
+  bool stopping_ = false;  // no new connections or requests
+  bool stopped_ = false;
+  std::unique_ptr<boost::asio::steady_timer> drain_timer_;
+  std::function<void()> on_drained_;
+  std::uint64_t next_oid_ = 1;
+  std::uint64_t next_conn_ = 1;
+  std::unordered_map<std::uint64_t, std::unique_ptr<Obj>> objects_;
+  std::unordered_map<std::string, std::uint64_t> names_;
+  std::unordered_map<std::string, std::unique_ptr<SessionRec>> sessions_;
+  std::unordered_map<std::uint64_t, std::weak_ptr<Conn>> conns_;
+  // Accept handlers may run after the Core is gone (when the io_context outlives it).
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace mpx::detail::server

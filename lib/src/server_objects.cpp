@@ -1,0 +1,1034 @@
+// The built-in object kinds of the manager server, and registered types.
+#include "server_impl.hpp"
+
+#include <cxxabi.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <list>
+#include <map>
+#include <typeinfo>
+
+namespace mpx::detail {
+
+std::string demangle(const char* mangled) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> out(abi::__cxa_demangle(mangled, nullptr, nullptr, &status),
+                                             std::free);
+  return status == 0 && out ? std::string(out.get()) : std::string(mangled);
+}
+
+void rethrow_as_remote() {
+  try {
+    throw;
+  } catch (const RemoteError& e) {
+    throw RemoteError(e.type_name(), e.message());
+  } catch (const std::exception& e) {
+    throw RemoteError(demangle(typeid(e).name()), e.what());
+  } catch (...) {
+    throw RemoteError("unknown exception", "a non-standard exception was thrown");
+  }
+}
+
+std::shared_ptr<RegisteredType> TypeRegistry::add(std::string name, std::string cpp_tag) {
+  if (name.empty()) throw ValueError("mpx::register_type: the type name is empty");
+  auto t = std::make_shared<RegisteredType>();
+  t->name = name;
+  t->cpp_tag = std::move(cpp_tag);
+  std::lock_guard lock(m_);
+  types_[std::move(name)] = t;
+  return t;
+}
+
+std::shared_ptr<const RegisteredType> TypeRegistry::find(std::string_view name) const {
+  std::lock_guard lock(m_);
+  auto it = types_.find(name);
+  return it == types_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<TypeRegistry> global_type_registry() {
+  static const auto registry = std::make_shared<TypeRegistry>();
+  return registry;
+}
+
+namespace server {
+
+namespace {
+
+using proto::ErrorCode;
+
+std::string_view as_sv(std::span<const std::byte> b) {
+  return {reinterpret_cast<const char*>(b.data()), b.size()};
+}
+Bytes as_bytes(std::span<const std::byte> b) { return Bytes(b.begin(), b.end()); }
+
+[[noreturn]] void bad_op(Op op, Kind kind) {
+  throw ProtocolError("mpx manager protocol: operation " + std::to_string(static_cast<int>(op)) +
+                      " does not apply to a " + std::string(proto::kind_name(kind)));
+}
+
+// ---------------------------------------------------------------------------------------
+// dict: insertion-ordered, keys compared by their encoded bytes
+
+class DictObj final : public Obj {
+ public:
+  using Obj::Obj;
+
+  bool handle(Conn&, Op op, Reader& r, Writer& w) override {
+    switch (op) {
+      case Op::dict_set: {
+        auto k = r.blob();
+        auto v = r.blob();
+        r.expect_end();
+        set(k, v);
+        return false;
+      }
+      case Op::dict_get:
+      case Op::dict_pop: {
+        auto k = r.blob();
+        r.expect_end();
+        auto it = index_.find(as_sv(k));
+        w.boolean(it != index_.end());
+        if (it != index_.end()) {
+          w.blob(it->second->value);
+          if (op == Op::dict_pop) erase(it);
+        }
+        return false;
+      }
+      case Op::dict_contains: {
+        auto k = r.blob();
+        r.expect_end();
+        w.boolean(index_.count(as_sv(k)) != 0);
+        return false;
+      }
+      case Op::dict_erase: {
+        auto k = r.blob();
+        r.expect_end();
+        auto it = index_.find(as_sv(k));
+        w.boolean(it != index_.end());
+        if (it != index_.end()) erase(it);
+        return false;
+      }
+      case Op::dict_size:
+        w.u64(entries_.size());
+        return false;
+      case Op::dict_keys:
+        w.u64(entries_.size());
+        for (auto& e : entries_) w.str(e.key);
+        return false;
+      case Op::dict_values:
+        w.u64(entries_.size());
+        for (auto& e : entries_) w.blob(e.value);
+        return false;
+      case Op::dict_items:
+        w.u64(entries_.size());
+        for (auto& e : entries_) {
+          w.str(e.key);
+          w.blob(e.value);
+        }
+        return false;
+      case Op::dict_clear:
+        index_.clear();
+        entries_.clear();
+        return false;
+      case Op::dict_update: {
+        // Validate the whole request before changing anything.
+        std::uint64_t n = r.count(16);
+        std::vector<std::pair<std::span<const std::byte>, std::span<const std::byte>>> kv;
+        kv.reserve(n);
+        for (std::uint64_t i = 0; i < n; ++i) {
+          auto k = r.blob();
+          kv.emplace_back(k, r.blob());
+        }
+        r.expect_end();
+        for (auto& [k, v] : kv) set(k, v);
+        return false;
+      }
+      default:
+        bad_op(op, kind());
+    }
+  }
+  void drop_waiter(Conn&) override {}
+  void fail_waiters(const ErrorInfo&) override {}
+
+ private:
+  struct Entry {
+    std::string key;
+    Bytes value;
+  };
+  using Index = std::unordered_map<std::string_view, std::list<Entry>::iterator>;
+
+  void set(std::span<const std::byte> k, std::span<const std::byte> v) {
+    auto it = index_.find(as_sv(k));
+    if (it != index_.end()) {
+      it->second->value.assign(v.begin(), v.end());
+      return;
+    }
+    entries_.push_back({std::string(as_sv(k)), as_bytes(v)});
+    auto e = std::prev(entries_.end());
+    index_.emplace(std::string_view(e->key), e);
+  }
+  void erase(Index::iterator it) {
+    auto e = it->second;
+    index_.erase(it);
+    entries_.erase(e);
+  }
+
+  std::list<Entry> entries_;
+  Index index_;
+};
+
+// ---------------------------------------------------------------------------------------
+// list
+
+class ListObj final : public Obj {
+ public:
+  using Obj::Obj;
+
+  bool handle(Conn&, Op op, Reader& r, Writer& w) override {
+    switch (op) {
+      case Op::list_append: {
+        auto v = r.blob();
+        r.expect_end();
+        items_.push_back(as_bytes(v));
+        return false;
+      }
+      case Op::list_extend: {
+        std::uint64_t n = r.count(8);
+        std::vector<std::span<const std::byte>> vs;
+        vs.reserve(n);
+        for (std::uint64_t i = 0; i < n; ++i) vs.push_back(r.blob());
+        r.expect_end();
+        for (auto v : vs) items_.push_back(as_bytes(v));
+        return false;
+      }
+      case Op::list_at: {
+        auto i = index(r.i64());
+        r.expect_end();
+        w.blob(items_[i]);
+        return false;
+      }
+      case Op::list_set: {
+        auto i = index(r.i64());
+        auto v = r.blob();
+        r.expect_end();
+        items_[i] = as_bytes(v);
+        return false;
+      }
+      case Op::list_insert: {
+        std::int64_t i = r.i64();
+        auto v = r.blob();
+        r.expect_end();
+        auto n = static_cast<std::int64_t>(items_.size());
+        if (i < 0) i = std::max<std::int64_t>(0, i + n);
+        i = std::min(i, n);
+        items_.insert(items_.begin() + i, as_bytes(v));
+        return false;
+      }
+      case Op::list_pop: {
+        std::int64_t raw = r.i64();
+        r.expect_end();
+        if (items_.empty()) throw IndexError("mpx: pop from an empty list");
+        auto i = index(raw);
+        w.blob(items_[i]);
+        items_.erase(items_.begin() + static_cast<std::ptrdiff_t>(i));
+        return false;
+      }
+      case Op::list_erase: {
+        auto i = index(r.i64());
+        r.expect_end();
+        items_.erase(items_.begin() + static_cast<std::ptrdiff_t>(i));
+        return false;
+      }
+      case Op::list_size:
+        w.u64(items_.size());
+        return false;
+      case Op::list_clear:
+        items_.clear();
+        return false;
+      case Op::list_snapshot:
+        w.u64(items_.size());
+        for (auto& v : items_) w.blob(v);
+        return false;
+      default:
+        bad_op(op, kind());
+    }
+  }
+  void drop_waiter(Conn&) override {}
+  void fail_waiters(const ErrorInfo&) override {}
+
+ private:
+  // Python's indexing: negative counts from the end; out of range is an IndexError.
+  std::size_t index(std::int64_t i) const {
+    auto n = static_cast<std::int64_t>(items_.size());
+    if (i < 0) i += n;
+    if (i < 0 || i >= n) throw IndexError("mpx: list index out of range");
+    return static_cast<std::size_t>(i);
+  }
+  std::vector<Bytes> items_;
+};
+
+// ---------------------------------------------------------------------------------------
+// value
+
+class ValueObj final : public Obj {
+ public:
+  ValueObj(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name, Bytes initial)
+      : Obj(core, id, kind, std::move(tag), std::move(name)), value_(std::move(initial)) {}
+
+  bool handle(Conn&, Op op, Reader& r, Writer& w) override {
+    switch (op) {
+      case Op::value_get:
+        w.blob(value_);
+        return false;
+      case Op::value_set: {
+        auto v = r.blob();
+        r.expect_end();
+        value_.assign(v.begin(), v.end());
+        return false;
+      }
+      default:
+        bad_op(op, kind());
+    }
+  }
+  void drop_waiter(Conn&) override {}
+  void fail_waiters(const ErrorInfo&) override {}
+
+ private:
+  Bytes value_;
+};
+
+// ---------------------------------------------------------------------------------------
+// namespace: attributes of any type, each remembering its type tag
+
+class NamespaceObj final : public Obj {
+ public:
+  using Obj::Obj;
+
+  bool handle(Conn&, Op op, Reader& r, Writer& w) override {
+    switch (op) {
+      case Op::ns_set: {
+        std::string name(r.str());
+        std::string tag(r.str());
+        auto v = r.blob();
+        r.expect_end();
+        attrs_[std::move(name)] = {std::move(tag), as_bytes(v)};
+        return false;
+      }
+      case Op::ns_get: {
+        auto name = r.str();
+        auto tag = r.str();
+        r.expect_end();
+        auto it = attrs_.find(name);
+        if (it == attrs_.end())
+          throw KeyError("mpx: the namespace has no attribute '" + std::string(name) + "'");
+        if (it->second.first != tag)
+          throw TypeMismatch("mpx: namespace attribute '" + std::string(name) + "' is a " + it->second.first +
+                             ", not a " + std::string(tag));
+        w.blob(it->second.second);
+        return false;
+      }
+      case Op::ns_contains: {
+        auto name = r.str();
+        r.expect_end();
+        w.boolean(attrs_.find(name) != attrs_.end());
+        return false;
+      }
+      case Op::ns_erase: {
+        auto name = r.str();
+        r.expect_end();
+        auto it = attrs_.find(name);
+        w.boolean(it != attrs_.end());
+        if (it != attrs_.end()) attrs_.erase(it);
+        return false;
+      }
+      default:
+        bad_op(op, kind());
+    }
+  }
+  void drop_waiter(Conn&) override {}
+  void fail_waiters(const ErrorInfo&) override {}
+
+ private:
+  std::map<std::string, std::pair<std::string, Bytes>, std::less<>> attrs_;
+};
+
+// ---------------------------------------------------------------------------------------
+// queue and joinable queue
+
+class QueueObj final : public Obj {
+ public:
+  QueueObj(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name, std::uint64_t maxsize)
+      : Obj(core, id, kind, std::move(tag), std::move(name)), maxsize_(maxsize) {}
+
+  bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
+    switch (op) {
+      case Op::queue_put: {
+        auto item = r.blob();
+        std::int64_t timeout = r.i64();
+        r.expect_end();
+        if (putters_.empty() && has_room()) {
+          push(as_bytes(item));
+          pump();
+          return false;
+        }
+        if (timeout == 0) throw Full("mpx: the queue is full");
+        c.park(*this, op, timeout).item = as_bytes(item);
+        putters_.push(&c);
+        return true;
+      }
+      case Op::queue_put_many: {
+        std::uint64_t n = r.count(8);
+        std::vector<std::span<const std::byte>> items;
+        items.reserve(n);
+        for (std::uint64_t i = 0; i < n; ++i) items.push_back(r.blob());
+        std::int64_t timeout = r.i64();
+        r.expect_end();
+        std::size_t done = 0;
+        if (putters_.empty())
+          while (done < items.size() && has_room()) push(as_bytes(items[done++]));
+        pump();
+        if (done == items.size()) return false;
+        if (timeout == 0)
+          throw Full("mpx: the queue is full (" + std::to_string(done) + " of " +
+                     std::to_string(items.size()) + " items were put)");
+        Park& p = c.park(*this, op, timeout);
+        for (std::size_t i = done; i < items.size(); ++i) p.items.push_back(as_bytes(items[i]));
+        p.n = 0;
+        p.saved = static_cast<std::uint32_t>(done);
+        putters_.push(&c);
+        return true;
+      }
+      case Op::queue_get:
+      case Op::queue_get_many: {
+        std::uint64_t most = op == Op::queue_get_many ? r.u64() : 1;
+        std::int64_t timeout = r.i64();
+        r.expect_end();
+        if (op == Op::queue_get_many && most == 0) throw ValueError("mpx: get_many of zero items");
+        if (!items_.empty()) {
+          write_items(op, most, w);
+          pump();
+          return false;
+        }
+        if (timeout == 0) throw Empty("mpx: the queue is empty");
+        c.park(*this, op, timeout).n = most;
+        getters_.push(&c);
+        return true;
+      }
+      case Op::queue_size:
+        w.u64(items_.size());
+        return false;
+      case Op::queue_empty:
+        w.boolean(items_.empty());
+        return false;
+      case Op::queue_full:
+        w.boolean(!has_room());
+        return false;
+      case Op::queue_task_done:
+        if (kind() != Kind::joinable_queue) bad_op(op, kind());
+        if (unfinished_ == 0) throw StateError("mpx: task_done() called more times than there were items");
+        if (--unfinished_ == 0) {
+          auto joiners = std::move(joiners_);
+          joiners_ = {};
+          for (Conn* j : joiners) j->complete_ok([](Writer& jw) { jw.boolean(true); });
+        }
+        return false;
+      case Op::queue_join: {
+        if (kind() != Kind::joinable_queue) bad_op(op, kind());
+        std::int64_t timeout = r.i64();
+        r.expect_end();
+        if (unfinished_ == 0 || timeout == 0) {
+          w.boolean(unfinished_ == 0);
+          return false;
+        }
+        c.park(*this, op, timeout);
+        joiners_.push(&c);
+        return true;
+      }
+      default:
+        bad_op(op, kind());
+    }
+  }
+
+  void on_timeout(Conn& c) override {
+    Park* p = &c.waiting();
+    switch (p->op) {
+      case Op::queue_put:
+        putters_.remove(&c);
+        c.complete_error({ErrorCode::full, {}, "mpx: the queue is full", 0});
+        break;
+      case Op::queue_put_many: {
+        putters_.remove(&c);
+        auto put = p->saved + p->n, total = p->saved + p->items.size();
+        c.complete_error({ErrorCode::full,
+                          {},
+                          "mpx: the queue is full (" + std::to_string(put) + " of " + std::to_string(total) +
+                              " items were put)",
+                          0});
+        break;
+      }
+      case Op::queue_join:
+        joiners_.remove(&c);
+        c.complete_ok([](Writer& w) { w.boolean(false); });
+        break;
+      default:
+        getters_.remove(&c);
+        c.complete_error({ErrorCode::empty, {}, "mpx: the queue is empty", 0});
+        break;
+    }
+  }
+  void drop_waiter(Conn& c) override {
+    putters_.remove(&c) || getters_.remove(&c) || joiners_.remove(&c);
+    pump();
+  }
+  void fail_waiters(const ErrorInfo& e) override {
+    putters_.fail_all(e);
+    getters_.fail_all(e);
+    joiners_.fail_all(e);
+  }
+
+ private:
+  bool has_room() const noexcept { return maxsize_ == 0 || items_.size() < maxsize_; }
+  void push(Bytes b) {
+    items_.push_back(std::move(b));
+    ++unfinished_;
+  }
+  void write_items(Op op, std::uint64_t most, Writer& w) {
+    if (op == Op::queue_get) {
+      w.blob(items_.front());
+      items_.pop_front();
+      return;
+    }
+    std::uint64_t n = std::min<std::uint64_t>(most, items_.size());
+    w.u64(n);
+    for (std::uint64_t i = 0; i < n; ++i) {
+      w.blob(items_.front());
+      items_.pop_front();
+    }
+  }
+  // Moves items to parked getters and parked putters' items into the queue until neither can.
+  void pump() {
+    for (bool progress = true; progress;) {
+      progress = false;
+      while (!getters_.empty() && !items_.empty()) {
+        Conn* g = getters_.pop();
+        Park* p = &g->waiting();
+        g->complete_ok([&](Writer& w) { write_items(p->op, p->n, w); });
+        progress = true;
+      }
+      while (!putters_.empty() && has_room()) {
+        Conn* pc = putters_.front();
+        Park* p = &pc->waiting();
+        progress = true;
+        if (p->op == Op::queue_put) {
+          push(std::move(p->item));
+        } else {
+          while (p->n < p->items.size() && has_room()) push(std::move(p->items[p->n++]));
+          if (p->n < p->items.size()) break;
+        }
+        putters_.pop();
+        pc->complete_ok([](Writer&) {});
+      }
+    }
+  }
+
+  std::uint64_t maxsize_;
+  std::deque<Bytes> items_;
+  WaitList getters_, putters_, joiners_;
+  std::uint64_t unfinished_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------
+// lock and rlock (owned by a connection: one client thread)
+
+class LockObj final : public Obj {
+ public:
+  using Obj::Obj;
+
+  bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
+    switch (op) {
+      case Op::acquire: {
+        std::int64_t timeout = r.i64();
+        r.expect_end();
+        if (!owner_) {
+          take(&c);
+          w.boolean(true);
+        } else if (kind() == Kind::rlock && owner_ == &c) {
+          ++depth_;
+          w.boolean(true);
+        } else if (timeout == 0) {
+          w.boolean(false);
+        } else {
+          c.park(*this, op, timeout);
+          waiters_.push(&c);
+          return true;
+        }
+        return false;
+      }
+      case Op::release:
+        r.u32();
+        r.expect_end();
+        if (owner_ != &c) throw StateError("mpx: release of a lock this thread does not hold");
+        if (--depth_ == 0) hand_off();
+        return false;
+      default:
+        bad_op(op, kind());
+    }
+  }
+  void on_timeout(Conn& c) override {
+    waiters_.remove(&c);
+    c.complete_ok([](Writer& w) { w.boolean(false); });
+  }
+  void drop_waiter(Conn& c) override { waiters_.remove(&c); }
+  void release_held(Conn& c) override {
+    if (owner_ == &c) hand_off();
+  }
+  void fail_waiters(const ErrorInfo& e) override { waiters_.fail_all(e); }
+
+ private:
+  void take(Conn* c) {
+    owner_ = c;
+    depth_ = 1;
+    c->hold(id());
+  }
+  void hand_off() {
+    owner_ = nullptr;
+    depth_ = 0;
+    if (waiters_.empty()) return;
+    Conn* next = waiters_.pop();
+    take(next);
+    next->complete_ok([](Writer& w) { w.boolean(true); });
+  }
+
+  Conn* owner_ = nullptr;
+  std::uint32_t depth_ = 0;
+  WaitList waiters_;
+};
+
+// ---------------------------------------------------------------------------------------
+// semaphore and bounded semaphore
+
+class SemaphoreObj final : public Obj {
+ public:
+  SemaphoreObj(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name,
+               std::uint32_t value)
+      : Obj(core, id, kind, std::move(tag), std::move(name)), value_(value), initial_(value) {}
+
+  bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
+    switch (op) {
+      case Op::acquire: {
+        std::int64_t timeout = r.i64();
+        r.expect_end();
+        if (value_ > 0 && waiters_.empty()) {
+          take(&c);
+          w.boolean(true);
+          return false;
+        }
+        if (timeout == 0) {
+          w.boolean(false);
+          return false;
+        }
+        c.park(*this, op, timeout);
+        waiters_.push(&c);
+        return true;
+      }
+      case Op::release: {
+        std::uint64_t n = r.u32();
+        r.expect_end();
+        if (kind() == Kind::bounded_semaphore && value_ + n > initial_)
+          throw StateError("mpx: BoundedSemaphore released too many times");
+        value_ += n;
+        auto it = held_.find(&c);
+        if (it != held_.end()) {
+          it->second -= std::min(it->second, n);
+          if (it->second == 0) held_.erase(it);
+        }
+        wake();
+        return false;
+      }
+      case Op::sem_value:
+        w.u32(static_cast<std::uint32_t>(value_));
+        return false;
+      default:
+        bad_op(op, kind());
+    }
+  }
+  void on_timeout(Conn& c) override {
+    waiters_.remove(&c);
+    c.complete_ok([](Writer& w) { w.boolean(false); });
+  }
+  void drop_waiter(Conn& c) override { waiters_.remove(&c); }
+  void release_held(Conn& c) override {
+    auto it = held_.find(&c);
+    if (it == held_.end()) return;
+    value_ += it->second;
+    if (kind() == Kind::bounded_semaphore) value_ = std::min(value_, initial_);
+    held_.erase(it);
+    wake();
+  }
+  void fail_waiters(const ErrorInfo& e) override { waiters_.fail_all(e); }
+
+ private:
+  void take(Conn* c) {
+    --value_;
+    ++held_[c];
+    c->hold(id());
+  }
+  void wake() {
+    while (value_ > 0 && !waiters_.empty()) {
+      Conn* c = waiters_.pop();
+      take(c);
+      c->complete_ok([](Writer& w) { w.boolean(true); });
+    }
+  }
+
+  std::uint64_t value_, initial_;
+  std::unordered_map<Conn*, std::uint64_t> held_;
+  WaitList waiters_;
+};
+
+// ---------------------------------------------------------------------------------------
+// condition (over its own recursive lock, as Python's Condition())
+
+class ConditionObj final : public Obj {
+ public:
+  using Obj::Obj;
+
+  bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
+    switch (op) {
+      case Op::acquire: {
+        std::int64_t timeout = r.i64();
+        r.expect_end();
+        if (!owner_) {
+          take(&c, 1);
+        } else if (owner_ == &c) {
+          ++depth_;
+        } else if (timeout == 0) {
+          w.boolean(false);
+          return false;
+        } else {
+          c.park(*this, op, timeout);
+          lock_waiters_.push(&c);
+          return true;
+        }
+        w.boolean(true);
+        return false;
+      }
+      case Op::release:
+        r.u32();
+        r.expect_end();
+        if (owner_ != &c) throw StateError("mpx: release of a condition this thread does not hold");
+        if (--depth_ == 0) hand_off();
+        return false;
+      case Op::cond_wait: {
+        std::int64_t timeout = r.i64();
+        r.expect_end();
+        if (owner_ != &c) throw StateError("mpx: wait() on a condition this thread has not acquired");
+        Park& p = c.park(*this, op, timeout);
+        p.saved = depth_;
+        p.result = true;
+        cond_waiters_.push(&c);
+        hand_off();
+        return true;
+      }
+      case Op::cond_notify:
+      case Op::cond_notify_all: {
+        std::uint64_t n = op == Op::cond_notify ? r.u32() : cond_waiters_.size();
+        r.expect_end();
+        if (owner_ != &c) throw StateError("mpx: notify() on a condition this thread has not acquired");
+        for (; n > 0 && !cond_waiters_.empty(); --n) {
+          Conn* waiter = cond_waiters_.pop();
+          waiter->waiting().reacquiring = true;
+          waiter->rearm(-1);
+          lock_waiters_.push(waiter);
+        }
+        return false;
+      }
+      default:
+        bad_op(op, kind());
+    }
+  }
+  void on_timeout(Conn& c) override {
+    Park* p = &c.waiting();
+    if (p->op == Op::acquire) {
+      lock_waiters_.remove(&c);
+      c.complete_ok([](Writer& w) { w.boolean(false); });
+      return;
+    }
+    // A timed-out wait still takes the lock back before it returns false (as in Python).
+    cond_waiters_.remove(&c);
+    p->result = false;
+    p->reacquiring = true;
+    c.rearm(-1);
+    lock_waiters_.push(&c);
+    if (!owner_) hand_off();
+  }
+  void drop_waiter(Conn& c) override { lock_waiters_.remove(&c) || cond_waiters_.remove(&c); }
+  void release_held(Conn& c) override {
+    if (owner_ == &c) hand_off();
+  }
+  void fail_waiters(const ErrorInfo& e) override {
+    lock_waiters_.fail_all(e);
+    cond_waiters_.fail_all(e);
+  }
+
+ private:
+  void take(Conn* c, std::uint32_t depth) {
+    owner_ = c;
+    depth_ = depth;
+    c->hold(id());
+  }
+  void hand_off() {
+    owner_ = nullptr;
+    depth_ = 0;
+    if (lock_waiters_.empty()) return;
+    Conn* next = lock_waiters_.pop();
+    Park* p = &next->waiting();
+    bool result = p->op == Op::cond_wait ? p->result : true;
+    take(next, p->op == Op::cond_wait ? p->saved : 1);
+    next->complete_ok([result](Writer& w) { w.boolean(result); });
+  }
+
+  Conn* owner_ = nullptr;
+  std::uint32_t depth_ = 0;
+  WaitList lock_waiters_, cond_waiters_;
+};
+
+// ---------------------------------------------------------------------------------------
+// event
+
+class EventObj final : public Obj {
+ public:
+  using Obj::Obj;
+
+  bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
+    switch (op) {
+      case Op::event_is_set:
+        w.boolean(flag_);
+        return false;
+      case Op::event_set: {
+        flag_ = true;
+        auto waiters = std::move(waiters_);
+        waiters_ = {};
+        for (Conn* waiter : waiters) waiter->complete_ok([](Writer& ww) { ww.boolean(true); });
+        return false;
+      }
+      case Op::event_clear:
+        flag_ = false;
+        return false;
+      case Op::event_wait: {
+        std::int64_t timeout = r.i64();
+        r.expect_end();
+        if (flag_ || timeout == 0) {
+          w.boolean(flag_);
+          return false;
+        }
+        c.park(*this, op, timeout);
+        waiters_.push(&c);
+        return true;
+      }
+      default:
+        bad_op(op, kind());
+    }
+  }
+  void on_timeout(Conn& c) override {
+    waiters_.remove(&c);
+    c.complete_ok([](Writer& w) { w.boolean(false); });
+  }
+  void drop_waiter(Conn& c) override { waiters_.remove(&c); }
+  void fail_waiters(const ErrorInfo& e) override { waiters_.fail_all(e); }
+
+ private:
+  bool flag_ = false;
+  WaitList waiters_;
+};
+
+// ---------------------------------------------------------------------------------------
+// barrier
+
+class BarrierObj final : public Obj {
+ public:
+  BarrierObj(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name,
+             std::uint32_t parties)
+      : Obj(core, id, kind, std::move(tag), std::move(name)), parties_(parties) {}
+
+  bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
+    switch (op) {
+      case Op::barrier_wait: {
+        std::int64_t timeout = r.i64();
+        r.expect_end();
+        if (broken_) throw BrokenBarrierError("mpx: the barrier is broken");
+        auto index = static_cast<std::uint32_t>(waiters_.size());
+        if (index + 1 >= parties_) {
+          auto waiters = std::move(waiters_);
+          waiters_ = {};
+          std::uint32_t i = 0;
+          for (Conn* waiter : waiters) {
+            std::uint32_t mine = i++;
+            waiter->complete_ok([mine](Writer& ww) { ww.u32(mine); });
+          }
+          w.u32(index);
+          return false;
+        }
+        if (timeout == 0) {
+          break_barrier();
+          throw BrokenBarrierError("mpx: barrier wait timed out");
+        }
+        c.park(*this, op, timeout);
+        waiters_.push(&c);
+        return true;
+      }
+      case Op::barrier_reset:
+        waiters_.fail_all(broken_error());
+        broken_ = false;
+        return false;
+      case Op::barrier_abort:
+        break_barrier();
+        return false;
+      case Op::barrier_parties:
+        w.u32(parties_);
+        return false;
+      case Op::barrier_n_waiting:
+        w.u32(static_cast<std::uint32_t>(waiters_.size()));
+        return false;
+      case Op::barrier_broken:
+        w.boolean(broken_);
+        return false;
+      default:
+        bad_op(op, kind());
+    }
+  }
+  // A wait that times out breaks the barrier for everyone (as in Python).
+  void on_timeout(Conn&) override { break_barrier(); }
+  // So does a party that leaves while waiting: the others could never be released.
+  void drop_waiter(Conn& c) override {
+    if (waiters_.remove(&c)) break_barrier();
+  }
+  void fail_waiters(const ErrorInfo& e) override { waiters_.fail_all(e); }
+
+ private:
+  static ErrorInfo broken_error() { return {ErrorCode::broken_barrier, {}, "mpx: the barrier is broken", 0}; }
+  void break_barrier() {
+    broken_ = true;
+    waiters_.fail_all(broken_error());
+  }
+
+  std::uint32_t parties_;
+  WaitList waiters_;
+  bool broken_ = false;
+};
+
+// ---------------------------------------------------------------------------------------
+// registered types
+
+class RegisteredObj final : public Obj {
+ public:
+  RegisteredObj(Core& core, std::uint64_t id, std::string tag, std::string name,
+                std::shared_ptr<const RegisteredType> type, std::shared_ptr<void> instance)
+      : Obj(core, id, Kind::object, std::move(tag), std::move(name)),
+        type_(std::move(type)),
+        instance_(std::move(instance)) {}
+
+  bool handle(Conn&, Op op, Reader& r, Writer& w) override {
+    if (op != Op::object_call) bad_op(op, kind());
+    auto method = r.str();
+    auto args_tag = r.str();
+    auto result_tag = r.str();
+    auto args = r.blob();
+    r.expect_end();
+    auto it = type_->methods.find(method);
+    if (it == type_->methods.end())
+      throw TypeMismatch("mpx: " + type_->name + " has no method '" + std::string(method) + "'");
+    const auto& m = it->second;
+    if (m.args_tag != args_tag)
+      throw TypeMismatch("mpx: " + type_->name + "::" + std::string(method) + " takes (" + m.args_tag +
+                         "), not (" + std::string(args_tag) + ")");
+    if (m.result_tag != result_tag)
+      throw TypeMismatch("mpx: " + type_->name + "::" + std::string(method) + " returns " + m.result_tag +
+                         ", not " + std::string(result_tag));
+    Bytes result = m.invoke(instance_.get(), args);
+    w.blob(result);
+    return false;
+  }
+  void drop_waiter(Conn&) override {}
+  void fail_waiters(const ErrorInfo&) override {}
+
+ private:
+  std::shared_ptr<const RegisteredType> type_;
+  std::shared_ptr<void> instance_;
+};
+
+}  // namespace
+
+std::unique_ptr<Obj> make_builtin(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name,
+                                  Reader& init) {
+  switch (kind) {
+    case Kind::dict:
+      init.expect_end();
+      return std::make_unique<DictObj>(core, id, kind, tag, name);
+    case Kind::list:
+      init.expect_end();
+      return std::make_unique<ListObj>(core, id, kind, tag, name);
+    case Kind::namespace_:
+      init.expect_end();
+      return std::make_unique<NamespaceObj>(core, id, kind, tag, name);
+    case Kind::value: {
+      auto v = init.blob();
+      init.expect_end();
+      return std::make_unique<ValueObj>(core, id, kind, tag, name, as_bytes(v));
+    }
+    case Kind::queue:
+    case Kind::joinable_queue: {
+      std::uint64_t maxsize = init.u64();
+      init.expect_end();
+      return std::make_unique<QueueObj>(core, id, kind, tag, name, maxsize);
+    }
+    case Kind::lock:
+    case Kind::rlock:
+      init.expect_end();
+      return std::make_unique<LockObj>(core, id, kind, tag, name);
+    case Kind::semaphore:
+    case Kind::bounded_semaphore: {
+      std::uint32_t value = init.u32();
+      init.expect_end();
+      return std::make_unique<SemaphoreObj>(core, id, kind, tag, name, value);
+    }
+    case Kind::condition:
+      init.expect_end();
+      return std::make_unique<ConditionObj>(core, id, kind, tag, name);
+    case Kind::event:
+      init.expect_end();
+      return std::make_unique<EventObj>(core, id, kind, tag, name);
+    case Kind::barrier: {
+      std::uint32_t parties = init.u32();
+      init.expect_end();
+      if (parties == 0) throw ValueError("mpx: a barrier needs at least one party");
+      return std::make_unique<BarrierObj>(core, id, kind, tag, name, parties);
+    }
+    default:
+      break;
+  }
+  throw ProtocolError("mpx manager protocol: unknown object kind");
+}
+
+std::unique_ptr<Obj> make_registered(Core& core, std::uint64_t id, std::string tag, std::string name,
+                                     Reader& init, const TypeRegistry* types) {
+  std::string type_name(init.str());
+  auto args_tag = init.str();
+  auto args = init.blob();
+  init.expect_end();
+  auto type = types ? types->find(type_name) : nullptr;
+  if (!type) throw ValueError("mpx: no type named '" + type_name + "' is registered with this manager");
+  if (tag != type->name + "|" + type->cpp_tag)
+    throw TypeMismatch("mpx: '" + type_name + "' is registered as C++ type " + type->cpp_tag + ", not " +
+                       tag.substr(std::min(tag.size(), type_name.size() + 1)));
+  for (const auto& ctor : type->constructors)
+    if (ctor.args_tag == args_tag)
+      return std::make_unique<RegisteredObj>(core, id, std::move(tag), std::move(name), type,
+                                             ctor.make(args));
+  throw TypeMismatch("mpx: " + type_name + " has no registered constructor taking (" + std::string(args_tag) +
+                     ")");
+}
+
+}  // namespace server
+}  // namespace mpx::detail

@@ -1,0 +1,250 @@
+// The manager's request/response catalogue (proto/manager.md is the spec).
+//
+// After the authkey handshake every message is one frame (frame.hpp). A request is
+//   u8 op | u64 object id | op-specific body
+// and each request gets exactly one response, in request order:
+//   u8 status (0 ok, 1 error) | body
+// Scalars are little-endian and fixed-width; a "blob" (string, encoded value) is a u64 length
+// followed by that many bytes, which is also how cereal's binary format writes a std::string.
+// Values are stored by the server as opaque blobs: the mpx::encode<T> bytes of the value.
+#pragma once
+
+#include <mpx/errors.hpp>
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mpx::proto {
+
+inline constexpr std::string_view kManagerMagic = "MPXM";
+inline constexpr std::uint32_t kManagerVersion = 1;
+inline constexpr std::size_t kSessionTokenSize = 16;
+
+enum class Op : std::uint8_t {
+  // session
+  hello = 0x01,
+  open = 0x02,
+  erase_name = 0x03,
+  ping = 0x04,
+  shutdown = 0x05,
+  // dict
+  dict_set = 0x10,
+  dict_get = 0x11,
+  dict_contains = 0x12,
+  dict_erase = 0x13,
+  dict_size = 0x14,
+  dict_keys = 0x15,
+  dict_values = 0x16,
+  dict_items = 0x17,
+  dict_clear = 0x18,
+  dict_update = 0x19,
+  dict_pop = 0x1a,
+  // list
+  list_append = 0x20,
+  list_extend = 0x21,
+  list_at = 0x22,
+  list_set = 0x23,
+  list_insert = 0x24,
+  list_pop = 0x25,
+  list_erase = 0x26,
+  list_size = 0x27,
+  list_clear = 0x28,
+  list_snapshot = 0x29,
+  // value
+  value_get = 0x30,
+  value_set = 0x31,
+  // namespace
+  ns_set = 0x38,
+  ns_get = 0x39,
+  ns_contains = 0x3a,
+  ns_erase = 0x3b,
+  // queue, joinable queue
+  queue_put = 0x40,
+  queue_get = 0x41,
+  queue_size = 0x42,
+  queue_empty = 0x43,
+  queue_full = 0x44,
+  queue_task_done = 0x45,
+  queue_join = 0x46,
+  queue_put_many = 0x47,
+  queue_get_many = 0x48,
+  // lock, rlock, semaphore, bounded semaphore, condition
+  acquire = 0x50,
+  release = 0x51,
+  sem_value = 0x52,
+  cond_wait = 0x58,
+  cond_notify = 0x59,
+  cond_notify_all = 0x5a,
+  // event
+  event_is_set = 0x60,
+  event_set = 0x61,
+  event_clear = 0x62,
+  event_wait = 0x63,
+  // barrier
+  barrier_wait = 0x68,
+  barrier_reset = 0x69,
+  barrier_abort = 0x6a,
+  barrier_parties = 0x6b,
+  barrier_n_waiting = 0x6c,
+  barrier_broken = 0x6d,
+  // registered types
+  object_call = 0x70,
+  // named task queues
+  task_submit = 0x80,
+  task_wait = 0x81,
+  task_serve = 0x82,
+  task_next = 0x83,
+  task_result = 0x84,
+};
+
+enum class Kind : std::uint8_t {
+  dict = 1,
+  list = 2,
+  value = 3,
+  namespace_ = 4,
+  queue = 5,
+  joinable_queue = 6,
+  lock = 7,
+  rlock = 8,
+  semaphore = 9,
+  bounded_semaphore = 10,
+  condition = 11,
+  event = 12,
+  barrier = 13,
+  object = 14,
+  task_queue = 15,
+};
+std::string_view kind_name(Kind) noexcept;  // "dict", "list" ... ("?" for an unknown value)
+
+enum class Status : std::uint8_t { ok = 0, error = 1 };
+
+// Which mpx error a failed request raises on the client.
+enum class ErrorCode : std::uint8_t {
+  error = 1,
+  timeout = 2,
+  empty = 3,
+  full = 4,
+  key = 5,
+  value = 6,
+  state = 7,
+  index = 8,
+  connection = 9,
+  connection_closed = 10,
+  authentication = 11,
+  protocol = 12,
+  type_mismatch = 13,
+  broken_barrier = 14,
+  remote = 15,
+  worker_lost = 16,
+};
+
+// Timeouts on the wire: nanoseconds, 0 = do not block, -1 = forever.
+inline constexpr std::int64_t kForever = -1;
+
+// Appends the scalar/blob encodings to a byte vector.
+class Writer {
+ public:
+  explicit Writer(std::vector<std::byte>& out) noexcept : out_(&out) {}
+  void u8(std::uint8_t v) { out_->push_back(static_cast<std::byte>(v)); }
+  void u32(std::uint32_t v) { raw(&v, sizeof v); }
+  void u64(std::uint64_t v) { raw(&v, sizeof v); }
+  void i32(std::int32_t v) { raw(&v, sizeof v); }
+  void i64(std::int64_t v) { raw(&v, sizeof v); }
+  void boolean(bool v) { u8(v ? 1 : 0); }
+  void blob(std::span<const std::byte> b) {
+    u64(b.size());
+    raw(b.data(), b.size());
+  }
+  void str(std::string_view s) {
+    u64(s.size());
+    raw(s.data(), s.size());
+  }
+  void raw(const void* p, std::size_t n) {
+    auto* b = static_cast<const std::byte*>(p);
+    out_->insert(out_->end(), b, b + n);
+  }
+  std::vector<std::byte>& buffer() noexcept { return *out_; }
+
+ private:
+  static_assert(std::endian::native == std::endian::little, "the manager protocol is little-endian");
+  std::vector<std::byte>* out_;
+};
+
+// Reads them back from a span; ProtocolError on truncation. Views point into the span.
+class Reader {
+ public:
+  explicit Reader(std::span<const std::byte> in) noexcept : in_(in) {}
+  std::uint8_t u8() { return static_cast<std::uint8_t>(take(1)[0]); }
+  std::uint32_t u32() { return scalar<std::uint32_t>(); }
+  std::uint64_t u64() { return scalar<std::uint64_t>(); }
+  std::int32_t i32() { return scalar<std::int32_t>(); }
+  std::int64_t i64() { return scalar<std::int64_t>(); }
+  bool boolean() { return u8() != 0; }
+  std::span<const std::byte> blob() {
+    std::uint64_t n = u64();
+    if (n > remaining()) fail("blob length exceeds the message");
+    return take(static_cast<std::size_t>(n));
+  }
+  std::string_view str() {
+    auto b = blob();
+    return {reinterpret_cast<const char*>(b.data()), b.size()};
+  }
+  // A count of items that each take at least `min_item` bytes: refused when it cannot fit.
+  std::uint64_t count(std::size_t min_item) {
+    std::uint64_t n = u64();
+    if (min_item && n > remaining() / min_item) fail("item count exceeds the message");
+    return n;
+  }
+  std::span<const std::byte> take(std::size_t n) {
+    if (n > remaining()) fail("truncated message");
+    auto s = in_.subspan(pos_, n);
+    pos_ += n;
+    return s;
+  }
+  std::span<const std::byte> rest() { return take(remaining()); }
+  std::size_t remaining() const noexcept { return in_.size() - pos_; }
+  void expect_end() const {
+    if (remaining()) fail("trailing bytes after the request body");
+  }
+
+ private:
+  template <class T>
+  T scalar() {
+    T v;
+    std::memcpy(&v, take(sizeof v).data(), sizeof v);
+    return v;
+  }
+  [[noreturn]] static void fail(const char* what);
+
+  std::span<const std::byte> in_;
+  std::size_t pos_ = 0;
+};
+
+// Error responses: u8 code | str type_name | str message | i32 exitcode.
+// type_name is the original exception's type for `remote` (empty otherwise); exitcode is
+// meaningful for `worker_lost` only.
+struct ErrorInfo {
+  ErrorCode code = ErrorCode::error;
+  std::string type_name;
+  std::string message;
+  std::int32_t exitcode = 0;
+};
+void write_error(Writer& w, const ErrorInfo& e);
+ErrorInfo read_error(Reader& r);
+// Classifies an exception caught while serving: mpx's own errors keep their type.
+ErrorInfo error_from_exception(const std::exception& e);
+// Throws the mpx error an ErrorInfo stands for.
+[[noreturn]] void throw_error(const ErrorInfo& e);
+
+// hello request body: "MPXM" | u32 version | 16-byte session token.
+// hello response body (ok): "MPXM" | u32 version | str server description.
+// A server that does not speak the client's version answers with a protocol error and closes.
+void write_hello(Writer& w, std::span<const std::byte, kSessionTokenSize> token);
+
+}  // namespace mpx::proto
