@@ -1,0 +1,205 @@
+// Process-shared FIFO queues: Queue<T>, JoinableQueue<T>, SimpleQueue<T>.
+//
+//   mpx::JoinableQueue<int> tasks;                 // create before forking
+//   mpx::Process worker([tasks]() mutable { for (;;) { int n = tasks.get(); ...; tasks.task_done(); } });
+//   tasks.put(42);  tasks.join();
+//
+// Semantics follow Python's multiprocessing queues, minus their traps:
+//  - put() encodes the item on the caller's thread before touching the queue, so an encoding
+//    error is thrown by that put(), and the item is in the queue when put() returns. There is
+//    no feeder thread: a process that put items can always be joined, drained or not.
+//  - An unbounded queue's put() never waits for a consumer. Its storage is a byte budget
+//    reserved up front (QueueOptions::max_bytes, default 1 GiB of address space committed only
+//    as items occupy it); put() throws Full when the budget cannot take the item, and an item
+//    may use at most half the budget (max_item_bytes()). A bounded queue (maxsize > 0) waits
+//    for room in both items and bytes.
+//  - Items are never lost or duplicated with any number of producers and consumers, whatever
+//    their size. A process killed inside put() leaves its item either wholly in the queue or
+//    absent; one killed inside get() before it returned leaves the item for the next get().
+//  - Locks are only held to copy bytes in or out; `block = false` means "do not wait for
+//    items or room", not "do not wait for another process's copy to finish".
+//  - Arithmetic and enum items (and std::array / std::complex of them), and std::vector /
+//    std::basic_string of those, are copied straight between the caller's memory and the queue;
+//    everything else goes through mpx::encode / mpx::decode, so user serialization code runs.
+//  - close() stops put() through this handle (StateError after); get() still works, so a
+//    consumer can drain what is left. Copies of a handle share the queue, not the closed flag.
+//  - The shared memory is an anonymous mapping: the kernel frees it when the last process
+//    holding a handle exits, however it exits. No file descriptors are used.
+#pragma once
+
+#include <mpx/detail/queue_core.hpp>
+#include <mpx/errors.hpp>
+#include <mpx/serialize.hpp>
+#include <mpx/timeout.hpp>
+
+#include <array>
+#include <complex>
+#include <cstddef>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace mpx {
+
+namespace detail {
+
+// Items whose bytes are their value and that have no serialization code of their own to run:
+// the queue memcpy's them. (A user type with serialize()/save() always goes through it.)
+template <class T>
+struct queue_bitwise : std::bool_constant<std::is_arithmetic_v<T> || std::is_enum_v<T>> {};
+template <class E, std::size_t N>
+struct queue_bitwise<std::array<E, N>> : queue_bitwise<E> {};
+template <class E>
+struct queue_bitwise<std::complex<E>> : queue_bitwise<E> {};
+template <class T>
+inline constexpr bool queue_raw_item = queue_bitwise<T>::value&& std::is_trivially_copyable_v<T>;
+
+// Contiguous containers of such values: the queue copies their elements' bytes. Pieces handed
+// to a Sink are multiples of 8 bytes except the last, so elements of 1, 2, 4 or 8 bytes never
+// straddle two pieces and can be appended without zero-filling the container first.
+template <class T>
+struct queue_contiguous_item : std::false_type {};
+template <class E>
+struct queue_contiguous_item<std::vector<E>>
+    : std::bool_constant<queue_raw_item<E> && !std::is_same_v<E, bool>> {
+  using element = E;
+};
+template <class C, class Traits>
+struct queue_contiguous_item<std::basic_string<C, Traits>> : std::bool_constant<queue_raw_item<C>> {
+  using element = C;
+};
+
+template <class T>
+struct QueueSinkTo {
+  T& out;
+  std::size_t filled = 0;
+
+  static void sink(void* ctx, const std::byte* piece, std::size_t len, std::size_t total) {
+    auto& self = *static_cast<QueueSinkTo*>(ctx);
+    if constexpr (queue_raw_item<T>) {
+      if (total != sizeof(T)) throw ProtocolError("mpx queue: item of the wrong size");
+      std::memcpy(reinterpret_cast<std::byte*>(&self.out) + self.filled, piece, len);
+    } else {
+      using E = typename queue_contiguous_item<T>::element;
+      if (total % sizeof(E) != 0) throw ProtocolError("mpx queue: item of the wrong size");
+      if (self.filled == 0) self.out.reserve(total / sizeof(E));
+      if constexpr (8 % sizeof(E) == 0 && alignof(E) <= 8) {
+        // The bytes were memcpy'd from E objects (implicit-lifetime) to an 8-aligned place.
+        const E* first = reinterpret_cast<const E*>(piece);
+        self.out.insert(self.out.end(), first, first + len / sizeof(E));
+      } else {
+        if (self.filled == 0) self.out.resize(total / sizeof(E));
+        std::memcpy(reinterpret_cast<std::byte*>(self.out.data()) + self.filled, piece, len);
+      }
+    }
+    self.filled += len;
+  }
+};
+
+inline void queue_sink_bytes(void* ctx, const std::byte* piece, std::size_t len, std::size_t total) {
+  auto& out = *static_cast<Bytes*>(ctx);
+  if (out.empty()) out.reserve(total);
+  out.insert(out.end(), piece, piece + len);
+}
+
+}  // namespace detail
+
+template <class T>
+class Queue {
+  static_assert(!std::is_reference_v<T> && !std::is_const_v<T>,
+                "mpx::Queue<T>: T must be a plain value type");
+  static constexpr void check_transferable() { detail::require_transferable<T>(); }
+
+ public:
+  // maxsize 0 = no item limit: put() never waits for a consumer.
+  explicit Queue(std::size_t maxsize = 0) : Queue(QueueOptions{.maxsize = maxsize}) {}
+  explicit Queue(const QueueOptions& options) : core_(options) { check_transferable(); }
+  Queue(const Queue&) = default;  // copies share the queue (moves copy too: no empty handles)
+  Queue& operator=(const Queue&) = default;
+  ~Queue() = default;
+
+  // Throws Full if there is no room by the timeout (at once with block = false).
+  void put(const T& item, bool block = true, Timeout timeout = forever) {
+    if (closed_) throw StateError("mpx queue: put() after close()");
+    if constexpr (detail::queue_raw_item<T>) {
+      core_.put(reinterpret_cast<const std::byte*>(&item), sizeof(T), block, timeout);
+    } else if constexpr (detail::queue_contiguous_item<T>::value) {
+      using E = typename detail::queue_contiguous_item<T>::element;
+      core_.put(reinterpret_cast<const std::byte*>(item.data()), item.size() * sizeof(E), block, timeout);
+    } else {
+      Bytes bytes = encode(item);  // before any lock: encoding errors surface here
+      core_.put(bytes.data(), bytes.size(), block, timeout);
+    }
+  }
+  void put(const T& item, Timeout timeout) { put(item, true, timeout); }
+  void put_nowait(const T& item) { put(item, false); }
+
+  // Throws Empty if there is no item by the timeout (at once with block = false).
+  T get(bool block = true, Timeout timeout = forever) {
+    if constexpr (detail::queue_raw_item<T> || detail::queue_contiguous_item<T>::value) {
+      T out{};
+      detail::QueueSinkTo<T> to{out};
+      core_.get(&detail::QueueSinkTo<T>::sink, &to, block, timeout);
+      return out;
+    } else {
+      Bytes bytes;
+      core_.get(&detail::queue_sink_bytes, &bytes, block, timeout);
+      return decode<T>(bytes);
+    }
+  }
+  T get(Timeout timeout) { return get(true, timeout); }
+  T get_nowait() { return get(false); }
+
+  // Approximate, as in Python: other processes may change them at any moment.
+  std::size_t qsize() const { return core_.qsize(); }
+  bool empty() const { return core_.empty(); }
+  bool full() const { return core_.full(); }
+
+  void close() { closed_ = true; }
+  bool closed() const { return closed_; }
+
+  std::size_t maxsize() const { return core_.maxsize(); }
+  std::size_t max_bytes() const { return core_.max_bytes(); }
+  std::size_t max_item_bytes() const { return core_.max_item_bytes(); }  // largest encoded item
+
+ protected:
+  detail::QueueCore core_;
+  bool closed_ = false;
+};
+
+// Every queue counts its puts in shared memory, so items put through a Queue<T>& (or a
+// Queue<T> copy) of a JoinableQueue are counted as well.
+template <class T>
+class JoinableQueue : public Queue<T> {
+ public:
+  using Queue<T>::Queue;
+
+  // One call per item taken with get(); StateError when called more times than items were put.
+  void task_done() { this->core_.task_done(); }
+  // Until every item ever put has had its task_done(); false on timeout.
+  bool join(Timeout timeout = forever) { return this->core_.join(timeout); }
+};
+
+// Python's SimpleQueue: unbounded, blocking get, nothing else.
+template <class T>
+class SimpleQueue {
+ public:
+  SimpleQueue() : q_() {}
+  explicit SimpleQueue(const QueueOptions& options) : q_(checked(options)) {}
+
+  void put(const T& item) { q_.put(item); }
+  T get() { return q_.get(); }
+  bool empty() const { return q_.empty(); }
+  void close() { q_.close(); }
+  bool closed() const { return q_.closed(); }
+
+ private:
+  static const QueueOptions& checked(const QueueOptions& options) {
+    if (options.maxsize != 0) throw ValueError("mpx::SimpleQueue has no maxsize");
+    return options;
+  }
+  Queue<T> q_;
+};
+
+}  // namespace mpx
