@@ -49,16 +49,20 @@ std::optional<std::string> find_python() {
   return std::nullopt;
 }
 
-// python3 as a child process; its stdout comes back through a pipe, stderr is shared.
+// A child process (python3 -u ..., or one of the example programs); its stdout comes back
+// through a pipe, stderr is shared.
 class PyChild {
  public:
-  PyChild(const std::string& python, std::vector<std::string> args) {
+  PyChild(const std::string& python, std::vector<std::string> args, bool is_python = true) {
     int p[2];
     REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, p[1], 1);
-    args.insert(args.begin(), {python, "-u"});
+    if (is_python)
+      args.insert(args.begin(), {python, "-u"});
+    else
+      args.insert(args.begin(), python);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -271,5 +275,56 @@ TEST_CASE("mpx Clients against a Python Listener") {
       CHECK(py.finish(&out) == 0);
       CHECK(out.find("served 4") != std::string::npos);
     }
+  }
+}
+
+TEST_CASE("the example programs talk to their Python counterparts") {
+  REQUIRE_PYTHON(python);
+  const std::string bin = MPX_BINARY_DIR;
+  const std::string server = bin + "/apps/echo_server", client = bin + "/apps/echo_client";
+  if (::access(server.c_str(), X_OK) != 0 || ::access(client.c_str(), X_OK) != 0) {
+    MESSAGE("echo_server/echo_client not built (MPX_BUILD_APPS=OFF?): skipped");
+    return;
+  }
+  TempDir dir;
+  {
+    PyChild cpp(server, {"--address", "unix:" + dir.path + "/echo.sock", "--authkey", "k", "--clients", "1"},
+                false);
+    auto line = cpp.read_line();
+    REQUIRE(line);
+    REQUIRE(line->starts_with("listening on "));
+    auto address = Address::parse(line->substr(13));
+    PyChild py(*python,
+               {kEchoClient, "--address", address.str(), "--authkey", "k", "--sizes", kSizesArg, "hi"});
+    std::string out;
+    CHECK(py.finish(&out) == 0);
+    CHECK(out.find("echo: hi") != std::string::npos);
+    CHECK(out.find("ok 5") != std::string::npos);
+    CHECK(cpp.finish(&out) == 0);
+    CHECK(out.find("5 messages echoed") != std::string::npos);
+  }
+  {
+    PyChild py(*python,
+               {kEchoServer, "--address", "tcp:127.0.0.1:0", "--authkey", "k", "--connections", "1"});
+    auto line = py.read_line();
+    REQUIRE(line);
+    REQUIRE(line->starts_with("ready "));
+    PyChild cpp(client, {"--address", line->substr(6), "--authkey", "k", "hello", "world"}, false);
+    std::string out;
+    CHECK(cpp.finish(&out) == 0);
+    CHECK(out == "echo: hello\necho: world\n");
+    CHECK(py.finish(&out) == 0);
+    CHECK(out.find("served 2") != std::string::npos);
+  }
+  {  // a wrong key: exit status 3 from the C++ client, and the Python server says why
+    PyChild py(*python,
+               {kEchoServer, "--address", "tcp:127.0.0.1:0", "--authkey", "k", "--connections", "1"});
+    auto line = py.read_line();
+    REQUIRE(line);
+    PyChild cpp(client, {"--address", line->substr(6), "--authkey", "not k", "hello"}, false);
+    CHECK(cpp.finish() == 3);
+    std::string out;
+    CHECK(py.finish(&out) == 0);
+    CHECK(out.find("auth-failed") != std::string::npos);
   }
 }

@@ -1,0 +1,138 @@
+// The tiny framework behind mpx_bench: groups register themselves, results print as
+// `name: value unit` lines, and helpers cover what every benchmark needs (timing, medians,
+// a forked peer process).
+//
+//   MPX_BENCH_GROUP(pool_map, "pool", "Pool.map throughput") {
+//     double s = mpx::bench::median_of(ctx.runs(5), [&] { return mpx::bench::time_seconds([&] { ... }); });
+//     mpx::bench::report("pool.map.tasks_per_s", n / s, "tasks/s");
+//   }
+#pragma once
+
+#include <fmt/core.h>
+
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace mpx::bench {
+
+using Clock = std::chrono::steady_clock;
+
+// What a group is told about the run.
+struct Context {
+  bool quick = false;  // --quick: a smoke run, a fraction of the iterations
+  // Scales an iteration count down in quick mode (never below 1).
+  long iterations(long full) const { return quick ? std::max(1L, full / 20) : full; }
+  int runs(int full) const { return quick ? std::max(1, std::min(full, 2)) : full; }
+};
+
+using GroupFn = void (*)(Context&);
+struct Group {
+  std::string name;
+  std::string description;
+  GroupFn run;
+};
+
+inline std::vector<Group>& registry() {
+  static std::vector<Group> groups;
+  return groups;
+}
+
+struct Registration {
+  Registration(std::string name, std::string description, GroupFn fn) {
+    registry().push_back({std::move(name), std::move(description), fn});
+  }
+};
+
+// Defines and registers a group: MPX_BENCH_GROUP(identifier, "name", "description") { body using ctx }
+#define MPX_BENCH_GROUP(ident, name, description)                                             \
+  static void mpx_bench_##ident(::mpx::bench::Context& ctx);                                  \
+  static const ::mpx::bench::Registration mpx_bench_registration_##ident{name, description,   \
+                                                                         &mpx_bench_##ident}; \
+  static void mpx_bench_##ident([[maybe_unused]] ::mpx::bench::Context& ctx)
+
+// `name: value unit`, with as many decimals as the magnitude deserves.
+inline void report(std::string_view name, double value, std::string_view unit) {
+  const double a = value < 0 ? -value : value;
+  if (a >= 1000)
+    fmt::print("{}: {:.0f} {}\n", name, value, unit);
+  else if (a >= 10)
+    fmt::print("{}: {:.1f} {}\n", name, value, unit);
+  else
+    fmt::print("{}: {:.3f} {}\n", name, value, unit);
+  std::fflush(stdout);
+}
+
+// A candidate against its baseline: `name: 1.05 x`.
+inline void report_ratio(std::string_view name, double candidate, double baseline) {
+  fmt::print("{}: {:.2f} x\n", name, baseline == 0 ? 0.0 : candidate / baseline);
+  std::fflush(stdout);
+}
+
+inline double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+template <class F>
+double time_seconds(F&& f) {
+  auto t0 = Clock::now();
+  std::forward<F>(f)();
+  return seconds(Clock::now() - t0);
+}
+
+inline double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  auto k = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1) + 0.5);
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+  return v[k];
+}
+inline double median(std::vector<double> v) { return percentile(std::move(v), 0.5); }
+
+// Runs f (returning a double) `runs` times; the median result.
+template <class F>
+double median_of(int runs, F&& f) {
+  std::vector<double> v;
+  for (int i = 0; i < runs; ++i) v.push_back(f());
+  return median(std::move(v));
+}
+
+// Runs `fn` in a forked child that exits with 0 (1 if fn threw). Fork before starting threads.
+template <class F>
+pid_t fork_child(F&& fn) {
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    std::perror("fork");
+    std::exit(2);
+  }
+  if (pid == 0) {
+    int code = 0;
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "benchmark child: {}\n", e.what());
+      code = 1;
+    }
+    std::fflush(nullptr);
+    ::_exit(code);
+  }
+  return pid;
+}
+
+// Waits for a child from fork_child; true if it exited cleanly.
+inline bool join_child(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+  }
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+}  // namespace mpx::bench
