@@ -1,0 +1,1145 @@
+// The pool's engine in the pool's own process.
+//
+// I/O runs on one Boost.Asio io_context over Unix stream sockets (one per worker, one to the
+// process server). Whichever thread needs progress drives it ("leader/follower"): a thread blocked
+// in get()/apply()/map()/imap becomes the leader and does the socket I/O itself, so a result
+// reaches it without a hand-off between threads; other waiters follow and are woken when results
+// land. With nobody waiting, the pool's result thread leads; it also runs every callback.
+//
+// Tasks go to workers with a small adaptive window each (about 1 ms of measured work, 1 for
+// long tasks), many tasks per write; workers answer many results per write.
+#include <mpx/detail/shm.hpp>
+#include <mpx/pool.hpp>
+#include <mpx/process.hpp>
+#include <mpx/proto/frame.hpp>
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <climits>
+
+// GCC's -Wnull-dereference flags code inlined from Asio's scheduler (the pragma takes effect
+// where those headers are first included).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnull-dereference"
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
+#pragma GCC diagnostic pop
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "log.hpp"
+#include "pool_wire.hpp"
+
+namespace mpx {
+namespace detail {
+
+namespace asio = boost::asio;
+using namespace poolwire;
+
+namespace {
+
+constexpr std::size_t kLargeFrame = std::size_t{64} << 10;       // written from its own buffer
+constexpr std::size_t kMaxInflightBytes = std::size_t{8} << 20;  // per worker, beyond its first task
+constexpr double kTargetQueueNs = 1e6;                           // measured work queued per worker
+constexpr double kLongTaskNs = 20e6;                             // from here on: one task at a time
+constexpr unsigned kMaxWindow = 1024;
+
+using Socket = asio::local::stream_protocol::socket;
+
+struct TaskRec {
+  std::uint64_t seq = 0;
+  Bytes frame;  // kTaskPrefix area (frame header at `off`), then type, seq, body
+  std::size_t off = 0;
+  std::shared_ptr<TaskSink> sink;
+  std::uint64_t tag = 0;
+  std::span<const std::byte> wire() const { return {frame.data() + off, frame.size() - off}; }
+};
+using TaskPtr = std::shared_ptr<TaskRec>;
+
+struct Worker {
+  explicit Worker(asio::io_context& io) : sock(io) {}
+  std::uint32_t index = 0, gen = 0;
+  Socket sock;
+  // Under the pool mutex:
+  pid_t pid = 0;
+  std::deque<TaskPtr> inflight;  // sent or about to be, unanswered, in send order
+  std::vector<TaskPtr> queued;   // dispatched, not yet handed to a write
+  std::size_t inflight_bytes = 0;
+  std::uint64_t sent = 0, answered = 0;
+  bool usable = true;  // may be given tasks
+  bool dead = false;   // its exit was reported
+  bool write_scheduled = false;
+  // Only by the thread driving I/O:
+  bool writing = false;
+  Bytes wsmall;
+  std::vector<iovec> wbufs;
+  std::size_t wnext = 0;
+  std::vector<TaskPtr> wkeep;
+  ReadBuffer rbuf;
+};
+using WorkerPtr = std::shared_ptr<Worker>;
+
+std::string describe_exit(int code) {
+  if (code < 0) {
+    const char* name = ::strsignal(-code);
+    return "killed by signal " + std::to_string(-code) + (name ? std::string(" (") + name + ")" : "");
+  }
+  return "exit code " + std::to_string(code);
+}
+
+Bytes small_frame(std::uint8_t type) {
+  Bytes f;
+  std::size_t at = begin_frame(f);
+  put_u8(f, type);
+  end_frame(f, at);
+  return f;
+}
+
+bool send_all_raw(int fd, std::span<const std::byte> data) {
+  while (!data.empty()) {
+    ssize_t w = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        pollfd p{fd, POLLOUT, 0};
+        ::poll(&p, 1, 1000);
+        continue;
+      }
+      return false;
+    }
+    data = data.subspan(static_cast<std::size_t>(w));
+  }
+  return true;
+}
+
+}  // namespace
+
+class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCore> {
+ public:
+  explicit PoolCore(PoolConfig cfg) : cfg_(std::move(cfg)), work_(io_.get_executor()), ctl_(io_) {}
+  ~PoolCore() override;
+  void start();
+
+  bool submit(std::vector<TaskSubmission>&& tasks, bool caller_waits, bool feed);
+  bool wait(const Waitable& w, const Deadline& d) override;
+  bool on_callback_thread() const noexcept override {
+    return std::this_thread::get_id() == rt_id_.load(std::memory_order_acquire);
+  }
+  void schedule_callbacks(std::shared_ptr<ResultStateBase> s) override;
+
+  std::uint64_t next_apply_index() noexcept { return apply_index_.fetch_add(1, std::memory_order_relaxed); }
+  unsigned processes() const noexcept { return processes_; }
+  std::size_t inflight_hint() const noexcept {
+    return std::size_t{processes_} * (window_.load(std::memory_order_relaxed) + 1);
+  }
+  void check_open() {
+    std::lock_guard lk(m_);
+    if (!accepting_) throw_closed();
+  }
+  void close();
+  void terminate();
+  void join();
+  void shutdown() noexcept;
+
+ private:
+  [[noreturn]] void throw_closed() const {
+    throw StateError(terminated_ ? "mpx::Pool: the pool was terminated" : "mpx::Pool: the pool is closed");
+  }
+  // Leadership.
+  void lead(const Waitable* w, const Deadline& d, bool rt);
+  void release_lead(std::unique_lock<std::mutex>& lk, bool rt);
+  void wake_rt_locked();
+  void wake_leader() {
+    asio::post(io_, [] {});
+  }
+  void notify_followers() {
+    std::lock_guard lk(m_);
+    if (followers_) lead_cv_.notify_all();
+  }
+  void rt_main();
+  // I/O, on the leader.
+  void dispatch_and_write();
+  void dispatch_locked(std::vector<WorkerPtr>& start);
+  void start_write(const WorkerPtr& w);
+  void continue_write(const WorkerPtr& w);
+  void end_write(const WorkerPtr& w, bool ok);
+  void start_read(const WorkerPtr& w);
+  void on_read(const WorkerPtr& w, const boost::system::error_code& ec, std::size_t n);
+  void process_frames(const WorkerPtr& w);
+  void start_ctl_read();
+  void on_ctl_read(const boost::system::error_code& ec, std::size_t n);
+  void handle_exit(std::uint32_t index, std::uint32_t gen, int code, bool spawn_failed);
+  void spawn_worker(std::uint32_t index);
+  void retire(const WorkerPtr& w);
+  void ctl_send(const Bytes& frame, int fd = -1);
+  void signal_worker(std::uint32_t index, int sig);
+  void server_lost();
+  void break_pool_locked(std::exception_ptr e, std::vector<TaskPtr>& failed);
+  void update_window_locked(std::uint64_t ns);
+  static void fail_all(std::vector<TaskPtr>& recs, const std::exception_ptr& e) {
+    for (auto& r : recs) r->sink->on_failure(r->tag, e);
+    recs.clear();
+  }
+
+  PoolConfig cfg_;
+  unsigned processes_ = 1;
+  asio::io_context io_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  Socket ctl_;
+  std::mutex ctl_mutex_;
+  ReadBuffer ctl_buf_;
+  std::shared_ptr<ChildProcess> server_;
+  Slot* slots_ = nullptr;
+  std::size_t slots_bytes_ = 0;
+
+  std::mutex m_;
+  std::condition_variable lead_cv_, rt_cv_;
+  std::vector<WorkerPtr> workers_;  // by index: the current generation
+  std::vector<WorkerPtr> retired_;  // done with maxtasksperchild, exit not reported yet
+  std::deque<TaskPtr> pending_;
+  std::uint64_t next_seq_ = 1;
+  std::uint32_t next_gen_ = 0;
+  std::atomic<std::size_t> outstanding_{0};  // pending + in flight
+  bool accepting_ = true, feeding_ = true, terminated_ = false, joining_ = false, joined_ = false;
+  bool server_gone_ = false;
+  std::exception_ptr broken_;  // set when no task can run any more (failed initializer, lost server)
+  unsigned spawn_failures_ = 0;
+  bool leader_active_ = false;
+  unsigned followers_ = 0;
+  bool kick_pending_ = false;
+  std::deque<std::shared_ptr<ResultStateBase>> callbacks_;
+  std::atomic<bool> callbacks_pending_{false};
+  std::thread rt_;
+  std::atomic<std::thread::id> rt_id_{};
+  bool rt_stop_ = false;
+  std::atomic<bool> rt_stop_flag_{false};
+  double avg_ns_ = 0;
+  bool have_avg_ = false;
+  std::atomic<unsigned> window_{2};
+  std::atomic<std::uint64_t> apply_index_{0};
+
+  struct Answer {
+    std::uint64_t seq, ns;
+    std::span<const std::byte> result;
+  };
+  std::vector<Answer> answers_;                                            // leader scratch
+  std::vector<std::pair<TaskPtr, std::span<const std::byte>>> completed_;  // leader scratch
+};
+
+// ---------------------------------------------------------------------------------------------
+// Start and stop.
+// ---------------------------------------------------------------------------------------------
+
+void PoolCore::start() {
+  processes_ = cfg_.processes ? cfg_.processes : std::max(1u, cpu_count());
+  prepare_code_refs();  // before forking: workers then never need the loader's lock
+  slots_bytes_ = sizeof(Slot) * processes_;
+  slots_ = static_cast<Slot*>(map_shared(slots_bytes_));
+  for (unsigned i = 0; i < processes_; ++i) ::new (&slots_[i]) Slot;
+
+  int ctl[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
+    throw Error(std::string("mpx::Pool: socketpair: ") + std::strerror(errno));
+  ServerConfig sc{slots_, &cfg_.initializer, cfg_.maxtasksperchild};
+  ForkOptions fo;
+  fo.name = "PoolServer";
+  fo.daemon = true;
+  fo.die_with_parent = true;
+  try {
+    server_ = fork_child(fo, [&]() -> int {
+      ::close(ctl[0]);
+      return server_main(ctl[1], sc);
+    });
+  } catch (...) {
+    ::close(ctl[0]);
+    ::close(ctl[1]);
+    throw;
+  }
+  ::close(ctl[1]);
+  ctl_.assign(asio::local::stream_protocol(), ctl[0]);
+  workers_.resize(processes_);
+  for (unsigned i = 0; i < processes_; ++i) spawn_worker(i);
+  start_ctl_read();
+}
+
+PoolCore::~PoolCore() {
+  if (rt_.joinable()) {
+    {
+      std::lock_guard lk(m_);
+      rt_stop_ = true;
+      rt_stop_flag_ = true;
+      rt_cv_.notify_all();
+    }
+    if (rt_.get_id() == std::this_thread::get_id())
+      rt_.detach();
+    else
+      rt_.join();
+  }
+  boost::system::error_code ec;
+  for (auto& w : workers_)
+    if (w) w->sock.close(ec);
+  for (auto& w : retired_) w->sock.close(ec);
+  ctl_.close(ec);
+  server_.reset();  // kills and reaps the server if it still runs (a failed start)
+  if (slots_) unmap_shared(slots_, slots_bytes_);
+}
+
+void PoolCore::close() {
+  std::lock_guard lk(m_);
+  accepting_ = false;
+}
+
+void PoolCore::terminate() {
+  std::vector<TaskPtr> failed;
+  {
+    std::lock_guard lk(m_);
+    if (terminated_ || joined_) return;
+    terminated_ = true;
+    accepting_ = feeding_ = false;
+    failed.assign(pending_.begin(), pending_.end());
+    pending_.clear();
+    for (auto& w : workers_) {
+      if (!w) continue;
+      failed.insert(failed.end(), w->inflight.begin(), w->inflight.end());
+      w->inflight.clear();
+      w->queued.clear();
+      w->inflight_bytes = 0;
+      w->usable = false;
+    }
+    outstanding_.store(0);
+  }
+  fail_all(failed, std::make_exception_ptr(StateError("mpx::Pool: terminated before this task finished")));
+  notify_followers();
+  wake_leader();
+  bool server_alive;
+  {
+    std::lock_guard lk(m_);
+    server_alive = !server_gone_;
+  }
+  if (server_alive) {
+    try {
+      signal_worker(kAllWorkers, SIGKILL);
+      ctl_send(small_frame(kQuit));
+    } catch (const std::exception& e) {
+      logger().warn("mpx::Pool::terminate: {}", e.what());
+    }
+  }
+  server_->wait();
+}
+
+void PoolCore::join() {
+  bool terminated;
+  {
+    std::lock_guard lk(m_);
+    if (accepting_ && !terminated_) throw StateError("mpx::Pool::join(): call close() or terminate() first");
+    if (joined_) return;
+    feeding_ = false;
+    terminated = terminated_;
+  }
+  if (!terminated) {
+    struct Idle final : Waitable {
+      explicit Idle(const std::atomic<std::size_t>& n) : n_(n) {}
+      bool is_ready() const noexcept override { return n_.load() == 0; }
+      const std::atomic<std::size_t>& n_;
+    } idle(outstanding_);
+    wait(idle, Deadline::never());
+    // Every task is answered, so no write is in progress: tell each worker to exit and the
+    // server to quit once they have.
+    std::vector<WorkerPtr> live;
+    bool server_alive;
+    {
+      std::lock_guard lk(m_);
+      joining_ = true;
+      for (auto& w : workers_)
+        if (w && !w->dead) live.push_back(w);
+      server_alive = !server_gone_;
+    }
+    Bytes bye = small_frame(kExit);
+    for (auto& w : live) send_all_raw(w->sock.native_handle(), bye);
+    if (server_alive) {
+      try {
+        ctl_send(small_frame(kQuit));
+      } catch (const std::exception& e) {
+        logger().warn("mpx::Pool::join: {}", e.what());
+      }
+    }
+  }
+  server_->wait();
+  std::lock_guard lk(m_);
+  joined_ = true;
+}
+
+void PoolCore::shutdown() noexcept {
+  try {
+    bool terminated;
+    {
+      std::lock_guard lk(m_);
+      terminated = terminated_;
+    }
+    if (!terminated) close();
+    join();
+  } catch (const std::exception& e) {
+    logger().error("mpx::~Pool: {}", e.what());
+  }
+  std::thread t;
+  {
+    std::lock_guard lk(m_);
+    rt_stop_ = true;
+    rt_stop_flag_ = true;
+    rt_cv_.notify_all();
+    t = std::move(rt_);
+  }
+  wake_leader();
+  if (t.joinable()) {
+    if (t.get_id() == std::this_thread::get_id())
+      t.detach();  // ~Pool inside a callback: the thread ends after it returns
+    else
+      t.join();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Submitting and waiting.
+// ---------------------------------------------------------------------------------------------
+
+bool PoolCore::submit(std::vector<TaskSubmission>&& tasks, bool caller_waits, bool feed) {
+  std::vector<TaskPtr> recs;
+  recs.reserve(tasks.size());
+  for (auto& t : tasks) {
+    auto r = std::make_shared<TaskRec>();
+    r->frame = std::move(t.frame);
+    std::uint64_t len = r->frame.size() - proto::kLongHeaderSize;
+    auto h = proto::encode_header(len);
+    r->off = proto::kLongHeaderSize - h.size();
+    std::memcpy(r->frame.data() + r->off, h.bytes().data(), h.size());
+    r->frame[proto::kLongHeaderSize] = static_cast<std::byte>(kTask);
+    r->sink = std::move(t.sink);
+    r->tag = t.tag;
+    recs.push_back(std::move(r));
+  }
+  bool post = false;
+  std::exception_ptr broken;
+  {
+    std::unique_lock lk(m_);
+    if (feed ? !feeding_ : !accepting_) {
+      if (feed) return false;
+      throw_closed();
+    }
+    broken = broken_;
+    if (!broken) {
+      for (auto& r : recs) {
+        r->seq = next_seq_++;
+        patch_le<std::uint64_t>(r->frame, proto::kLongHeaderSize + 1, r->seq);
+        pending_.push_back(r);
+      }
+      outstanding_.fetch_add(recs.size());
+      if (leader_active_) {
+        if (!kick_pending_) kick_pending_ = post = true;
+      } else if (!caller_waits) {
+        wake_rt_locked();
+      }
+    }
+  }
+  if (broken) {
+    fail_all(recs, broken);
+    return true;
+  }
+  if (post)
+    asio::post(io_, [this] {
+      {
+        std::lock_guard lk(m_);
+        kick_pending_ = false;
+      }
+      dispatch_and_write();
+    });
+  return true;
+}
+
+bool PoolCore::wait(const Waitable& w, const Deadline& d) {
+  if (w.is_ready()) return true;
+  if (on_callback_thread())
+    throw StateError("mpx::Pool: waiting for a pool result inside a pool callback would deadlock");
+  std::unique_lock lk(m_);
+  for (;;) {
+    if (w.is_ready()) return true;
+    if (!leader_active_) {
+      leader_active_ = true;
+      lk.unlock();
+      try {
+        lead(&w, d, false);
+      } catch (...) {
+        lk.lock();
+        release_lead(lk, false);
+        throw;
+      }
+      lk.lock();
+      release_lead(lk, false);
+      if (w.is_ready()) return true;
+      if (d.expired()) return false;
+      continue;
+    }
+    if (d.expired()) return false;
+    ++followers_;
+    if (d.infinite())
+      lead_cv_.wait(lk);
+    else
+      lead_cv_.wait_until(lk, *d.at());
+    --followers_;
+  }
+}
+
+void PoolCore::lead(const Waitable* w, const Deadline& d, bool rt) {
+  dispatch_and_write();
+  for (;;) {
+    if (w && w->is_ready()) return;
+    if (rt && (outstanding_.load() == 0 || callbacks_pending_.load() || rt_stop_flag_.load())) return;
+    if (d.infinite()) {
+      io_.run_one();
+    } else {
+      auto left = d.remaining();
+      if (*left <= std::chrono::nanoseconds::zero()) return;
+      io_.run_one_for(*left);
+    }
+  }
+}
+
+void PoolCore::release_lead(std::unique_lock<std::mutex>&, bool rt) {
+  leader_active_ = false;
+  if (followers_) lead_cv_.notify_all();
+  if (!rt && outstanding_.load() > 0) wake_rt_locked();
+}
+
+void PoolCore::wake_rt_locked() {
+  if (rt_stop_) return;
+  if (!rt_.joinable()) {
+    rt_ = std::thread([self = shared_from_this()] { self->rt_main(); });
+    rt_id_.store(rt_.get_id(), std::memory_order_release);
+  } else {
+    rt_cv_.notify_one();
+  }
+}
+
+void PoolCore::schedule_callbacks(std::shared_ptr<ResultStateBase> s) {
+  {
+    std::lock_guard lk(m_);
+    if (!rt_stop_) {
+      callbacks_.push_back(std::move(s));
+      callbacks_pending_ = true;
+      wake_rt_locked();
+      if (leader_active_) wake_leader();  // the result thread may be the leader, inside run_one()
+      return;
+    }
+  }
+  s->run_callbacks();  // the pool is gone: nobody else will
+}
+
+void PoolCore::rt_main() {
+  std::unique_lock lk(m_);
+  for (;;) {
+    if (!callbacks_.empty()) {
+      auto batch = std::move(callbacks_);
+      callbacks_.clear();
+      callbacks_pending_ = false;
+      lk.unlock();
+      for (auto& s : batch) s->run_callbacks();
+      batch.clear();
+      lk.lock();
+      if (followers_) lead_cv_.notify_all();
+      if (leader_active_) wake_leader();  // its result may be one that just settled
+      continue;
+    }
+    if (rt_stop_) return;
+    if (!leader_active_ && outstanding_.load() > 0) {
+      leader_active_ = true;
+      lk.unlock();
+      lead(nullptr, Deadline::never(), true);
+      lk.lock();
+      release_lead(lk, true);
+      continue;
+    }
+    rt_cv_.wait(lk);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch and socket I/O (only on the leader).
+// ---------------------------------------------------------------------------------------------
+
+void PoolCore::dispatch_and_write() {
+  std::vector<WorkerPtr> start;
+  {
+    std::lock_guard lk(m_);
+    dispatch_locked(start);
+  }
+  for (auto& w : start) start_write(w);
+}
+
+void PoolCore::dispatch_locked(std::vector<WorkerPtr>& start) {
+  unsigned window = window_.load(std::memory_order_relaxed);
+  while (!pending_.empty()) {
+    Worker* best = nullptr;
+    for (auto& w : workers_) {
+      if (!w || !w->usable || w->inflight.size() >= window) continue;
+      if (cfg_.maxtasksperchild && w->sent >= cfg_.maxtasksperchild) continue;
+      if (!w->inflight.empty() && w->inflight_bytes >= kMaxInflightBytes) continue;
+      if (!best || w->inflight.size() < best->inflight.size()) best = w.get();
+    }
+    if (!best) break;
+    TaskPtr rec = std::move(pending_.front());
+    pending_.pop_front();
+    best->inflight_bytes += rec->frame.size();
+    best->queued.push_back(rec);
+    best->inflight.push_back(std::move(rec));
+    ++best->sent;
+    if (!best->write_scheduled) {
+      best->write_scheduled = true;
+      start.push_back(workers_[best->index]);
+    }
+  }
+}
+
+void PoolCore::start_write(const WorkerPtr& w) {
+  std::vector<TaskPtr> batch;
+  {
+    std::lock_guard lk(m_);
+    if (w->writing) return;  // the write in progress picks up what was queued meanwhile
+    w->write_scheduled = false;
+    batch.swap(w->queued);
+  }
+  if (batch.empty() || w->dead) return;
+  // Small frames are copied into one buffer, large ones written from their own.
+  std::size_t small = 0;
+  for (auto& r : batch)
+    if (r->wire().size() < kLargeFrame) small += r->wire().size();
+  w->wsmall.clear();
+  w->wsmall.reserve(small);
+  w->wbufs.clear();
+  w->wkeep.clear();
+  bool last_small = false;
+  for (auto& r : batch) {
+    auto b = r->wire();
+    if (b.size() < kLargeFrame) {
+      std::size_t at = w->wsmall.size();
+      w->wsmall.insert(w->wsmall.end(), b.begin(), b.end());
+      if (last_small)
+        w->wbufs.back().iov_len += b.size();
+      else
+        w->wbufs.push_back({w->wsmall.data() + at, b.size()});
+      last_small = true;
+    } else {
+      w->wbufs.push_back({const_cast<std::byte*>(b.data()), b.size()});
+      w->wkeep.push_back(r);
+      last_small = false;
+    }
+  }
+  w->wnext = 0;
+  w->writing = true;
+  continue_write(w);
+}
+
+// Writes as much as the socket takes right now (one sendmsg for many frames); waits for
+// writability only when it is full.
+void PoolCore::continue_write(const WorkerPtr& w) {
+  int fd = w->sock.native_handle();
+  while (w->wnext < w->wbufs.size()) {
+    msghdr mh{};
+    mh.msg_iov = w->wbufs.data() + w->wnext;
+    mh.msg_iovlen = std::min<std::size_t>(w->wbufs.size() - w->wnext, IOV_MAX);
+    ssize_t n = ::sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        w->sock.async_wait(Socket::wait_write, [this, w](const boost::system::error_code& ec) {
+          if (ec) return end_write(w, false);
+          continue_write(w);
+        });
+        return;
+      }
+      return end_write(w, false);  // the worker is gone or going: its exit report decides the rest
+    }
+    auto left = static_cast<std::size_t>(n);
+    while (left && w->wnext < w->wbufs.size()) {
+      auto& b = w->wbufs[w->wnext];
+      if (left >= b.iov_len) {
+        left -= b.iov_len;
+        ++w->wnext;
+      } else {
+        b.iov_base = static_cast<std::byte*>(b.iov_base) + left;
+        b.iov_len -= left;
+        left = 0;
+      }
+    }
+  }
+  end_write(w, true);
+}
+
+void PoolCore::end_write(const WorkerPtr& w, bool ok) {
+  w->writing = false;
+  w->wkeep.clear();
+  bool more;
+  {
+    std::lock_guard lk(m_);
+    if (!ok) w->usable = false;
+    more = ok && !w->queued.empty();
+  }
+  if (more) start_write(w);
+}
+
+void PoolCore::start_read(const WorkerPtr& w) {
+  if (w->dead) return;
+  std::size_t need = kReadChunk / 4;
+  auto avail = w->rbuf.data();
+  try {
+    if (auto h = proto::decode_header(avail)) {
+      std::uint64_t total = h->header_size + h->length;
+      if (total > avail.size())
+        need = std::max<std::size_t>(need, static_cast<std::size_t>(total - avail.size()));
+    }
+  } catch (const ProtocolError&) {
+    logger().error("mpx::Pool: garbage from worker {}; stopping it", w->pid);
+    signal_worker(w->index, SIGKILL);
+    return;
+  }
+  auto room = w->rbuf.prepare(need);
+  w->sock.async_read_some(
+      asio::buffer(room.data(), room.size()),
+      [this, w](const boost::system::error_code& ec, std::size_t n) { on_read(w, ec, n); });
+}
+
+void PoolCore::on_read(const WorkerPtr& w, const boost::system::error_code& ec, std::size_t n) {
+  if (ec) {
+    if (ec == asio::error::operation_aborted) return;
+    std::lock_guard lk(m_);  // EOF or error: the exit report follows
+    w->usable = false;
+    return;
+  }
+  w->rbuf.commit(n);
+  process_frames(w);
+  start_read(w);
+}
+
+void PoolCore::update_window_locked(std::uint64_t ns) {
+  double x = static_cast<double>(ns);
+  avg_ns_ = have_avg_ ? avg_ns_ + (x - avg_ns_) / 8 : x;
+  have_avg_ = true;
+  unsigned window;
+  if (avg_ns_ >= kLongTaskNs)
+    window = 1;
+  else
+    window =
+        static_cast<unsigned>(std::clamp(kTargetQueueNs / std::max(avg_ns_, 1.0), 2.0, double{kMaxWindow}));
+  window_.store(window, std::memory_order_relaxed);
+}
+
+void PoolCore::process_frames(const WorkerPtr& w) {
+  answers_.clear();
+  std::exception_ptr init_error;
+  bool bad = false;
+  std::size_t pos = 0;
+  auto avail = w->rbuf.data();
+  try {
+    for (;;) {
+      auto rest = avail.subspan(pos);
+      auto h = proto::decode_header(rest);
+      if (!h || rest.size() - h->header_size < h->length) break;
+      auto msg = rest.subspan(h->header_size, static_cast<std::size_t>(h->length));
+      pos += h->header_size + static_cast<std::size_t>(h->length);
+      if (msg.empty()) throw ProtocolError("empty message");
+      ByteReader in(msg.subspan(1));
+      auto type = static_cast<std::uint8_t>(msg[0]);
+      if (type == kResult) {
+        std::uint64_t seq = in.u64(), ns = in.u64();
+        answers_.push_back({seq, ns, in.rest()});
+      } else if (type == kInitError) {
+        init_error = read_raised_fields(in);
+      } else {
+        throw ProtocolError("unknown message type " + std::to_string(type));
+      }
+    }
+  } catch (const ProtocolError& e) {
+    logger().error("mpx::Pool: bad message from worker {}: {}", w->pid, e.what());
+    bad = true;
+  }
+
+  std::vector<WorkerPtr> start;
+  std::vector<TaskPtr> failed;
+  bool retiring = false;
+  {
+    std::lock_guard lk(m_);
+    for (auto& a : answers_) {
+      if (w->inflight.empty() || w->inflight.front()->seq != a.seq) continue;  // failed meanwhile
+      TaskPtr rec = std::move(w->inflight.front());
+      w->inflight.pop_front();
+      w->inflight_bytes -= rec->frame.size();
+      ++w->answered;
+      outstanding_.fetch_sub(1);
+      update_window_locked(a.ns);
+      completed_.emplace_back(std::move(rec), a.result);
+    }
+    if (init_error) {
+      w->usable = false;
+      if (!broken_) break_pool_locked(init_error, failed);
+    } else if (cfg_.maxtasksperchild && w->usable && w->answered >= cfg_.maxtasksperchild) {
+      w->usable = false;  // it exits by itself now
+      retiring = true;
+    }
+    dispatch_locked(start);
+  }
+  if (retiring) retire(w);
+  for (auto& s : start) start_write(s);
+  bool any = !completed_.empty() || !failed.empty();
+  for (auto& [rec, result] : completed_) rec->sink->on_result(rec->tag, result);
+  completed_.clear();
+  if (!failed.empty()) fail_all(failed, broken_);
+  w->rbuf.consume(pos);
+  if (any) notify_followers();
+  if (bad) signal_worker(w->index, SIGKILL);
+}
+
+void PoolCore::break_pool_locked(std::exception_ptr e, std::vector<TaskPtr>& failed) {
+  broken_ = std::move(e);
+  failed.insert(failed.end(), pending_.begin(), pending_.end());
+  pending_.clear();
+  for (auto& w : workers_) {
+    if (!w) continue;
+    failed.insert(failed.end(), w->inflight.begin(), w->inflight.end());
+    w->inflight.clear();
+    w->queued.clear();
+    w->inflight_bytes = 0;
+  }
+  outstanding_.fetch_sub(failed.size());
+}
+
+// A worker that reached maxtasksperchild exits by itself after its last answer; a fresh one
+// takes its index (and its shared-memory slot, which it no longer writes).
+void PoolCore::retire(const WorkerPtr& w) {
+  {
+    std::lock_guard lk(m_);
+    if (workers_[w->index] != w) return;
+    retired_.push_back(w);
+  }
+  spawn_worker(w->index);
+}
+
+void PoolCore::spawn_worker(std::uint32_t index) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    logger().error("mpx::Pool: socketpair: {}", std::strerror(errno));
+    return;
+  }
+  // Bigger socket buffers mean fewer round trips for large chunks (the kernel caps the value).
+  int bufsize = 1 << 20;
+  for (int fd : sv) {
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof bufsize);
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof bufsize);
+  }
+  auto w = std::make_shared<Worker>(io_);
+  w->index = index;
+  boost::system::error_code ec;
+  w->sock.assign(asio::local::stream_protocol(), sv[0], ec);
+  {
+    std::lock_guard lk(m_);
+    if (terminated_ || joining_ || server_gone_ || broken_) {
+      ::close(sv[1]);
+      w->sock.close(ec);
+      w->dead = true;
+      w->usable = false;
+      workers_[index] = w;
+      return;
+    }
+    w->gen = ++next_gen_;
+    slots_[index].running.store(0, std::memory_order_relaxed);
+    workers_[index] = w;
+  }
+  Bytes f;
+  std::size_t at = begin_frame(f);
+  put_u8(f, kSpawn);
+  put_le<std::uint32_t>(f, index);
+  put_le<std::uint32_t>(f, w->gen);
+  end_frame(f, at);
+  try {
+    ctl_send(f, sv[1]);
+  } catch (const std::exception& e) {
+    logger().error("mpx::Pool: cannot reach the process server: {}", e.what());
+  }
+  ::close(sv[1]);
+  start_read(w);
+}
+
+void PoolCore::handle_exit(std::uint32_t index, std::uint32_t gen, int code, bool spawn_failed) {
+  WorkerPtr w;
+  {
+    std::lock_guard lk(m_);
+    if (index >= workers_.size()) return;
+    if (workers_[index] && workers_[index]->gen == gen) {
+      w = workers_[index];
+    } else {
+      for (auto it = retired_.begin(); it != retired_.end(); ++it) {
+        if ((*it)->index == index && (*it)->gen == gen) {
+          w = *it;
+          retired_.erase(it);
+          break;
+        }
+      }
+      if (!w) return;
+      // A retired worker: its tasks were all answered (any left run elsewhere).
+      std::vector<TaskPtr> left(w->inflight.begin(), w->inflight.end());
+      w->inflight.clear();
+      w->dead = true;
+      pending_.insert(pending_.begin(), left.begin(), left.end());
+      boost::system::error_code ec;
+      w->sock.close(ec);
+      return;
+    }
+  }
+  {
+    std::lock_guard lk(m_);
+    w->usable = false;  // nothing more for it, and no retirement while its last words are read
+  }
+  // Everything it wrote before dying is in the socket: read it all first.
+  boost::system::error_code ec;
+  w->sock.cancel(ec);
+  if (!spawn_failed) {
+    int fd = w->sock.native_handle();
+    for (;;) {
+      std::size_t need = kReadChunk / 4;
+      auto avail = w->rbuf.data();
+      try {
+        if (auto h = proto::decode_header(avail)) {
+          std::uint64_t total = h->header_size + h->length;
+          if (total > avail.size())
+            need = std::max<std::size_t>(need, static_cast<std::size_t>(total - avail.size()));
+        }
+      } catch (const ProtocolError&) {
+        break;
+      }
+      auto room = w->rbuf.prepare(need);
+      ssize_t n = ::recv(fd, room.data(), room.size(), MSG_DONTWAIT);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      w->rbuf.commit(static_cast<std::size_t>(n));
+      process_frames(w);
+    }
+  }
+  std::vector<TaskPtr> lost;
+  std::vector<TaskPtr> failed;
+  bool respawn;
+  pid_t pid;
+  {
+    std::lock_guard lk(m_);
+    std::uint64_t running = slots_[index].running.load(std::memory_order_acquire);
+    std::vector<TaskPtr> again;
+    for (auto& r : w->inflight) (r->seq == running && !spawn_failed ? lost : again).push_back(r);
+    pending_.insert(pending_.begin(), again.begin(), again.end());
+    w->inflight.clear();
+    w->queued.clear();
+    w->inflight_bytes = 0;
+    w->usable = false;
+    w->dead = true;
+    outstanding_.fetch_sub(lost.size());
+    pid = w->pid;
+    if (spawn_failed) {
+      if (++spawn_failures_ >= 3 && !broken_)
+        break_pool_locked(std::make_exception_ptr(Error("mpx::Pool: cannot start worker processes: " +
+                                                        std::string(std::strerror(code)))),
+                          failed);
+    } else {
+      spawn_failures_ = 0;
+    }
+    respawn = !terminated_ && !joining_ && !server_gone_ && !broken_;
+  }
+  w->sock.close(ec);
+  if (!lost.empty()) {
+    fail_all(lost, std::make_exception_ptr(WorkerLost("mpx::Pool: worker process " + std::to_string(pid) +
+                                                          " died while running this task (" +
+                                                          describe_exit(code) + ")",
+                                                      code)));
+  }
+  if (!failed.empty()) fail_all(failed, broken_);
+  if (respawn) spawn_worker(index);
+  dispatch_and_write();
+  notify_followers();
+}
+
+void PoolCore::server_lost() {
+  std::vector<TaskPtr> failed;
+  {
+    std::lock_guard lk(m_);
+    if (server_gone_) return;
+    server_gone_ = true;
+    if (joining_ || terminated_) return;  // it was told to quit
+    if (!broken_)
+      break_pool_locked(std::make_exception_ptr(WorkerLost(
+                            "mpx::Pool: the pool's process server died, and its workers with it", -SIGKILL)),
+                        failed);
+    for (auto& w : workers_)
+      if (w) w->usable = false;
+  }
+  fail_all(failed, broken_);
+  notify_followers();
+}
+
+void PoolCore::ctl_send(const Bytes& frame, int fd) {
+  std::lock_guard lk(ctl_mutex_);
+  int s = ctl_.native_handle();
+  const std::byte* p = frame.data();
+  std::size_t n = frame.size();
+  bool first = true;
+  while (n) {
+    iovec iov{const_cast<std::byte*>(p), n};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
+    if (first && fd >= 0) {
+      std::memset(cbuf, 0, sizeof cbuf);
+      mh.msg_control = cbuf;
+      mh.msg_controllen = sizeof cbuf;
+      cmsghdr* c = CMSG_FIRSTHDR(&mh);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
+    ssize_t w = ::sendmsg(s, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        pollfd pf{s, POLLOUT, 0};
+        ::poll(&pf, 1, 1000);
+        continue;
+      }
+      throw ConnectionError(std::string("pool control channel: ") + std::strerror(errno));
+    }
+    first = false;
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+}
+
+void PoolCore::signal_worker(std::uint32_t index, int sig) {
+  Bytes f;
+  std::size_t at = begin_frame(f);
+  put_u8(f, kSignal);
+  put_le<std::uint32_t>(f, index);
+  put_le<std::int32_t>(f, sig);
+  end_frame(f, at);
+  try {
+    ctl_send(f);
+  } catch (const std::exception& e) {
+    logger().warn("mpx::Pool: {}", e.what());
+  }
+}
+
+void PoolCore::start_ctl_read() {
+  auto room = ctl_buf_.prepare(4096);
+  ctl_.async_read_some(asio::buffer(room.data(), room.size()),
+                       [this](const boost::system::error_code& ec, std::size_t n) { on_ctl_read(ec, n); });
+}
+
+void PoolCore::on_ctl_read(const boost::system::error_code& ec, std::size_t n) {
+  if (ec == asio::error::operation_aborted) return;
+  if (ec) {
+    server_lost();
+    return;
+  }
+  ctl_buf_.commit(n);
+  struct Report {
+    std::uint8_t type;
+    std::uint32_t index, gen;
+    std::int32_t value;
+  };
+  std::vector<Report> reports;
+  std::size_t pos = 0;
+  auto avail = ctl_buf_.data();
+  try {
+    for (;;) {
+      auto rest = avail.subspan(pos);
+      auto h = proto::decode_header(rest);
+      if (!h || rest.size() - h->header_size < h->length) break;
+      ByteReader in(rest.subspan(h->header_size, static_cast<std::size_t>(h->length)));
+      pos += h->header_size + static_cast<std::size_t>(h->length);
+      Report r;
+      r.type = in.u8();
+      r.index = in.u32();
+      r.gen = in.u32();
+      r.value = in.le<std::int32_t>();
+      reports.push_back(r);
+    }
+  } catch (const ProtocolError& e) {
+    logger().error("mpx::Pool: bad message from the process server: {}", e.what());
+  }
+  ctl_buf_.consume(pos);
+  for (auto& r : reports) {
+    if (r.type == kSpawned) {
+      std::lock_guard lk(m_);
+      if (r.index < workers_.size() && workers_[r.index] && workers_[r.index]->gen == r.gen)
+        workers_[r.index]->pid = r.value;
+      for (auto& w : retired_)
+        if (w->index == r.index && w->gen == r.gen) w->pid = r.value;
+    } else if (r.type == kExited || r.type == kSpawnFailed) {
+      handle_exit(r.index, r.gen, r.value, r.type == kSpawnFailed);
+    }
+  }
+  start_ctl_read();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The non-template API.
+// ---------------------------------------------------------------------------------------------
+
+std::shared_ptr<PoolCore> make_pool_core(PoolConfig config) {
+  auto core = std::make_shared<PoolCore>(std::move(config));
+  core->start();
+  return core;
+}
+void pool_submit(PoolCore& core, std::vector<TaskSubmission>&& tasks, bool caller_waits) {
+  core.submit(std::move(tasks), caller_waits, false);
+}
+bool pool_feed(PoolCore& core, std::vector<TaskSubmission>&& tasks) {
+  return core.submit(std::move(tasks), true, true);
+}
+std::shared_ptr<Driver> pool_driver(const std::shared_ptr<PoolCore>& core) { return core; }
+std::uint64_t pool_next_apply_index(PoolCore& core) noexcept { return core.next_apply_index(); }
+unsigned pool_processes(const PoolCore& core) noexcept { return core.processes(); }
+std::size_t pool_inflight_hint(const PoolCore& core) noexcept { return core.inflight_hint(); }
+void pool_check_open(PoolCore& core) { core.check_open(); }
+void pool_close(PoolCore& core) { core.close(); }
+void pool_terminate(PoolCore& core) { core.terminate(); }
+void pool_join(PoolCore& core) { core.join(); }
+void pool_shutdown(PoolCore& core) noexcept { core.shutdown(); }
+
+}  // namespace detail
+
+Pool::Pool(unsigned processes) : Pool(Options{processes, {}, 0}) {}
+
+Pool::Pool(Options options) {
+  core_ = detail::make_pool_core(
+      detail::PoolConfig{options.processes, std::move(options.initializer), options.maxtasksperchild});
+  processes_ = detail::pool_processes(*core_);
+}
+
+Pool::~Pool() {
+  if (core_) detail::pool_shutdown(*core_);
+}
+
+void Pool::close() { detail::pool_close(*core_); }
+void Pool::terminate() { detail::pool_terminate(*core_); }
+void Pool::join() { detail::pool_join(*core_); }
+void Pool::check_open() const { detail::pool_check_open(*core_); }
+
+}  // namespace mpx

@@ -1,0 +1,111 @@
+// The pool's private wire: message types on the worker channels and on the control channel to
+// the pool's process server, and the per-worker slot in shared memory. proto/pool.md is the spec.
+#pragma once
+
+#include <mpx/proto/frame.hpp>
+#include <mpx/serialize.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <span>
+
+namespace mpx::detail::poolwire {
+
+// Worker channel: pool -> worker.
+inline constexpr std::uint8_t kTask = 1;  // u64 seq, task body (detail/task.hpp)
+inline constexpr std::uint8_t kExit = 2;  // finish what was sent before, then exit
+// Worker channel: worker -> pool.
+inline constexpr std::uint8_t kResult = 16;     // u64 seq, u64 run time in ns, result encoding
+inline constexpr std::uint8_t kInitError = 17;  // str type, str message: the initializer threw
+// Control channel: pool -> process server.
+inline constexpr std::uint8_t kSpawn =
+    32;  // u32 index, u32 generation; the worker's channel fd in SCM_RIGHTS
+inline constexpr std::uint8_t kSignal = 33;  // u32 index (kAllWorkers: every one), i32 signal
+inline constexpr std::uint32_t kAllWorkers = 0xffffffff;
+inline constexpr std::uint8_t kQuit = 34;  // exit once every worker has exited
+// Control channel: process server -> pool.
+inline constexpr std::uint8_t kSpawned = 48;      // u32 index, u32 generation, i32 pid
+inline constexpr std::uint8_t kExited = 49;       // u32 index, u32 generation, i32 exit code (-N: signal N)
+inline constexpr std::uint8_t kSpawnFailed = 50;  // u32 index, u32 generation, i32 errno
+
+// What a worker is running, readable by the pool after the worker died: the sequence number of
+// the task in progress, 0 between tasks. One cache line per worker index.
+struct alignas(64) Slot {
+  std::atomic<std::uint64_t> running{0};
+};
+
+// Frames with the header written last: begin_frame() leaves room for the short header,
+// end_frame() fills it in (moving the payload for the rare >2 GiB message).
+inline std::size_t begin_frame(Bytes& out) {
+  std::size_t at = out.size();
+  out.resize(at + proto::kShortHeaderSize);
+  return at;
+}
+inline void end_frame(Bytes& out, std::size_t at) {
+  std::uint64_t len = out.size() - at - proto::kShortHeaderSize;
+  auto h = proto::encode_header(len);
+  if (h.size() > proto::kShortHeaderSize)
+    out.insert(out.begin() + static_cast<std::ptrdiff_t>(at + proto::kShortHeaderSize),
+               h.size() - proto::kShortHeaderSize, std::byte{0});
+  std::memcpy(out.data() + at, h.bytes().data(), h.size());
+}
+
+inline constexpr std::size_t kReadChunk = std::size_t{256} << 10;
+
+// A growable read buffer without zero-filling (large results arrive straight into it).
+class ReadBuffer {
+ public:
+  ReadBuffer() { reset(kReadChunk); }
+  std::span<const std::byte> data() const { return {buf_.get() + beg_, end_ - beg_}; }
+  void consume(std::size_t n) {
+    beg_ += n;
+    if (beg_ == end_) {
+      beg_ = end_ = 0;
+      if (cap_ > 4 * kReadChunk) reset(kReadChunk);
+    }
+  }
+  // Room for at least `need` more bytes of the current frame.
+  std::span<std::byte> prepare(std::size_t need) {
+    std::size_t have = end_ - beg_;
+    if (beg_ > 0 && (cap_ - end_ < need || beg_ > cap_ / 2)) {
+      std::memmove(buf_.get(), buf_.get() + beg_, have);
+      beg_ = 0;
+      end_ = have;
+    }
+    if (cap_ - end_ < need) {
+      std::size_t cap = cap_ * 2 > have + need ? cap_ * 2 : have + need;
+      auto nb = std::make_unique_for_overwrite<std::byte[]>(cap);
+      std::memcpy(nb.get(), buf_.get() + beg_, have);
+      buf_ = std::move(nb);
+      cap_ = cap;
+      beg_ = 0;
+      end_ = have;
+    }
+    return {buf_.get() + end_, cap_ - end_};
+  }
+  void commit(std::size_t n) { end_ += n; }
+
+ private:
+  void reset(std::size_t cap) {
+    buf_ = std::make_unique_for_overwrite<std::byte[]>(cap);
+    cap_ = cap;
+    beg_ = end_ = 0;
+  }
+  std::unique_ptr<std::byte[]> buf_;
+  std::size_t cap_ = 0, beg_ = 0, end_ = 0;
+};
+
+struct ServerConfig {
+  Slot* slots = nullptr;
+  const std::function<void()>* initializer = nullptr;
+  unsigned maxtasksperchild = 0;
+};
+
+// The process server's main loop: forks workers on request, reports their exits.
+int server_main(int ctl, const ServerConfig& config);
+
+}  // namespace mpx::detail::poolwire

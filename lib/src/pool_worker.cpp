@@ -1,0 +1,271 @@
+// The pool's processes: the process server (forked once per pool, single-threaded, forks the
+// workers) and the worker loop. Nothing here touches locks, threads or io_contexts inherited from
+// the pool's process: both loops use plain blocking system calls on their own fds.
+#include <mpx/detail/task.hpp>
+#include <mpx/process.hpp>
+#include <mpx/proto/frame.hpp>
+
+#include <malloc.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "log.hpp"
+#include "pool_wire.hpp"
+
+namespace mpx::detail::poolwire {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Results wait in the worker's buffer at most this long (or this many bytes) while it works on
+// more tasks of the same batch.
+constexpr auto kMaxResultDelay = std::chrono::microseconds(200);
+constexpr std::size_t kMaxResultBuffer = std::size_t{1} << 20;
+
+bool write_all(int fd, const std::byte* p, std::size_t n) {
+  while (n) {
+    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        pollfd pf{fd, POLLOUT, 0};
+        ::poll(&pf, 1, -1);
+        continue;
+      }
+      return false;
+    }
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return true;
+}
+
+int worker_main(int fd, Slot* slot, const ServerConfig& config) {
+  ::signal(SIGINT, SIG_IGN);  // Ctrl-C is for the pool's process; it stops us
+  ::signal(SIGPIPE, SIG_IGN);
+  // A worker allocates and frees the same large buffers task after task: keep them in the heap
+  // instead of handing them back to the kernel and faulting fresh pages in every time.
+  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  ::mallopt(M_TRIM_THRESHOLD, 128 << 20);
+  disable_module_rescan();
+  Bytes out;
+  out.reserve(kReadChunk);
+  auto flush = [&] {
+    if (out.empty()) return true;
+    bool ok = write_all(fd, out.data(), out.size());
+    out.clear();
+    if (out.capacity() > 4 * kMaxResultBuffer) Bytes().swap(out);
+    return ok;
+  };
+
+  if (config.initializer && *config.initializer) {
+    try {
+      (*config.initializer)();
+    } catch (...) {
+      std::size_t at = begin_frame(out);
+      put_u8(out, kInitError);
+      encode_raised_fields(out, std::current_exception());
+      end_frame(out, at);
+      flush();
+      return 1;
+    }
+  }
+
+  ReadBuffer in;
+  std::uint64_t done = 0;
+  Clock::time_point first_unflushed{};
+  for (;;) {
+    Clock::time_point last = Clock::now();
+    // Every complete frame in the buffer, then flush, then read: a read takes whatever the pool
+    // has sent meanwhile, so tasks and results travel in batches.
+    for (;;) {
+      auto avail = in.data();
+      auto hdr = proto::decode_header(avail);
+      if (!hdr || avail.size() - hdr->header_size < hdr->length) break;
+      auto msg = avail.subspan(hdr->header_size, static_cast<std::size_t>(hdr->length));
+      if (msg.empty()) return 2;
+      auto type = static_cast<std::uint8_t>(msg[0]);
+      if (type == kExit) return flush() ? 0 : 1;
+      if (type != kTask || msg.size() < 9) {
+        logger().error("pool worker: unexpected message type {} from the pool", type);
+        return 2;
+      }
+      std::uint64_t seq = ByteReader(msg.subspan(1, 8)).u64();
+      slot->running.store(seq, std::memory_order_release);
+      if (out.empty()) first_unflushed = last;
+      std::size_t at = begin_frame(out);
+      put_u8(out, kResult);
+      put_le<std::uint64_t>(out, seq);
+      std::size_t time_at = out.size();
+      put_le<std::uint64_t>(out, 0);
+      run_task(msg.subspan(9), out);
+      auto now = Clock::now();
+      patch_le<std::uint64_t>(out, time_at,
+                              static_cast<std::uint64_t>(
+                                  std::chrono::duration_cast<std::chrono::nanoseconds>(now - last).count()));
+      last = now;
+      end_frame(out, at);
+      slot->running.store(0, std::memory_order_release);
+      in.consume(hdr->header_size + static_cast<std::size_t>(hdr->length));
+      ++done;
+      if (config.maxtasksperchild && done >= config.maxtasksperchild) return flush() ? 0 : 1;
+      if (out.size() >= kMaxResultBuffer || now - first_unflushed >= kMaxResultDelay) {
+        if (!flush()) return 1;
+      }
+    }
+    if (!flush()) return 1;
+    std::size_t need = kReadChunk / 4;
+    auto avail = in.data();
+    if (auto hdr = proto::decode_header(avail)) {
+      std::size_t total = hdr->header_size + static_cast<std::size_t>(hdr->length);
+      if (total > avail.size()) need = std::max(need, total - avail.size());
+    }
+    auto room = in.prepare(need);
+    ssize_t n = ::read(fd, room.data(), room.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return 0;  // the pool is gone
+    in.commit(static_cast<std::size_t>(n));
+  }
+}
+
+struct Child {
+  std::uint32_t index, gen;
+  std::shared_ptr<ChildProcess> proc;
+};
+
+void send_report(int ctl, std::uint8_t type, std::uint32_t index, std::uint32_t gen, std::int32_t value) {
+  Bytes f;
+  std::size_t at = begin_frame(f);
+  put_u8(f, type);
+  put_le<std::uint32_t>(f, index);
+  put_le<std::uint32_t>(f, gen);
+  put_le<std::int32_t>(f, value);
+  end_frame(f, at);
+  write_all(ctl, f.data(), f.size());
+}
+
+}  // namespace
+
+int server_main(int ctl, const ServerConfig& config) {
+  ::signal(SIGINT, SIG_IGN);
+  ::signal(SIGPIPE, SIG_IGN);
+  std::vector<Child> children;
+  std::deque<int> fds;  // channel fds received, in order, each for the next kSpawn
+  Bytes in;
+  bool quitting = false, ctl_open = true;
+  unsigned spawned = 0;
+  std::vector<pollfd> pfds;
+
+  auto kill_all = [&](int sig) {
+    for (auto& c : children) c.proc->signal(sig);
+  };
+
+  for (;;) {
+    if ((quitting || !ctl_open) && children.empty()) return 0;
+    pfds.clear();
+    if (ctl_open) pfds.push_back({ctl, POLLIN, 0});
+    for (auto& c : children) pfds.push_back({c.proc->sentinel(), POLLIN, 0});
+    if (::poll(pfds.data(), pfds.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      return 1;
+    }
+    std::size_t p = 0;
+    if (ctl_open && pfds[p++].revents) {
+      std::byte buf[4096];
+      alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 32)];
+      iovec iov{buf, sizeof buf};
+      msghdr mh{};
+      mh.msg_iov = &iov;
+      mh.msg_iovlen = 1;
+      mh.msg_control = cbuf;
+      mh.msg_controllen = sizeof cbuf;
+      ssize_t n = ::recvmsg(ctl, &mh, MSG_CMSG_CLOEXEC);
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        std::size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (std::size_t i = 0; i < k; ++i) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+          fds.push_back(fd);
+        }
+      }
+      if (n <= 0) {
+        // The pool's process is gone (or closed the channel without asking): nobody will read
+        // results any more, so the workers go now.
+        ctl_open = false;
+        kill_all(SIGKILL);
+      } else {
+        in.insert(in.end(), buf, buf + n);
+      }
+      std::size_t pos = 0;
+      for (;;) {
+        auto avail = std::span<const std::byte>(in).subspan(pos);
+        auto hdr = proto::decode_header(avail);
+        if (!hdr || avail.size() - hdr->header_size < hdr->length) break;
+        ByteReader msg(avail.subspan(hdr->header_size, static_cast<std::size_t>(hdr->length)));
+        pos += hdr->header_size + static_cast<std::size_t>(hdr->length);
+        auto type = msg.u8();
+        if (type == kSpawn) {
+          std::uint32_t index = msg.u32(), gen = msg.u32();
+          if (fds.empty()) {
+            send_report(ctl, kSpawnFailed, index, gen, EBADF);
+            continue;
+          }
+          int fd = fds.front();
+          fds.pop_front();
+          try {
+            ForkOptions opts;
+            opts.name = "PoolWorker-" + std::to_string(++spawned);
+            opts.daemon = true;
+            opts.die_with_parent = true;
+            auto proc = fork_child(opts, [&]() -> int {
+              ::close(ctl);
+              for (int other : fds) ::close(other);
+              for (auto& c : children)
+                if (c.proc->sentinel() >= 0) ::close(c.proc->sentinel());
+              return worker_main(fd, &config.slots[index], config);
+            });
+            children.push_back({index, gen, proc});
+            send_report(ctl, kSpawned, index, gen, proc->pid());
+          } catch (const std::exception& e) {
+            logger().error("pool server: cannot start a worker: {}", e.what());
+            send_report(ctl, kSpawnFailed, index, gen, errno ? errno : EAGAIN);
+          }
+          ::close(fd);
+        } else if (type == kSignal) {
+          std::uint32_t index = msg.u32();
+          int sig = static_cast<int>(msg.le<std::int32_t>());
+          for (auto& c : children)
+            if (index == kAllWorkers || c.index == index) c.proc->signal(sig);
+        } else if (type == kQuit) {
+          quitting = true;
+        }
+      }
+      in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(pos));
+    }
+    for (std::size_t i = 0; i < children.size();) {
+      if (pfds[p++].revents && children[i].proc->poll()) {
+        int code = children[i].proc->exitcode().value_or(-SIGKILL);
+        if (ctl_open) send_report(ctl, kExited, children[i].index, children[i].gen, code);
+        children.erase(children.begin() + static_cast<std::ptrdiff_t>(i));
+        // keep pfds aligned with children: the erased child's entry was consumed already
+        continue;
+      }
+      ++i;
+    }
+  }
+}
+
+}  // namespace mpx::detail::poolwire
