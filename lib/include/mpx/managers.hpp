@@ -102,7 +102,7 @@ class DictProxy {
  public:
   DictProxy() = default;
   explicit DictProxy(detail::ProxyCore core) : core_(std::move(core)) {}
-  static std::string tag() { return detail::type_tag<K>() + "|" + detail::type_tag<V>(); }
+  static std::string tag() { return detail::wire_type_tag<K>() + "|" + detail::wire_type_tag<V>(); }
 
   void set(const K& key, const V& value) {
     detail::Request req(core_, proto::Op::dict_set);
@@ -214,7 +214,7 @@ class ListProxy {
  public:
   ListProxy() = default;
   explicit ListProxy(detail::ProxyCore core) : core_(std::move(core)) {}
-  static std::string tag() { return detail::type_tag<T>(); }
+  static std::string tag() { return detail::wire_type_tag<T>(); }
 
   void append(const T& v) {
     detail::Request req(core_, proto::Op::list_append);
@@ -298,7 +298,7 @@ class ValueProxy {
  public:
   ValueProxy() = default;
   explicit ValueProxy(detail::ProxyCore core) : core_(std::move(core)) {}
-  static std::string tag() { return detail::type_tag<T>(); }
+  static std::string tag() { return detail::wire_type_tag<T>(); }
 
   T get() const {
     detail::Request req(core_, proto::Op::value_get);
@@ -344,7 +344,7 @@ class NamespaceProxy {
   void set(std::string_view name, const T& value) {
     detail::Request req(core_, proto::Op::ns_set);
     req.w().str(name);
-    req.w().str(detail::type_tag<T>());
+    req.w().str(detail::wire_type_tag<T>());
     detail::put_value(req.w(), value);
     req.call();
   }
@@ -353,7 +353,7 @@ class NamespaceProxy {
   T get(std::string_view name) const {
     detail::Request req(core_, proto::Op::ns_get);
     req.w().str(name);
-    req.w().str(detail::type_tag<T>());
+    req.w().str(detail::wire_type_tag<T>());
     auto r = req.call();
     return detail::get_value<T>(r);
   }
@@ -380,7 +380,7 @@ class QueueProxy {
  public:
   QueueProxy() = default;
   explicit QueueProxy(detail::ProxyCore core) : core_(std::move(core)) {}
-  static std::string tag() { return detail::type_tag<T>(); }
+  static std::string tag() { return detail::wire_type_tag<T>(); }
 
   void put(const T& item, bool block = true, Timeout timeout = forever) {
     check_open();
@@ -627,8 +627,8 @@ class ObjectProxy {
   R call(std::string_view method, Args&&... args) {
     detail::Request req(core_, proto::Op::object_call);
     req.w().str(method);
-    req.w().str(detail::type_tags<std::decay_t<Args>...>());
-    req.w().str(detail::type_tag<R>());
+    req.w().str(detail::wire_type_tags<std::decay_t<Args>...>());
+    req.w().str(detail::wire_type_tag<R>());
     detail::put_value(req.w(), std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...));
     auto r = req.call();
     if constexpr (std::is_void_v<R>) {
@@ -709,10 +709,10 @@ class Manager {
   // Constructs a registered type in the server from `args` (or opens the existing `name`).
   template <class T, class... Args>
   ObjectProxy<T> make(std::string_view type_name, std::string_view name, Args&&... args) {
-    std::string tag = std::string(type_name) + "|" + detail::type_tag<T>();
+    std::string tag = std::string(type_name) + "|" + detail::wire_type_tag<T>();
     return ObjectProxy<T>(open(proto::Kind::object, name, tag, [&](proto::Writer& w) {
       w.str(type_name);
-      w.str(detail::type_tags<std::decay_t<Args>...>());
+      w.str(detail::wire_type_tags<std::decay_t<Args>...>());
       detail::put_value(w, std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...));
     }));
   }
@@ -739,7 +739,7 @@ class Server {
   // Register before serve_forever().
   template <class T>
   detail::TypeRegistration<T> register_type(std::string name) {
-    return detail::TypeRegistration<T>(types_->add(std::move(name), detail::type_tag<T>()));
+    return detail::TypeRegistration<T>(types_->add(std::move(name), detail::wire_type_tag<T>()));
   }
   // Serves until shutdown() (from any thread or a signal handler-free context) or
   // SIGTERM/SIGINT; then closes every connection and removes the socket file.
@@ -756,7 +756,7 @@ class Server {
 template <class T>
 detail::TypeRegistration<T> register_type(std::string name) {
   return detail::TypeRegistration<T>(
-      detail::global_type_registry()->add(std::move(name), detail::type_tag<T>()));
+      detail::global_type_registry()->add(std::move(name), detail::wire_type_tag<T>()));
 }
 
 }  // namespace mpx

@@ -15,7 +15,7 @@ namespace mpx::detail {
 std::string demangle(const char* mangled);
 
 template <class T>
-std::string type_tag() {
+std::string wire_type_tag() {
   using U = std::remove_cvref_t<T>;
   if constexpr (std::is_void_v<U>) {
     return "void";
@@ -36,9 +36,9 @@ std::string type_tag() {
 
 // "A,B,C" for a parameter pack (empty for none).
 template <class... Ts>
-std::string type_tags() {
+std::string wire_type_tags() {
   std::string out;
-  ((out += (out.empty() ? "" : ","), out += type_tag<Ts>()), ...);
+  ((out += (out.empty() ? "" : ","), out += wire_type_tag<Ts>()), ...);
   return out;
 }
 

@@ -25,7 +25,7 @@ namespace mpx::detail {
 
 struct RegisteredType {
   struct Constructor {
-    std::string args_tag;  // type_tags<Args...>()
+    std::string args_tag;  // wire_type_tags<Args...>()
     std::function<std::shared_ptr<void>(std::span<const std::byte>)> make;
   };
   struct Method {
@@ -34,7 +34,7 @@ struct RegisteredType {
     std::function<Bytes(void*, std::span<const std::byte>)> invoke;
   };
   std::string name;
-  std::string cpp_tag;  // type_tag<T>()
+  std::string cpp_tag;  // wire_type_tag<T>()
   std::vector<Constructor> constructors;
   std::map<std::string, Method, std::less<>> methods;
 };
@@ -72,7 +72,7 @@ class TypeRegistration {
     static_assert(std::is_constructible_v<T, Args...>, "mpx::register_type: T has no such constructor");
     (require_transferable<std::decay_t<Args>>(), ...);
     t_->constructors.push_back(
-        {type_tags<std::decay_t<Args>...>(), [](std::span<const std::byte> args) {
+        {wire_type_tags<std::decay_t<Args>...>(), [](std::span<const std::byte> args) {
            auto tuple = decode<std::tuple<std::decay_t<Args>...>>(args);
            try {
              return std::apply(
@@ -109,8 +109,8 @@ class TypeRegistration {
     if constexpr (!std::is_void_v<Result>) require_transferable<Result>();
     (require_transferable<std::decay_t<A>>(), ...);
     RegisteredType::Method m;
-    m.args_tag = type_tags<std::decay_t<A>...>();
-    m.result_tag = type_tag<Result>();
+    m.args_tag = wire_type_tags<std::decay_t<A>...>();
+    m.result_tag = wire_type_tag<Result>();
     m.invoke = [f](void* self, std::span<const std::byte> args) -> Bytes {
       auto tuple = decode<std::tuple<std::decay_t<A>...>>(args);
       auto call = [&](auto&... a) -> decltype(auto) {

@@ -101,6 +101,7 @@ enum class Op : std::uint8_t {
   task_serve = 0x82,
   task_next = 0x83,
   task_result = 0x84,
+  task_worker_exit = 0x85,
 };
 
 enum class Kind : std::uint8_t {

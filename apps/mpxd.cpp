@@ -1,0 +1,170 @@
+// mpxd: the mpx manager daemon. Serves shared objects (dicts, lists, queues, locks ...) and
+// named task queues to any client that knows the address and the authkey, until SIGTERM or
+// SIGINT. A thin program over mpx::Server.
+#include <mpx/managers.hpp>
+#include <mpx/proto/manager.hpp>
+
+#include <fcntl.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <CLI/CLI.hpp>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <string>
+
+#ifndef MPX_VERSION
+#define MPX_VERSION "unknown"
+#endif
+
+namespace {
+
+// Exit statuses (also listed by --help).
+enum Exit : int {
+  kOk = 0,        // stopped by SIGTERM/SIGINT after a clean shutdown
+  kInternal = 1,  // an unexpected error while serving
+  kUsage = 2,     // bad command line or address
+  kAuthkey = 3,   // the authkey file is missing, unreadable, empty or readable by others
+  kAddress = 4,   // cannot listen on the address (in use, no permission ...)
+};
+
+constexpr const char* kExitHelp =
+    "Exit status:\n"
+    "  0  stopped by SIGTERM or SIGINT after a clean shutdown (socket file removed)\n"
+    "  1  an unexpected error while serving\n"
+    "  2  bad command line or address\n"
+    "  3  the authkey file is missing, unreadable, empty, or accessible by group or others\n"
+    "  4  cannot listen on the address (in use by a live server, no permission ...)\n";
+
+struct KeyError {
+  std::string message;
+};
+
+// The key is the file's bytes, one trailing newline stripped. The file must be private.
+std::string read_authkey(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) throw KeyError{"cannot open authkey file " + path + ": " + std::strerror(errno)};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw KeyError{"authkey file " + path + " is not a regular file"};
+  }
+  if (st.st_mode & 077) {
+    ::close(fd);
+    throw KeyError{"authkey file " + path + " is accessible by group or others (mode " +
+                   fmt::format("{:04o}", st.st_mode & 07777) + "); run: chmod 600 " + path};
+  }
+  std::string key;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      throw KeyError{"cannot read authkey file " + path + ": " + std::strerror(err)};
+    }
+    if (n == 0) break;
+    key.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  if (!key.empty() && key.back() == '\n') key.pop_back();
+  if (key.empty()) throw KeyError{"authkey file " + path + " is empty"};
+  return key;
+}
+
+// A socket file left by a server that died without cleaning up: nobody accepts on it.
+bool stale_socket(const mpx::Address& address) {
+  if (address.kind() != mpx::Address::Kind::unix_path) return false;
+  struct stat st {};
+  if (::lstat(address.path().c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return false;
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::strncpy(sa.sun_path, address.path().c_str(), sizeof sa.sun_path - 1);
+  bool refused = ::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 && errno == ECONNREFUSED;
+  ::close(fd);
+  return refused;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "mpxd: the mpx manager daemon. Serves shared objects and named task queues to clients\n"
+      "that know its address and authkey (mpx::Manager::connect, or the wire protocol in proto/).",
+      "mpxd"};
+  std::string address_text, keyfile, level = "info";
+  app.add_option("--address", address_text, "where to listen: unix:/path, unix:@abstract, tcp:host:port")
+      ->required();
+  app.add_option("--authkey-file", keyfile,
+                 "file holding the authkey (its bytes, one trailing newline stripped); mode 0600 or stricter")
+      ->required();
+  app.add_option("--log-level", level, "trace, debug, info, warn, error, critical or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+      ->capture_default_str();
+  app.set_version_flag("--version", std::string("mpxd ") + MPX_VERSION + " (manager protocol " +
+                                        std::to_string(mpx::proto::kManagerVersion) + ")");
+  app.footer(kExitHelp);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? kOk : kUsage;
+  }
+
+  // The library logs through its own logger, which reads MPX_LOG_LEVEL on first use.
+  ::setenv("MPX_LOG_LEVEL", level.c_str(), 1);
+  auto log = std::make_shared<spdlog::logger>("mpxd", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  log->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [mpxd] [%l] %v");
+  log->set_level(spdlog::level::from_str(level));
+  ::signal(SIGPIPE, SIG_IGN);
+
+  std::optional<mpx::Address> address;
+  try {
+    address = mpx::Address::parse(address_text);
+  } catch (const mpx::Error& e) {
+    log->error("bad --address: {}", e.what());
+    return kUsage;
+  }
+  std::string key;
+  try {
+    key = read_authkey(keyfile);
+  } catch (const KeyError& e) {
+    log->error("{}", e.message);
+    return kAuthkey;
+  }
+
+  std::optional<mpx::Server> server;
+  try {
+    try {
+      server.emplace(*address, key);
+    } catch (const mpx::ConnectionError&) {
+      if (!stale_socket(*address)) throw;
+      log->warn("removing the stale socket file {} (no server answers on it)", address->path());
+      ::unlink(address->path().c_str());
+      server.emplace(*address, key);
+    }
+  } catch (const mpx::Error& e) {
+    log->error("{}", e.what());
+    return kAddress;
+  }
+
+  try {
+    log->info("mpxd {} serving on {} (pid {})", MPX_VERSION, server->address().str(), ::getpid());
+    server->serve_forever();
+    log->info("mpxd stopped");
+  } catch (const std::exception& e) {
+    log->critical("{}", e.what());
+    return kInternal;
+  }
+  return kOk;
+}

@@ -1,0 +1,301 @@
+// mpxd, the built daemon: command line, authkey file checks, serving C++ and Python
+// clients, SIGTERM/SIGINT shutdown, socket file handling, exit codes.
+#include <mpx/managers.hpp>
+#include <mpx/process.hpp>
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern char** environ;
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kMpxd = std::string(MPX_BINARY_DIR) + "/apps/mpxd";
+const std::string kPythonClient = std::string(MPX_SOURCE_DIR) + "/apps/python/manager_dict.py";
+
+// A scratch directory removed at the end of each test.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    const std::string hint = "build the mpxd target first: " + kMpxd;
+    REQUIRE_MESSAGE(fs::exists(kMpxd), hint);
+    std::string t = (fs::temp_directory_path() / "mpx-mpxd-test-XXXXXX").string();
+    REQUIRE(::mkdtemp(t.data()) != nullptr);
+    path = t;
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+std::string write_key(const TempDir& dir, const std::string& content, mode_t mode,
+                      const std::string& name = "key") {
+  std::string p = dir / name;
+  {
+    std::ofstream f(p, std::ios::binary);
+    f << content;
+  }
+  ::chmod(p.c_str(), mode);
+  return p;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+// The daemon as a child process, its stdout+stderr in a file.
+class Proc {
+ public:
+  Proc(const std::vector<std::string>& args, std::string log) : log_(std::move(log)) {
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    sigset_t none;
+    sigemptyset(&none);
+    posix_spawnattr_setsigmask(&attr, &none);
+    sigset_t defaults;
+    sigemptyset(&defaults);
+    sigaddset(&defaults, SIGTERM);
+    sigaddset(&defaults, SIGINT);
+    sigaddset(&defaults, SIGPIPE);
+    posix_spawnattr_setsigdefault(&attr, &defaults);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    REQUIRE(posix_spawn(&pid_, argv[0], &fa, &attr, argv.data(), environ) == 0);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
+  }
+  ~Proc() {
+    if (!status_) {
+      ::kill(pid_, SIGKILL);
+      wait(10s);
+    }
+    if (pidfd_ >= 0) ::close(pidfd_);
+  }
+  // The exit code (-N for signal N), or nullopt if still running after `timeout`.
+  std::optional<int> wait(std::chrono::milliseconds timeout) {
+    if (status_) return status_;
+    pollfd p{pidfd_, POLLIN, 0};
+    if (pidfd_ >= 0 && ::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return std::nullopt;
+    int st = 0;
+    if (::waitpid(pid_, &st, pidfd_ >= 0 ? 0 : WNOHANG) != pid_) return std::nullopt;
+    status_ = WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
+    return status_;
+  }
+  void signal(int sig) { ::kill(pid_, sig); }
+  std::string output() const { return slurp(log_); }
+  pid_t pid() const { return pid_; }
+
+ private:
+  std::string log_;
+  pid_t pid_ = 0;
+  int pidfd_ = -1;
+  std::optional<int> status_;
+};
+
+std::optional<int> run(const std::vector<std::string>& args, const std::string& log) {
+  Proc p(args, log);
+  return p.wait(30s);
+}
+
+// Waits (bounded) until the daemon accepts clients.
+std::optional<mpx::Manager> connect_when_ready(const mpx::Address& a, const std::string& key, Proc& p) {
+  for (int i = 0; i < 500; ++i) {
+    try {
+      return mpx::Manager::connect(a, key);
+    } catch (const mpx::ConnectionError&) {
+    }
+    if (p.wait(10ms)) return std::nullopt;  // it exited instead
+  }
+  return std::nullopt;
+}
+
+std::uint16_t free_tcp_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+  socklen_t len = sizeof sa;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  ::close(fd);
+  return ntohs(sa.sin_port);
+}
+
+std::pair<int, std::string> shell(const std::string& cmd) {
+  std::string out;
+  FILE* f = ::popen(cmd.c_str(), "r");
+  REQUIRE(f != nullptr);
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, f)) out += buf;
+  int st = ::pclose(f);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+}  // namespace
+
+TEST_CASE("mpxd: --help documents the exit codes, --version, usage errors") {
+  TempDir dir;
+  Proc help({kMpxd, "--help"}, dir / "help.log");
+  CHECK(help.wait(30s) == 0);
+  auto text = help.output();
+  CHECK(text.find("--address") != std::string::npos);
+  CHECK(text.find("--authkey-file") != std::string::npos);
+  CHECK(text.find("Exit status") != std::string::npos);
+  Proc version({kMpxd, "--version"}, dir / "version.log");
+  CHECK(version.wait(30s) == 0);
+  CHECK(version.output().find("mpxd ") == 0);
+  CHECK(run({kMpxd}, dir / "none.log") == 2);
+  CHECK(run({kMpxd, "--address", "unix:/x", "--authkey-file", "/x", "--bogus"}, dir / "bogus.log") == 2);
+  auto key = write_key(dir, "k", 0600);
+  CHECK(run({kMpxd, "--address", "carrier-pigeon:/x", "--authkey-file", key}, dir / "addr.log") == 2);
+}
+
+TEST_CASE("mpxd: refuses authkey files that are missing, empty or readable by others") {
+  TempDir dir;
+  std::string sock = dir / "d.sock";
+  CHECK(run({kMpxd, "--address", "unix:" + sock, "--authkey-file", dir / "missing"}, dir / "1.log") == 3);
+  auto open_key = write_key(dir, "secret", 0644, "open");
+  CHECK(run({kMpxd, "--address", "unix:" + sock, "--authkey-file", open_key}, dir / "2.log") == 3);
+  CHECK(slurp(dir / "2.log").find("chmod 600") != std::string::npos);
+  auto group_key = write_key(dir, "secret", 0640, "group");
+  CHECK(run({kMpxd, "--address", "unix:" + sock, "--authkey-file", group_key}, dir / "3.log") == 3);
+  auto empty_key = write_key(dir, "\n", 0600, "empty");
+  CHECK(run({kMpxd, "--address", "unix:" + sock, "--authkey-file", empty_key}, dir / "4.log") == 3);
+  CHECK_FALSE(fs::exists(sock));
+}
+
+TEST_CASE("mpxd: serves C++ and Python clients; SIGTERM drains and removes the socket") {
+  TempDir dir;
+  std::string sock = dir / "mpxd.sock";
+  auto key_file = write_key(dir, "the key\n", 0600);  // one trailing newline is not part of the key
+  auto addr = mpx::Address::unix_path(sock);
+  Proc d({kMpxd, "--address", "unix:" + sock, "--authkey-file", key_file, "--log-level", "debug"},
+         dir / "d.log");
+  auto m = connect_when_ready(addr, "the key", d);
+  REQUIRE(m);
+  struct stat st {};
+  REQUIRE(::stat(sock.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  CHECK_THROWS_AS(mpx::Manager::connect(addr, "the key\n"), mpx::AuthenticationError);
+
+  // Two C++ clients in different processes share a dict and a queue by name.
+  auto cfg = m->dict<std::string, std::string>("config");
+  cfg.set("from", "c++");
+  mpx::Process other([addr] {
+    auto c = mpx::Manager::connect(addr, "the key");
+    auto q = c.queue<int>(0, "numbers");
+    for (int i = 0; i < 5; ++i) q.put(i);
+    if (c.dict<std::string, std::string>("config").at("from") != "c++") throw std::runtime_error("dict");
+  });
+  other.start();
+  auto q = m->queue<int>(0, "numbers");
+  int sum = 0;
+  for (int i = 0; i < 5; ++i) sum += q.get(30s);
+  CHECK(sum == 10);
+  REQUIRE(other.join(30s));
+  CHECK(other.exitcode() == 0);
+
+  // The Python client, speaking proto/ with nothing but the standard library.
+  std::string py = "python3 " + kPythonClient + " --address unix:" + sock + " --authkey-file " + key_file +
+                   " --name config ";
+  auto [rc_set, out_set] = shell(py + "set colour blue");
+  CHECK(rc_set == 0);
+  CHECK(cfg.at("colour") == "blue");
+  auto [rc_get, out_get] = shell(py + "get from");
+  CHECK(rc_get == 0);
+  CHECK(out_get == "c++\n");
+  auto [rc_items, out_items] = shell(py + "items");
+  CHECK(rc_items == 0);
+  CHECK(out_items == "from=c++\ncolour=blue\n");
+  auto [rc_missing, out_missing] = shell(py + "get nothing 2>/dev/null");
+  CHECK(rc_missing == 1);
+  m->dict<int, int>("ints");
+  auto [rc_type, out_type] = shell("python3 " + kPythonClient + " --address unix:" + sock +
+                                   " --authkey-file " + key_file + " --name ints size 2>&1");
+  CHECK(rc_type == 2);
+  CHECK(out_type.find("TypeMismatch") != std::string::npos);
+
+  // A client blocked on the server when it stops hears about it.
+  std::thread blocked([q]() mutable { CHECK_THROWS_AS(q.get(60s), mpx::ConnectionError); });
+  std::this_thread::sleep_for(100ms);
+  d.signal(SIGTERM);
+  CHECK(d.wait(30s) == 0);
+  blocked.join();
+  CHECK_FALSE(fs::exists(sock));
+  auto log = d.output();
+  CHECK(log.find("serving on unix:" + sock) != std::string::npos);
+  CHECK(log.find("mpxd stopped") != std::string::npos);
+}
+
+TEST_CASE("mpxd: SIGINT, TCP, a stale socket file is reclaimed, a live one is not") {
+  TempDir dir;
+  auto key_file = write_key(dir, "k2", 0600);
+  SUBCASE("tcp and SIGINT") {
+    auto port = free_tcp_port();
+    auto addr = mpx::Address::tcp("127.0.0.1", port);
+    Proc d({kMpxd, "--address", addr.str(), "--authkey-file", key_file}, dir / "tcp.log");
+    auto m = connect_when_ready(addr, "k2", d);
+    REQUIRE(m);
+    auto l = m->list<std::string>();
+    l.append("over tcp");
+    CHECK(l.at(0) == "over tcp");
+    d.signal(SIGINT);
+    CHECK(d.wait(30s) == 0);
+  }
+  SUBCASE("socket files") {
+    std::string sock = dir / "s.sock";
+    {  // a socket file nobody listens on, as a crashed server leaves it
+      int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+      sockaddr_un sa{};
+      sa.sun_family = AF_UNIX;
+      std::strncpy(sa.sun_path, sock.c_str(), sizeof sa.sun_path - 1);
+      REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+      ::close(fd);
+    }
+    auto addr = mpx::Address::unix_path(sock);
+    Proc d({kMpxd, "--address", "unix:" + sock, "--authkey-file", key_file}, dir / "a.log");
+    auto m = connect_when_ready(addr, "k2", d);
+    REQUIRE(m);
+    CHECK(d.output().find("stale socket") != std::string::npos);
+    // A second daemon on the same live socket refuses to start and leaves it alone.
+    CHECK(run({kMpxd, "--address", "unix:" + sock, "--authkey-file", key_file}, dir / "b.log") == 4);
+    m->value<int>(5, "still").set(6);
+    CHECK(m->value<int>(0, "still").get() == 6);
+    d.signal(SIGTERM);
+    CHECK(d.wait(30s) == 0);
+    CHECK_FALSE(fs::exists(sock));
+  }
+}
