@@ -102,6 +102,15 @@ TEST_CASE("FIFO for raw, contiguous and encoded item types") {
   for (int i = 0; i < 1000; ++i) REQUIRE(ints.get() == i);
   CHECK(ints.empty());
 
+  Queue<std::pair<std::int64_t, double>> pairs;
+  pairs.put({-7, 0.5});
+  CHECK(pairs.get() == std::pair<std::int64_t, double>{-7, 0.5});
+  enum class Colour : std::uint8_t { red = 1, green = 2 };
+  Queue<std::tuple<int, char, Colour, std::array<short, 3>>> tuples;
+  tuples.put({1, 'c', Colour::green, {4, 5, 6}});
+  CHECK(tuples.get() ==
+        std::tuple<int, char, Colour, std::array<short, 3>>{1, 'c', Colour::green, {4, 5, 6}});
+
   Queue<std::string> strings;
   strings.put("");
   strings.put("hello");

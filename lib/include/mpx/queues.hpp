@@ -18,9 +18,10 @@
 //    absent; one killed inside get() before it returned leaves the item for the next get().
 //  - Locks are only held to copy bytes in or out; `block = false` means "do not wait for
 //    items or room", not "do not wait for another process's copy to finish".
-//  - Arithmetic and enum items (and std::array / std::complex of them), and std::vector /
-//    std::basic_string of those, are copied straight between the caller's memory and the queue;
-//    everything else goes through mpx::encode / mpx::decode, so user serialization code runs.
+//  - Arithmetic and enum items, std::array / std::complex / std::pair / std::tuple of them,
+//    and std::vector / std::basic_string of arithmetic or enum values are copied straight
+//    between the caller's memory and the queue; everything else goes through mpx::encode /
+//    mpx::decode, so user serialization code runs.
 //  - close() stops put() through this handle (StateError after); get() still works, so a
 //    consumer can drain what is left. Copies of a handle share the queue, not the closed flag.
 //  - The shared memory is an anonymous mapping: the kernel frees it when the last process
@@ -37,61 +38,111 @@
 #include <cstddef>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace mpx {
 
 namespace detail {
 
-// Items whose bytes are their value and that have no serialization code of their own to run:
-// the queue memcpy's them. (A user type with serialize()/save() always goes through it.)
+// Fixed-size items with no serialization code of their own: arithmetic and enum values, and
+// std::array, std::complex, std::pair, std::tuple of them. Their members' bytes, in order, are
+// their format; no encoder runs and nothing is allocated. (A user type with serialize()/save()
+// always goes through mpx::encode, so its code runs.)
 template <class T>
-struct queue_bitwise : std::bool_constant<std::is_arithmetic_v<T> || std::is_enum_v<T>> {};
-template <class E, std::size_t N>
-struct queue_bitwise<std::array<E, N>> : queue_bitwise<E> {};
-template <class E>
-struct queue_bitwise<std::complex<E>> : queue_bitwise<E> {};
-template <class T>
-inline constexpr bool queue_raw_item = queue_bitwise<T>::value&& std::is_trivially_copyable_v<T>;
+struct QueueFixed {
+  static constexpr bool value = false;
+  static constexpr bool bitwise = false;
+};
 
-// Contiguous containers of such values: the queue copies their elements' bytes. Pieces handed
+template <class T>
+struct QueueFixedMemcpy {  // the object representation is the format
+  static constexpr bool value = true;
+  static constexpr bool bitwise = true;
+  static constexpr std::size_t size = sizeof(T);
+  static void store(const T& v, std::byte* p) { std::memcpy(p, &v, sizeof(T)); }
+  static void load(T& v, const std::byte* p) { std::memcpy(&v, p, sizeof(T)); }
+};
+
+template <class T>
+requires(std::is_arithmetic_v<T> || std::is_enum_v<T>) struct QueueFixed<T> : QueueFixedMemcpy<T> {
+};
+template <class E, std::size_t N>
+requires(QueueFixed<E>::bitwise) struct QueueFixed<std::array<E, N>> : QueueFixedMemcpy<std::array<E, N>> {
+};
+template <class E>
+requires(QueueFixed<E>::bitwise) struct QueueFixed<std::complex<E>> : QueueFixedMemcpy<std::complex<E>> {
+};
+
+template <class... Ts>
+struct QueueFixedMembers {  // members one after another
+  static constexpr bool value = true;
+  static constexpr bool bitwise = false;
+  static constexpr std::size_t size = (QueueFixed<Ts>::size + ... + 0);
+  template <class Tuple>
+  static void store(const Tuple& v, std::byte* p) {
+    std::apply([&](const Ts&... m) { ((QueueFixed<Ts>::store(m, p), p += QueueFixed<Ts>::size), ...); }, v);
+  }
+  template <class Tuple>
+  static void load(Tuple& v, const std::byte* p) {
+    std::apply([&](Ts&... m) { ((QueueFixed<Ts>::load(m, p), p += QueueFixed<Ts>::size), ...); }, v);
+  }
+};
+template <class A, class B>
+requires(QueueFixed<A>::value&& QueueFixed<B>::value) struct QueueFixed<std::pair<A, B>>
+    : QueueFixedMembers<A, B> {
+};
+template <class... Ts>
+requires((QueueFixed<Ts>::value && ...)) struct QueueFixed<std::tuple<Ts...>> : QueueFixedMembers<Ts...> {
+};
+
+// Contiguous containers of bitwise values: the queue copies their elements' bytes. Pieces handed
 // to a Sink are multiples of 8 bytes except the last, so elements of 1, 2, 4 or 8 bytes never
 // straddle two pieces and can be appended without zero-filling the container first.
 template <class T>
-struct queue_contiguous_item : std::false_type {};
+struct QueueContiguous : std::false_type {};
 template <class E>
-struct queue_contiguous_item<std::vector<E>>
-    : std::bool_constant<queue_raw_item<E> && !std::is_same_v<E, bool>> {
+struct QueueContiguous<std::vector<E>>
+    : std::bool_constant<QueueFixed<E>::bitwise && !std::is_same_v<E, bool>> {
   using element = E;
 };
 template <class C, class Traits>
-struct queue_contiguous_item<std::basic_string<C, Traits>> : std::bool_constant<queue_raw_item<C>> {
+struct QueueContiguous<std::basic_string<C, Traits>> : std::bool_constant<QueueFixed<C>::bitwise> {
   using element = C;
 };
 
 template <class T>
-struct QueueSinkTo {
+struct QueueSinkFixed {
+  std::byte buf[QueueFixed<T>::size];
+  std::size_t filled = 0;
+
+  static void sink(void* ctx, const std::byte* piece, std::size_t len, std::size_t total) {
+    auto& self = *static_cast<QueueSinkFixed*>(ctx);
+    if (total != sizeof self.buf) throw ProtocolError("mpx queue: item of the wrong size");
+    std::memcpy(self.buf + self.filled, piece, len);
+    self.filled += len;
+  }
+};
+
+template <class T>
+struct QueueSinkContiguous {
   T& out;
   std::size_t filled = 0;
 
   static void sink(void* ctx, const std::byte* piece, std::size_t len, std::size_t total) {
-    auto& self = *static_cast<QueueSinkTo*>(ctx);
-    if constexpr (queue_raw_item<T>) {
-      if (total != sizeof(T)) throw ProtocolError("mpx queue: item of the wrong size");
-      std::memcpy(reinterpret_cast<std::byte*>(&self.out) + self.filled, piece, len);
+    auto& self = *static_cast<QueueSinkContiguous*>(ctx);
+    using E = typename QueueContiguous<T>::element;
+    if (total % sizeof(E) != 0) throw ProtocolError("mpx queue: item of the wrong size");
+    if (self.filled == 0) self.out.reserve(total / sizeof(E));
+    if constexpr (8 % sizeof(E) == 0 && alignof(E) <= 8) {
+      // The bytes were memcpy'd from E objects (implicit-lifetime) to an 8-aligned place.
+      const E* first = reinterpret_cast<const E*>(piece);
+      self.out.insert(self.out.end(), first, first + len / sizeof(E));
     } else {
-      using E = typename queue_contiguous_item<T>::element;
-      if (total % sizeof(E) != 0) throw ProtocolError("mpx queue: item of the wrong size");
-      if (self.filled == 0) self.out.reserve(total / sizeof(E));
-      if constexpr (8 % sizeof(E) == 0 && alignof(E) <= 8) {
-        // The bytes were memcpy'd from E objects (implicit-lifetime) to an 8-aligned place.
-        const E* first = reinterpret_cast<const E*>(piece);
-        self.out.insert(self.out.end(), first, first + len / sizeof(E));
-      } else {
-        if (self.filled == 0) self.out.resize(total / sizeof(E));
-        std::memcpy(reinterpret_cast<std::byte*>(self.out.data()) + self.filled, piece, len);
-      }
+      if (self.filled == 0) self.out.resize(total / sizeof(E));
+      std::memcpy(reinterpret_cast<std::byte*>(self.out.data()) + self.filled, piece, len);
     }
     self.filled += len;
   }
@@ -122,10 +173,12 @@ class Queue {
   // Throws Full if there is no room by the timeout (at once with block = false).
   void put(const T& item, bool block = true, Timeout timeout = forever) {
     if (closed_) throw StateError("mpx queue: put() after close()");
-    if constexpr (detail::queue_raw_item<T>) {
-      core_.put(reinterpret_cast<const std::byte*>(&item), sizeof(T), block, timeout);
-    } else if constexpr (detail::queue_contiguous_item<T>::value) {
-      using E = typename detail::queue_contiguous_item<T>::element;
+    if constexpr (detail::QueueFixed<T>::value) {
+      std::byte buf[detail::QueueFixed<T>::size];
+      detail::QueueFixed<T>::store(item, buf);
+      core_.put(buf, sizeof buf, block, timeout);
+    } else if constexpr (detail::QueueContiguous<T>::value) {
+      using E = typename detail::QueueContiguous<T>::element;
       core_.put(reinterpret_cast<const std::byte*>(item.data()), item.size() * sizeof(E), block, timeout);
     } else {
       Bytes bytes = encode(item);  // before any lock: encoding errors surface here
@@ -137,10 +190,16 @@ class Queue {
 
   // Throws Empty if there is no item by the timeout (at once with block = false).
   T get(bool block = true, Timeout timeout = forever) {
-    if constexpr (detail::queue_raw_item<T> || detail::queue_contiguous_item<T>::value) {
+    if constexpr (detail::QueueFixed<T>::value) {
+      detail::QueueSinkFixed<T> to;
+      core_.get(&detail::QueueSinkFixed<T>::sink, &to, block, timeout);
       T out{};
-      detail::QueueSinkTo<T> to{out};
-      core_.get(&detail::QueueSinkTo<T>::sink, &to, block, timeout);
+      detail::QueueFixed<T>::load(out, to.buf);
+      return out;
+    } else if constexpr (detail::QueueContiguous<T>::value) {
+      T out{};
+      detail::QueueSinkContiguous<T> to{out};
+      core_.get(&detail::QueueSinkContiguous<T>::sink, &to, block, timeout);
       return out;
     } else {
       Bytes bytes;
