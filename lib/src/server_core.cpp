@@ -18,6 +18,7 @@ ServerCore::~ServerCore() {
   if (core_) core_->stop();
 }
 void ServerCore::accept_on(int listen_fd) { core_->accept_on(listen_fd); }
+void ServerCore::adopt(int fd, bool authenticated) { core_->adopt(fd, authenticated); }
 void ServerCore::stop() { core_->stop(); }
 void ServerCore::drain(std::chrono::milliseconds grace, std::function<void()> on_drained) {
   core_->drain(grace, std::move(on_drained));
@@ -48,8 +49,8 @@ Conn::Conn(Core& core, Socket socket, std::uint64_t id)
 
 Conn::~Conn() = default;
 
-void Conn::start() {
-  if (core_.options().authkey.empty()) {
+void Conn::start(bool authenticated) {
+  if (authenticated || core_.options().authkey.empty()) {
     phase_ = Phase::await_hello;
   } else {
     challenge_ = proto::make_challenge();
@@ -381,6 +382,22 @@ void Core::accept_on(int listen_fd) {
   do_accept();
 }
 
+void Core::adopt(int fd, bool authenticated) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+    ::close(fd);
+    throw ConnectionError("mpx: cannot serve this descriptor");
+  }
+  boost::asio::generic::stream_protocol protocol(ss.ss_family, 0);
+  Conn::Socket socket(io_);
+  socket.assign(protocol, fd);
+  std::uint64_t id = next_conn_++;
+  auto c = std::make_shared<Conn>(*this, std::move(socket), id);
+  conns_[id] = c;
+  c->start(authenticated);
+}
+
 void Core::do_accept() {
   if (stopping_ || !acceptor_) return;
   acceptor_->async_accept([this, alive = alive_](boost::system::error_code ec, Conn::Socket socket) {
@@ -491,7 +508,43 @@ void Core::destroy(std::uint64_t oid, const char* why) {
       make_error(proto::ErrorCode::state, std::string("mpx: the managed object is gone: ") + why));
 }
 
+namespace {
+// Requests that carry no body: anything after the header is malformed.
+bool takes_no_body(Op op) {
+  switch (op) {
+    case Op::dict_size:
+    case Op::dict_keys:
+    case Op::dict_values:
+    case Op::dict_items:
+    case Op::dict_clear:
+    case Op::list_size:
+    case Op::list_clear:
+    case Op::list_snapshot:
+    case Op::value_get:
+    case Op::queue_size:
+    case Op::queue_empty:
+    case Op::queue_full:
+    case Op::queue_task_done:
+    case Op::sem_value:
+    case Op::cond_notify_all:
+    case Op::event_is_set:
+    case Op::event_set:
+    case Op::event_clear:
+    case Op::barrier_reset:
+    case Op::barrier_abort:
+    case Op::barrier_parties:
+    case Op::barrier_n_waiting:
+    case Op::barrier_broken:
+    case Op::shutdown:
+      return true;
+    default:
+      return false;
+  }
+}
+}  // namespace
+
 void Core::dispatch(Conn& c, Op op, std::uint64_t oid, Reader& r, Writer& w, bool& parked) {
+  if (takes_no_body(op)) r.expect_end();
   switch (op) {
     case Op::hello:
       throw ProtocolError("mpx manager protocol: hello sent twice");

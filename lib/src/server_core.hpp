@@ -37,6 +37,9 @@ class ServerCore {
 
   // Serves connections accepted on a listening socket; takes ownership of the descriptor.
   void accept_on(int listen_fd);
+  // Serves one already-connected stream socket (takes the descriptor). `authenticated`
+  // skips the authkey handshake: for tests and fuzzing, where the peer is this process.
+  void adopt(int fd, bool authenticated);
   // Closes the listener and every connection and drops every object. Server thread only.
   void stop();
   // Graceful stop: no new connections; each one gets its replies out (a parked request

@@ -49,7 +49,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   Conn(Core& core, Socket socket, std::uint64_t id);
   ~Conn();
 
-  void start();
+  void start(bool authenticated = false);
   std::uint64_t id() const noexcept { return id_; }
   bool closed() const noexcept { return closed_; }
   SessionRec* session() const noexcept { return session_; }
@@ -206,6 +206,7 @@ class Core {
   boost::asio::io_context& io() noexcept { return io_; }
   const ServerOptions& options() const noexcept { return options_; }
   void accept_on(int listen_fd);
+  void adopt(int fd, bool authenticated);
   // Stops accepting and lets every connection send what it owes, closing each; after
   // `grace` the rest are closed. on_drained runs once no connection is left.
   void drain(std::chrono::milliseconds grace, std::function<void()> on_drained);
