@@ -739,6 +739,30 @@ TEST_CASE("async operations with an io_context") {
   }
 }
 
+TEST_CASE("a forked child closing a rebound connection leaves the parent's io_context working") {
+  boost::asio::io_context io;
+  auto [a, b] = mpx::Pipe();
+  b.rebind(io.get_executor());
+  std::string got;
+  b.async_recv_bytes([&](boost::system::error_code ec, Bytes m) {
+    CHECK_FALSE(ec);
+    got.assign(reinterpret_cast<const char*>(m.data()), m.size());
+  });
+  io.poll();  // the read is now waiting in the reactor
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    b.close();
+    a.send_bytes("from the child");
+    ::_exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  io.run_for(5s);
+  CHECK(got == "from the child");
+}
+
 #if defined(BOOST_ASIO_HAS_CO_AWAIT)
 TEST_CASE("async operations in a C++20 coroutine with use_awaitable") {
   boost::asio::io_context io;

@@ -29,7 +29,8 @@ using detail::Deadline;
 constexpr std::size_t kDefaultMaxMessage = std::size_t{1} << 30;
 // Small messages and headers are read through this buffer, so one read() usually brings a
 // whole message (often several); payloads of half of it or more go straight to their place.
-constexpr std::size_t kReadAhead = 64 * 1024;
+// Kept small: what it over-reads of a large payload is copied once more.
+constexpr std::size_t kReadAhead = 16 * 1024;
 constexpr std::size_t kDirectReadThreshold = kReadAhead / 2;
 // Scratch buffers bigger than this are given back after use rather than kept.
 constexpr std::size_t kKeepScratch = std::size_t{8} << 20;
@@ -212,7 +213,8 @@ struct ConnectionState {
   Bytes encode;   // send<T>
 
   boost::asio::any_io_executor executor;
-  std::optional<AsyncSocket> socket;
+  std::unique_ptr<AsyncSocket> socket;
+  pid_t socket_owner = 0;  // the process that registered it with its io_context
   proto::FrameHeader send_header{0};
 
   // The asynchronous receive in progress.
@@ -225,11 +227,25 @@ struct ConnectionState {
   ~ConnectionState() { close(); }
 
   void close() noexcept {
-    if (socket) {
-      boost::system::error_code ec;
-      if (socket->is_open()) socket->release(ec);  // the descriptor is ours to close
-      socket.reset();
+    drop_socket();
+    close_fd();
+  }
+
+  // Unregisters from the io_context. In a forked child the io_context's epoll set is still
+  // the parent's, and unregistering would silently stop the parent's operations: the child
+  // leaves the Asio object alone (leaks its copy) and just closes its descriptor.
+  void drop_socket() noexcept {
+    if (!socket) return;
+    if (::getpid() != socket_owner) {
+      (void)socket.release();
+      return;
     }
+    boost::system::error_code ec;
+    if (socket->is_open()) socket->release(ec);  // the descriptor is ours to close
+    socket.reset();
+  }
+
+  void close_fd() noexcept {
     if (fd >= 0) {
       ::close(fd);
       fd = -1;
@@ -443,7 +459,7 @@ AsyncSocket& async_socket(ConnectionState& s) {
   return *s.socket;
 }
 
-bool async_usable(const ConnectionState& s) noexcept { return s.fd >= 0 && s.socket.has_value(); }
+bool async_usable(const ConnectionState& s) noexcept { return s.fd >= 0 && s.socket != nullptr; }
 
 std::array<boost::asio::const_buffer, 2> async_send_buffers(ConnectionState& s,
                                                             std::span<const std::byte> message) {
@@ -627,13 +643,10 @@ void Connection::rebind(executor_type executor) {
   socklen_t len = sizeof ss;
   if (::getsockname(s.fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0)
     throw StateError("mpx: asynchronous operations need a socket: " + errno_text(errno));
-  if (s.socket) {
-    boost::system::error_code ec;
-    s.socket->release(ec);
-    s.socket.reset();
-  }
+  s.drop_socket();
   int protocol = ss.ss_family == AF_UNIX ? 0 : IPPROTO_TCP;
-  s.socket.emplace(executor);
+  s.socket = std::make_unique<detail::AsyncSocket>(executor);
+  s.socket_owner = ::getpid();
   boost::system::error_code ec;
   s.socket->assign(boost::asio::generic::stream_protocol(ss.ss_family, protocol), s.fd, ec);
   if (ec) {
@@ -781,7 +794,10 @@ Listener::Listener(Listener&&) noexcept = default;
 Listener& Listener::operator=(Listener&&) noexcept = default;
 Listener::~Listener() = default;
 
-const Address& Listener::address() const noexcept { return s_->address; }
+const Address& Listener::address() const {
+  if (!s_) throw StateError("mpx: the listener was moved from");
+  return s_->address;
+}
 void Listener::close() {
   if (s_) s_->close();
 }
@@ -790,8 +806,11 @@ int Listener::fileno() const {
   if (closed()) throw StateError("mpx: the listener is closed");
   return s_->fd;
 }
-void Listener::set_handshake_timeout(Timeout timeout) noexcept { s_->handshake_timeout = timeout; }
-Timeout Listener::handshake_timeout() const noexcept { return s_->handshake_timeout; }
+void Listener::set_handshake_timeout(Timeout timeout) {
+  if (!s_) throw StateError("mpx: the listener was moved from");
+  s_->handshake_timeout = timeout;
+}
+Timeout Listener::handshake_timeout() const noexcept { return s_ ? s_->handshake_timeout : Timeout{}; }
 
 Connection Listener::accept(Timeout timeout) {
   if (closed()) throw StateError("mpx: the listener is closed");

@@ -126,10 +126,13 @@ class Connection {
   bool writable() const noexcept;
 
   // Boost.Asio: one outstanding async operation per direction; the caller's buffer must
-  // outlive it. Until rebind() the async operations throw StateError.
+  // outlive it. Until rebind() the async operations throw StateError. Blocking and
+  // asynchronous calls may be mixed (not concurrently in the same direction). A rebound
+  // connection must be closed or destroyed before its io_context is; in a forked child,
+  // closing it leaves the parent's io_context untouched.
   using executor_type = boost::asio::any_io_executor;
   executor_type get_executor() const noexcept;
-  void rebind(executor_type executor);
+  void rebind(executor_type executor);  // registers the descriptor with the executor's context
 
   // Completes with (error_code). Errors: boost::asio::error::broken_pipe etc. from the socket.
   template <class Token>
@@ -173,12 +176,12 @@ class Listener {
   // handshake_timeout()), ProtocolError (frame over 256 bytes), ConnectionClosed (it left).
   // The listener keeps working after any of them.
   Connection accept(Timeout timeout = forever);
-  const Address& address() const noexcept;  // the bound address (tcp port 0 -> the real port)
+  const Address& address() const;  // the bound address (tcp port 0 -> the real port)
   void close();
   bool closed() const noexcept;
   int fileno() const;
   // Longest a connected peer may take over the handshake (default 30 s).
-  void set_handshake_timeout(Timeout timeout) noexcept;
+  void set_handshake_timeout(Timeout timeout);
   Timeout handshake_timeout() const noexcept;
 
  private:
