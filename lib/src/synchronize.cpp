@@ -98,17 +98,25 @@ void unlock_now(LockState& s) {
   s.owner_pid.store(0, std::memory_order_relaxed);
   s.owner.store(0, std::memory_order_relaxed);
   ::pthread_mutex_unlock(&s.mutex);
-  // Paired with the sleeper's sleepers++ / seq load / trylock: either it sees this bump (its
-  // futex wait returns at once) or we see it counted and wake it.
-  s.seq.fetch_add(1);
-  if (s.sleepers.load() != 0) futex_wake(s.seq, 1);
+  // A sleeper does sleepers++, reads seq, try-locks, then sleeps on seq. Either we see it counted
+  // here (and bump seq, so its futex wait returns at once, then wake it), or its count comes
+  // after our unlock in the total order of locked operations and its try-lock succeeds. The
+  // unlock is a locked RMW on x86 (a full barrier); elsewhere say so explicitly.
+#if !(defined(__x86_64__) || defined(__i386__))
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+  if (s.sleepers.load() != 0) {
+    s.seq.fetch_add(1);
+    s.spin.note_wake();
+    futex_wake(s.seq, 1);
+  }
 }
 
 }  // namespace
 
 std::atomic<std::uint32_t>& spin_limit_ns() {
   static std::atomic<std::uint32_t> limit = [] {
-    std::uint32_t ns = 50'000;
+    std::uint32_t ns = 100'000;
     if (cpu_count() < 2) ns = 0;  // the holder cannot run while we spin
     if (const char* env = std::getenv("MPX_SPIN_NS"))
       ns = static_cast<std::uint32_t>(std::strtoul(env, nullptr, 10));
@@ -154,9 +162,8 @@ bool lock_acquire(LockState& s, bool recursive, bool block, Timeout timeout) {
   if (try_take(s, me)) return true;
   if (!block) return false;
   Deadline deadline(timeout);
-  if (!deadline.expired() && adaptive_spin(s.spin_hint, [&] {
-        return s.owner.load(std::memory_order_relaxed) == 0 && try_take(s, me);
-      }))
+  AdaptiveSpin spinner(s.spin);
+  if (spinner.spin([&] { return s.owner.load(std::memory_order_relaxed) == 0 && try_take(s, me); }, deadline))
     return true;
   s.sleepers.fetch_add(1);
   struct Leave {
@@ -169,7 +176,7 @@ bool lock_acquire(LockState& s, bool recursive, bool block, Timeout timeout) {
     if (deadline.expired()) return false;
     auto wake_at = std::chrono::steady_clock::now() + kDeadHolderPoll;
     if (auto at = deadline.at(); at && *at < wake_at) wake_at = *at;
-    futex_wait(s.seq, seen, wake_at);
+    spinner.sleep(s.seq, seen, wake_at);
   }
 }
 
@@ -210,7 +217,7 @@ struct SemaphoreState {
   SemaphoreState(std::uint32_t v, std::uint32_t m, bool b) : value(v), max(m), bounded(b) {}
   std::atomic<std::uint32_t> value;  // futex word
   std::atomic<std::uint32_t> sleepers{0};
-  std::atomic<std::uint32_t> spin_hint{5000};
+  SpinStats spin;
   const std::uint32_t max;
   const bool bounded;
 };
@@ -219,13 +226,13 @@ struct ConditionState {
   std::atomic<std::uint32_t> seq{0};      // futex word: bumped by every notify that wakes someone
   std::atomic<std::uint32_t> tokens{0};   // wake-ups handed out and not yet taken
   std::atomic<std::uint32_t> pending{0};  // waiters not yet handed a wake-up (under the lock)
-  std::atomic<std::uint32_t> spin_hint{5000};
+  SpinStats spin;
 };
 
 struct EventState {
   // bit 0: set; bit 1: someone sleeps on it; bits 2..31: count of set() calls that set it.
   std::atomic<std::uint32_t> word{0};
-  std::atomic<std::uint32_t> spin_hint{5000};
+  SpinStats spin;
 };
 
 struct BarrierState {
@@ -234,7 +241,7 @@ struct BarrierState {
   std::atomic<std::uint32_t> seq{0};   // futex word: bumped by every state change
   std::atomic<std::int32_t> state{0};  // 0 filling, 1 draining, -1 resetting, -2 broken
   std::atomic<std::uint32_t> count{0};
-  std::atomic<std::uint32_t> spin_hint{5000};
+  SpinStats spin;
   const std::uint32_t parties;
   const std::int64_t timeout_ns;  // -1 = forever
 };
@@ -273,8 +280,8 @@ bool Semaphore::acquire(bool block, Timeout timeout) {
   if (try_decrement(s)) return true;
   if (!block) return false;
   detail::Deadline deadline(timeout);
-  if (!deadline.expired() && detail::adaptive_spin(s.spin_hint, [&] { return try_decrement(s); }))
-    return true;
+  detail::AdaptiveSpin spinner(s.spin);
+  if (spinner.spin([&] { return try_decrement(s); }, deadline)) return true;
   s.sleepers.fetch_add(1);
   struct Leave {
     detail::SemaphoreState& s;
@@ -283,7 +290,7 @@ bool Semaphore::acquire(bool block, Timeout timeout) {
   for (;;) {
     if (try_decrement(s)) return true;
     if (deadline.expired()) return false;
-    detail::futex_wait(s.value, 0, deadline);
+    spinner.sleep(s.value, 0, deadline);
   }
 }
 
@@ -297,7 +304,10 @@ void Semaphore::release(unsigned n) {
       throw ValueError("Semaphore.release(): the value would overflow");
     }
   } while (!s.value.compare_exchange_weak(v, v + n));
-  if (s.sleepers.load() != 0) detail::futex_wake(s.value, n > INT_MAX ? INT_MAX : static_cast<int>(n));
+  if (s.sleepers.load() != 0) {
+    s.spin.note_wake();
+    detail::futex_wake(s.value, n > INT_MAX ? INT_MAX : static_cast<int>(n));
+  }
 }
 
 unsigned Semaphore::get_value() const { return s_->value.load(); }
@@ -335,15 +345,19 @@ bool Condition::wait(Timeout timeout) {
   };
   std::uint32_t depth = detail::lock_release_all(lock);
   detail::Deadline deadline(timeout);
-  bool woken = !deadline.expired() && detail::adaptive_spin(c.spin_hint, take_wakeup);
-  while (!woken) {
-    std::uint32_t seen = c.seq.load();
-    if (take_wakeup()) {
-      woken = true;
-      break;
+  bool woken;
+  {
+    detail::AdaptiveSpin spinner(c.spin);
+    woken = spinner.spin(take_wakeup, deadline);
+    while (!woken) {
+      std::uint32_t seen = c.seq.load();
+      if (take_wakeup()) {
+        woken = true;
+        break;
+      }
+      if (deadline.expired()) break;
+      spinner.sleep(c.seq, seen, deadline);
     }
-    if (deadline.expired()) break;
-    detail::futex_wait(c.seq, seen, deadline);
   }
   detail::lock_restore(lock, depth);
   if (!woken) {
@@ -368,6 +382,7 @@ void Condition::notify(unsigned n) {
   c.tokens.fetch_add(k);
   c.seq.fetch_add(1);
   // Wake them all: the kernel does not know which sleepers registered before this notify.
+  c.spin.note_wake();
   detail::futex_wake(c.seq);
 }
 
@@ -387,7 +402,10 @@ void Event::set() {
     if (old & 1u) return;
     next = (((old >> 2) + 1) << 2) | 1u;  // new generation, set, nobody asleep
   } while (!w.compare_exchange_weak(old, next));
-  if (old & 2u) detail::futex_wake(w);
+  if (old & 2u) {
+    s_->spin.note_wake();
+    detail::futex_wake(w);
+  }
 }
 
 void Event::clear() { s_->word.fetch_and(~1u); }
@@ -399,14 +417,14 @@ bool Event::wait(Timeout timeout) {
   const std::uint32_t generation = seen >> 2;
   auto fired = [&](std::uint32_t v) { return (v & 1u) || (v >> 2) != generation; };
   detail::Deadline deadline(timeout);
-  if (!deadline.expired() && detail::adaptive_spin(s_->spin_hint, [&] { return fired(w.load()); }))
-    return true;
+  detail::AdaptiveSpin spinner(s_->spin);
+  if (spinner.spin([&] { return fired(w.load()); }, deadline)) return true;
   for (;;) {
     seen = w.load();
     if (fired(seen)) return true;
     if (deadline.expired()) return false;
     if (!(seen & 2u) && !w.compare_exchange_strong(seen, seen | 2u)) continue;
-    detail::futex_wait(w, seen | 2u, deadline);
+    spinner.sleep(w, seen | 2u, deadline);
   }
 }
 
@@ -425,6 +443,7 @@ struct BarrierGuard {
 
 void barrier_notify_all(detail::BarrierState& s) {
   s.seq.fetch_add(1);
+  s.spin.note_wake();
   detail::futex_wake(s.seq);
 }
 
@@ -439,8 +458,10 @@ bool barrier_wait_change(detail::BarrierState& s, const detail::Deadline& deadli
   if (deadline.expired()) return false;
   std::uint32_t seen = s.seq.load();
   detail::lock_release(s.lock, false, "Barrier");
-  if (!detail::adaptive_spin(s.spin_hint, [&] { return s.seq.load() != seen; }))
-    detail::futex_wait(s.seq, seen, deadline);
+  {
+    detail::AdaptiveSpin spinner(s.spin);
+    if (!spinner.spin([&] { return s.seq.load() != seen; }, deadline)) spinner.sleep(s.seq, seen, deadline);
+  }
   detail::lock_acquire(s.lock, false, true, forever);
   return !deadline.expired();
 }

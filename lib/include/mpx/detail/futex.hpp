@@ -6,6 +6,7 @@
 #pragma once
 
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -60,40 +61,111 @@ inline void cpu_relax() {
 #endif
 }
 
-// The process-wide spin budget: waits spin at most this long before sleeping on the futex.
+// The process-wide spin limit: a wait spins at most this long before sleeping on the futex.
 // 0 disables spinning (the default on a single CPU, where the holder cannot run meanwhile).
 // MPX_SPIN_NS in the environment sets it at first use; children inherit it through fork.
 std::atomic<std::uint32_t>& spin_limit_ns();
 
-// Spin-then-sleep: waking a sleeper on another CPU costs tens of microseconds, while a handoff
-// to a spinning waiter costs well under one. Each primitive keeps `hint` (shared, in its
-// mapping): a running average of how long successful spins took, so a primitive whose waits
-// are long soon spins only briefly (2 µs floor), and one with quick handoffs keeps spinning.
-template <class Pred>
-bool adaptive_spin(std::atomic<std::uint32_t>& hint, Pred&& ready) {
-  std::uint32_t limit = spin_limit_ns().load(std::memory_order_relaxed);
-  if (limit == 0) return false;
-  std::uint32_t avg = hint.load(std::memory_order_relaxed);
-  std::uint64_t budget = std::min<std::uint64_t>(limit, 2ull * avg + 2000);
-  auto start = std::chrono::steady_clock::now();
-  for (unsigned i = 1;; ++i) {
-    if (ready()) {
-      auto took = static_cast<std::int64_t>(
-          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
-              .count());
-      std::int64_t next = static_cast<std::int64_t>(avg) + (took - static_cast<std::int64_t>(avg)) / 8;
-      hint.store(static_cast<std::uint32_t>(std::clamp<std::int64_t>(next, 0, limit)),
-                 std::memory_order_relaxed);
-      return true;
-    }
-    cpu_relax();
-    if ((i & 15) == 0 && static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                                        std::chrono::steady_clock::now() - start)
-                                                        .count()) >= budget)
-      break;
-  }
-  hint.store(avg - avg / 8, std::memory_order_relaxed);  // spinning did not pay: spin less next time
-  return false;
+inline std::uint64_t steady_ns() {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::steady_clock::now().time_since_epoch())
+                                        .count());
 }
+
+// What a primitive has learnt about its waits; lives in its shared state.
+struct SpinStats {
+  std::atomic<std::uint32_t> wait_ns{10'000};  // running average of whole waits
+  std::atomic<std::uint32_t> wake_ns{25'000};  // running average of wake-up latency
+  std::atomic<std::uint64_t> woke_at{0};       // steady_ns() of the latest futex wake
+  std::atomic<std::uint32_t> hits{1024};       // how often spinning paid off, 0..1024
+  std::atomic<std::uint32_t> waits{0};
+  // Wakers call this just before futex_wake.
+  void note_wake() { woke_at.store(steady_ns(), std::memory_order_relaxed); }
+};
+
+// Spin-then-sleep. A wake-up through the futex costs a sleeper anything from a few
+// microseconds (busy CPUs) to tens of them (an idle vCPU must be woken first), while a waiter
+// that is still spinning sees the change in well under one. Spinning for about as long as a
+// wake-up costs is never worse than twice the best choice, so the budget is learnt per
+// primitive: twice the measured wake-up latency (wakers stamp the time, sleepers measure it),
+// at most the process-wide limit, at least 2 µs — and only 2 µs when this primitive's waits
+// typically outlast the limit anyway. The waits are measured whole (spinning or sleeping,
+// start to end): learning only from successful spins would let two processes that hand off to
+// each other settle into both sleeping, each wait then lasting a wake-up, never spinning again.
+// On a busy machine (more runnable tasks than CPUs) spinning mostly fails and costs the
+// spinner its scheduling priority; so when fewer than half the recent spins paid off, only
+// every eighth wait spins (to notice when things improve). While spinning, the waiter yields
+// the CPU now and then: the party it waits for may be queued behind it.
+//
+//   AdaptiveSpin spin(state.stats);
+//   if (spin.spin([&] { return ready(); }, deadline)) return true;
+//   while (!ready()) spin.sleep(word, expected, deadline);   // the destructor records the wait
+class AdaptiveSpin {
+ public:
+  explicit AdaptiveSpin(SpinStats& stats)
+      : stats_(stats), limit_(spin_limit_ns().load(std::memory_order_relaxed)), start_(steady_ns()) {}
+  AdaptiveSpin(const AdaptiveSpin&) = delete;
+  AdaptiveSpin& operator=(const AdaptiveSpin&) = delete;
+
+  ~AdaptiveSpin() { fold(stats_.wait_ns, std::min<std::uint64_t>(steady_ns() - start_, 4ull * limit_ + 1)); }
+
+  // Spins until ready() holds (true), or the budget or the deadline runs out (false).
+  template <class Pred>
+  bool spin(Pred&& ready, const Deadline& deadline) {
+    if (limit_ == 0) return false;
+    std::uint32_t n = stats_.waits.load(std::memory_order_relaxed);
+    stats_.waits.store(n + 1, std::memory_order_relaxed);
+    std::uint32_t hits = stats_.hits.load(std::memory_order_relaxed);
+    if (hits < 512 && (n & 7) != 0) return false;
+    std::uint64_t wait = stats_.wait_ns.load(std::memory_order_relaxed);
+    std::uint64_t wake = stats_.wake_ns.load(std::memory_order_relaxed);
+    std::uint64_t budget = 2000;
+    if (wait <= limit_) budget = std::clamp<std::uint64_t>(std::min(2 * wake, 2 * wait + 2000), 2000, limit_);
+    if (auto left = deadline.remaining())
+      budget = std::min<std::uint64_t>(budget, static_cast<std::uint64_t>(left->count()));
+    for (unsigned i = 1;; ++i) {
+      if (ready()) {
+        stats_.hits.store(hits + (1024 - hits) / 8, std::memory_order_relaxed);
+        return true;
+      }
+      cpu_relax();
+      if ((i & 15) == 0) {
+        std::uint64_t spent = steady_ns() - start_;
+        if (spent >= budget) {
+          stats_.hits.store(hits - hits / 8, std::memory_order_relaxed);
+          return false;
+        }
+        if (spent >= 1000) ::sched_yield();
+      }
+    }
+  }
+
+  // futex_wait that also measures the wake-up latency when a waker stamped one.
+  bool sleep(std::atomic<std::uint32_t>& word, std::uint32_t expected,
+             std::optional<std::chrono::steady_clock::time_point> until) {
+    std::uint64_t before = steady_ns();
+    bool in_time = futex_wait(word, expected, until);
+    std::uint64_t woke_at = stats_.woke_at.load(std::memory_order_relaxed);
+    if (limit_ != 0 && woke_at >= before) {
+      std::uint64_t latency = steady_ns() - woke_at;
+      if (latency < 1'000'000) fold(stats_.wake_ns, latency);
+    }
+    return in_time;
+  }
+  bool sleep(std::atomic<std::uint32_t>& word, std::uint32_t expected, const Deadline& deadline) {
+    return sleep(word, expected, deadline.at());
+  }
+
+ private:
+  static void fold(std::atomic<std::uint32_t>& avg, std::uint64_t sample) {
+    std::int64_t a = avg.load(std::memory_order_relaxed);
+    std::int64_t next = a + (static_cast<std::int64_t>(sample) - a) / 8;
+    avg.store(static_cast<std::uint32_t>(std::clamp<std::int64_t>(next, 0, UINT32_MAX)),
+              std::memory_order_relaxed);
+  }
+  SpinStats& stats_;
+  std::uint64_t limit_;
+  std::uint64_t start_;
+};
 
 }  // namespace mpx::detail

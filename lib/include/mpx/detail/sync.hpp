@@ -22,6 +22,7 @@
 #include <type_traits>
 #include <utility>
 
+#include <mpx/detail/futex.hpp>
 #include <mpx/detail/shm.hpp>
 #include <mpx/timeout.hpp>
 
@@ -36,9 +37,9 @@ struct LockState {
   std::atomic<std::uint64_t> owner{0};     // holder's thread token; 0 = free
   std::atomic<std::int32_t> owner_pid{0};  // holder's pid, for the death warning and unmapping
   std::atomic<std::uint32_t> depth{0};     // recursion depth (RLock)
-  std::atomic<std::uint32_t> seq{0};       // futex word: bumped by every release
+  std::atomic<std::uint32_t> seq{0};       // futex word: bumped by a release that has sleepers
   std::atomic<std::uint32_t> sleepers{0};  // threads asleep on seq (dead ones linger: harmless)
-  std::atomic<std::uint32_t> spin_hint{5000};
+  SpinStats spin;
 };
 
 // The calling thread's ownership token (nonzero; new in every forked child).
