@@ -298,7 +298,7 @@ TEST_CASE("callbacks: order, thread, before get returns, errors in callbacks") {
   // Blocking on the pool inside a callback would deadlock: it is refused instead.
   std::atomic<bool> refused{false};
   auto slow = pool.apply_async(sleepy, 0.3);
-  auto outer = pool.apply_async(square, 2).then([&](const int&) {
+  auto outer = pool.apply_async(sleepy, 0.1).then([&](const std::string&) {
     try {
       slow.get();
     } catch (const mpx::StateError&) {

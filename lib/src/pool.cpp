@@ -14,6 +14,7 @@
 #include <mpx/proto/frame.hpp>
 
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -39,6 +40,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "log.hpp"
@@ -57,6 +59,8 @@ constexpr std::size_t kMaxInflightBytes = std::size_t{8} << 20;  // per worker, 
 constexpr double kTargetQueueNs = 1e6;                           // measured work queued per worker
 constexpr double kLongTaskNs = 20e6;                             // from here on: one task at a time
 constexpr unsigned kMaxWindow = 1024;
+constexpr std::size_t kRecycleMin = std::size_t{64} << 10;  // frames worth keeping for reuse
+constexpr std::size_t kRecycleMax = std::size_t{32} << 20;  // at most this much kept
 
 using Socket = asio::local::stream_protocol::socket;
 
@@ -92,6 +96,18 @@ struct Worker {
   ReadBuffer rbuf;
 };
 using WorkerPtr = std::shared_ptr<Worker>;
+
+// Bumped in every child forked after the first pool was made: a pool is usable only where its
+// generation matches (a forked copy of the pool's process must not touch its channels).
+std::atomic<unsigned> g_fork_generation{0};
+unsigned fork_generation() {
+  static const bool registered = [] {
+    ::pthread_atfork(nullptr, nullptr, [] { g_fork_generation.fetch_add(1, std::memory_order_relaxed); });
+    return true;
+  }();
+  (void)registered;
+  return g_fork_generation.load(std::memory_order_relaxed);
+}
 
 std::string describe_exit(int code) {
   if (code < 0) {
@@ -130,16 +146,43 @@ bool send_all_raw(int fd, std::span<const std::byte> data) {
 
 class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCore> {
  public:
-  explicit PoolCore(PoolConfig cfg) : cfg_(std::move(cfg)), work_(io_.get_executor()), ctl_(io_) {}
+  explicit PoolCore(PoolConfig cfg)
+      : cfg_(std::move(cfg)), generation_(fork_generation()), work_(io_.get_executor()), ctl_(io_) {}
   ~PoolCore() override;
   void start();
 
-  bool submit(std::vector<TaskSubmission>&& tasks, bool caller_waits, bool feed);
+  bool submit(TaskSubmission* tasks, std::size_t n, bool caller_waits, bool feed);
   bool wait(const Waitable& w, const Deadline& d) override;
   bool on_callback_thread() const noexcept override {
     return std::this_thread::get_id() == rt_id_.load(std::memory_order_acquire);
   }
   void schedule_callbacks(std::shared_ptr<ResultStateBase> s) override;
+
+  // Large task frames are recycled: fresh pages cost a fault each, and big maps come in series.
+  Bytes take_frame(std::size_t capacity) {
+    if (capacity >= kRecycleMin) {
+      std::lock_guard lk(spare_mutex_);
+      for (auto it = spare_.begin(); it != spare_.end(); ++it) {
+        if (it->capacity() >= capacity) {
+          Bytes b = std::move(*it);
+          spare_bytes_ -= b.capacity();
+          spare_.erase(it);
+          b.clear();
+          return b;
+        }
+      }
+    }
+    Bytes b;
+    b.reserve(capacity);
+    return b;
+  }
+  void recycle(Bytes&& b) {
+    if (b.capacity() < kRecycleMin) return;
+    std::lock_guard lk(spare_mutex_);
+    if (spare_bytes_ + b.capacity() > kRecycleMax) return;
+    spare_bytes_ += b.capacity();
+    spare_.push_back(std::move(b));
+  }
 
   std::uint64_t next_apply_index() noexcept { return apply_index_.fetch_add(1, std::memory_order_relaxed); }
   unsigned processes() const noexcept { return processes_; }
@@ -147,8 +190,15 @@ class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCo
     return std::size_t{processes_} * (window_.load(std::memory_order_relaxed) + 1);
   }
   void check_open() {
+    check_here();
     std::lock_guard lk(m_);
     if (!accepting_) throw_closed();
+  }
+  bool owned_here() const noexcept {
+    return generation_ == g_fork_generation.load(std::memory_order_relaxed);
+  }
+  void check_here() const {
+    if (!owned_here()) throw StateError("mpx::Pool: a pool can only be used by the process that made it");
   }
   void close();
   void terminate();
@@ -156,6 +206,7 @@ class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCo
   void shutdown() noexcept;
 
  private:
+  static TaskPtr make_rec(TaskSubmission& t);
   [[noreturn]] void throw_closed() const {
     throw StateError(terminated_ ? "mpx::Pool: the pool was terminated" : "mpx::Pool: the pool is closed");
   }
@@ -196,6 +247,7 @@ class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCo
   }
 
   PoolConfig cfg_;
+  unsigned generation_;
   unsigned processes_ = 1;
   asio::io_context io_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
@@ -219,11 +271,12 @@ class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCo
   std::exception_ptr broken_;  // set when no task can run any more (failed initializer, lost server)
   unsigned spawn_failures_ = 0;
   bool leader_active_ = false;
+  bool rt_leads_ = false;
   unsigned followers_ = 0;
   bool kick_pending_ = false;
   std::deque<std::shared_ptr<ResultStateBase>> callbacks_;
   std::atomic<bool> callbacks_pending_{false};
-  std::thread rt_;
+  std::thread* rt_ = nullptr;  // a raw pointer: a forked copy of this object must never destroy it
   std::atomic<std::thread::id> rt_id_{};
   bool rt_stop_ = false;
   std::atomic<bool> rt_stop_flag_{false};
@@ -231,6 +284,9 @@ class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCo
   bool have_avg_ = false;
   std::atomic<unsigned> window_{2};
   std::atomic<std::uint64_t> apply_index_{0};
+  std::mutex spare_mutex_;
+  std::vector<Bytes> spare_;
+  std::size_t spare_bytes_ = 0;
 
   struct Answer {
     std::uint64_t seq, ns;
@@ -277,17 +333,18 @@ void PoolCore::start() {
 }
 
 PoolCore::~PoolCore() {
-  if (rt_.joinable()) {
+  if (rt_) {
     {
       std::lock_guard lk(m_);
       rt_stop_ = true;
       rt_stop_flag_ = true;
       rt_cv_.notify_all();
     }
-    if (rt_.get_id() == std::this_thread::get_id())
-      rt_.detach();
+    if (rt_->get_id() == std::this_thread::get_id())
+      rt_->detach();
     else
-      rt_.join();
+      rt_->join();
+    delete rt_;
   }
   boost::system::error_code ec;
   for (auto& w : workers_)
@@ -299,11 +356,13 @@ PoolCore::~PoolCore() {
 }
 
 void PoolCore::close() {
+  check_here();
   std::lock_guard lk(m_);
   accepting_ = false;
 }
 
 void PoolCore::terminate() {
+  check_here();
   std::vector<TaskPtr> failed;
   {
     std::lock_guard lk(m_);
@@ -342,6 +401,7 @@ void PoolCore::terminate() {
 }
 
 void PoolCore::join() {
+  check_here();
   bool terminated;
   {
     std::lock_guard lk(m_);
@@ -395,20 +455,21 @@ void PoolCore::shutdown() noexcept {
   } catch (const std::exception& e) {
     logger().error("mpx::~Pool: {}", e.what());
   }
-  std::thread t;
+  std::thread* t;
   {
     std::lock_guard lk(m_);
     rt_stop_ = true;
     rt_stop_flag_ = true;
     rt_cv_.notify_all();
-    t = std::move(rt_);
+    t = std::exchange(rt_, nullptr);
   }
   wake_leader();
-  if (t.joinable()) {
-    if (t.get_id() == std::this_thread::get_id())
-      t.detach();  // ~Pool inside a callback: the thread ends after it returns
+  if (t) {
+    if (t->get_id() == std::this_thread::get_id())
+      t->detach();  // ~Pool inside a callback: the thread ends after it returns
     else
-      t.join();
+      t->join();
+    delete t;
   }
 }
 
@@ -416,20 +477,30 @@ void PoolCore::shutdown() noexcept {
 // Submitting and waiting.
 // ---------------------------------------------------------------------------------------------
 
-bool PoolCore::submit(std::vector<TaskSubmission>&& tasks, bool caller_waits, bool feed) {
-  std::vector<TaskPtr> recs;
-  recs.reserve(tasks.size());
-  for (auto& t : tasks) {
-    auto r = std::make_shared<TaskRec>();
-    r->frame = std::move(t.frame);
-    std::uint64_t len = r->frame.size() - proto::kLongHeaderSize;
-    auto h = proto::encode_header(len);
-    r->off = proto::kLongHeaderSize - h.size();
-    std::memcpy(r->frame.data() + r->off, h.bytes().data(), h.size());
-    r->frame[proto::kLongHeaderSize] = static_cast<std::byte>(kTask);
-    r->sink = std::move(t.sink);
-    r->tag = t.tag;
-    recs.push_back(std::move(r));
+TaskPtr PoolCore::make_rec(TaskSubmission& t) {
+  auto r = std::make_shared<TaskRec>();
+  r->frame = std::move(t.frame);
+  std::uint64_t len = r->frame.size() - proto::kLongHeaderSize;
+  auto h = proto::encode_header(len);
+  r->off = proto::kLongHeaderSize - h.size();
+  std::memcpy(r->frame.data() + r->off, h.bytes().data(), h.size());
+  r->frame[proto::kLongHeaderSize] = static_cast<std::byte>(kTask);
+  r->sink = std::move(t.sink);
+  r->tag = t.tag;
+  return r;
+}
+
+bool PoolCore::submit(TaskSubmission* tasks, std::size_t n, bool caller_waits, bool feed) {
+  check_here();
+  TaskPtr one;
+  std::vector<TaskPtr> many;
+  TaskPtr* recs = &one;
+  if (n == 1) {
+    one = make_rec(tasks[0]);
+  } else {
+    many.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) many.push_back(make_rec(tasks[i]));
+    recs = many.data();
   }
   bool post = false;
   std::exception_ptr broken;
@@ -441,21 +512,23 @@ bool PoolCore::submit(std::vector<TaskSubmission>&& tasks, bool caller_waits, bo
     }
     broken = broken_;
     if (!broken) {
-      for (auto& r : recs) {
-        r->seq = next_seq_++;
-        patch_le<std::uint64_t>(r->frame, proto::kLongHeaderSize + 1, r->seq);
-        pending_.push_back(r);
+      for (std::size_t i = 0; i < n; ++i) {
+        recs[i]->seq = next_seq_++;
+        patch_le<std::uint64_t>(recs[i]->frame, proto::kLongHeaderSize + 1, recs[i]->seq);
+        pending_.push_back(recs[i]);
       }
-      outstanding_.fetch_add(recs.size());
+      outstanding_.fetch_add(n);
       if (leader_active_) {
-        if (!kick_pending_) kick_pending_ = post = true;
+        // Tasks already waiting mean every worker's window is full (results will make room
+        // and the leader dispatches then) or a kick is on its way: no need to wake it.
+        if (!kick_pending_ && pending_.size() == n) kick_pending_ = post = true;
       } else if (!caller_waits) {
         wake_rt_locked();
       }
     }
   }
   if (broken) {
-    fail_all(recs, broken);
+    for (std::size_t i = 0; i < n; ++i) recs[i]->sink->on_failure(recs[i]->tag, broken);
     return true;
   }
   if (post)
@@ -525,9 +598,9 @@ void PoolCore::release_lead(std::unique_lock<std::mutex>&, bool rt) {
 
 void PoolCore::wake_rt_locked() {
   if (rt_stop_) return;
-  if (!rt_.joinable()) {
-    rt_ = std::thread([self = shared_from_this()] { self->rt_main(); });
-    rt_id_.store(rt_.get_id(), std::memory_order_release);
+  if (!rt_) {
+    rt_ = new std::thread([self = shared_from_this()] { self->rt_main(); });
+    rt_id_.store(rt_->get_id(), std::memory_order_release);
   } else {
     rt_cv_.notify_one();
   }
@@ -540,7 +613,7 @@ void PoolCore::schedule_callbacks(std::shared_ptr<ResultStateBase> s) {
       callbacks_.push_back(std::move(s));
       callbacks_pending_ = true;
       wake_rt_locked();
-      if (leader_active_) wake_leader();  // the result thread may be the leader, inside run_one()
+      if (rt_leads_) wake_leader();  // it is inside run_one(): make it look at its queue
       return;
     }
   }
@@ -564,10 +637,11 @@ void PoolCore::rt_main() {
     }
     if (rt_stop_) return;
     if (!leader_active_ && outstanding_.load() > 0) {
-      leader_active_ = true;
+      leader_active_ = rt_leads_ = true;
       lk.unlock();
       lead(nullptr, Deadline::never(), true);
       lk.lock();
+      rt_leads_ = false;
       release_lead(lk, true);
       continue;
     }
@@ -802,7 +876,10 @@ void PoolCore::process_frames(const WorkerPtr& w) {
   if (retiring) retire(w);
   for (auto& s : start) start_write(s);
   bool any = !completed_.empty() || !failed.empty();
-  for (auto& [rec, result] : completed_) rec->sink->on_result(rec->tag, result);
+  for (auto& [rec, result] : completed_) {
+    rec->sink->on_result(rec->tag, result);
+    if (rec.use_count() == 1) recycle(std::move(rec->frame));
+  }
   completed_.clear();
   if (!failed.empty()) fail_all(failed, broken_);
   w->rbuf.consume(pos);
@@ -833,6 +910,7 @@ void PoolCore::retire(const WorkerPtr& w) {
     retired_.push_back(w);
   }
   spawn_worker(w->index);
+  dispatch_and_write();  // the fresh worker has room for what waits
 }
 
 void PoolCore::spawn_worker(std::uint32_t index) {
@@ -1108,12 +1186,20 @@ std::shared_ptr<PoolCore> make_pool_core(PoolConfig config) {
   return core;
 }
 void pool_submit(PoolCore& core, std::vector<TaskSubmission>&& tasks, bool caller_waits) {
-  core.submit(std::move(tasks), caller_waits, false);
+  core.submit(tasks.data(), tasks.size(), caller_waits, false);
+}
+void pool_submit_one(PoolCore& core, TaskSubmission&& task, bool caller_waits) {
+  core.submit(&task, 1, caller_waits, false);
 }
 bool pool_feed(PoolCore& core, std::vector<TaskSubmission>&& tasks) {
-  return core.submit(std::move(tasks), true, true);
+  return core.submit(tasks.data(), tasks.size(), true, true);
 }
-std::shared_ptr<Driver> pool_driver(const std::shared_ptr<PoolCore>& core) { return core; }
+Driver* pool_driver(PoolCore& core) noexcept { return &core; }
+Bytes pool_frame(PoolCore& core, std::size_t reserve) {
+  Bytes b = core.take_frame(kTaskPrefix + reserve);
+  b.resize(kTaskPrefix);
+  return b;
+}
 std::uint64_t pool_next_apply_index(PoolCore& core) noexcept { return core.next_apply_index(); }
 unsigned pool_processes(const PoolCore& core) noexcept { return core.processes(); }
 std::size_t pool_inflight_hint(const PoolCore& core) noexcept { return core.inflight_hint(); }
@@ -1122,6 +1208,7 @@ void pool_close(PoolCore& core) { core.close(); }
 void pool_terminate(PoolCore& core) { core.terminate(); }
 void pool_join(PoolCore& core) { core.join(); }
 void pool_shutdown(PoolCore& core) noexcept { core.shutdown(); }
+bool pool_owned_here(const PoolCore& core) noexcept { return core.owned_here(); }
 
 }  // namespace detail
 
@@ -1134,7 +1221,16 @@ Pool::Pool(Options options) {
 }
 
 Pool::~Pool() {
-  if (core_) detail::pool_shutdown(*core_);
+  if (!core_) return;
+  if (!detail::pool_owned_here(*core_)) {
+    // A forked copy of the pool's process: the workers, threads and locks belong to the
+    // original. Keep the copy's state untouched (and reachable) rather than tear it down.
+    static std::vector<std::shared_ptr<detail::PoolCore>>* kept =
+        new std::vector<std::shared_ptr<detail::PoolCore>>;
+    kept->push_back(std::move(core_));
+    return;
+  }
+  detail::pool_shutdown(*core_);
 }
 
 void Pool::close() { detail::pool_close(*core_); }

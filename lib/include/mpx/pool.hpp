@@ -203,12 +203,10 @@ class Pool {
  private:
   template <class R, class F, class... Args>
   std::shared_ptr<detail::CallState<R>> submit_call(bool caller_waits, const F& f, const Args&... args) {
-    auto st = std::make_shared<detail::CallState<R>>(detail::pool_driver(core_));
+    auto st = std::make_shared<detail::CallState<R>>(detail::pool_driver(*core_));
     detail::TaskSubmission t{detail::new_task_frame(), st, 0};
     detail::encode_call_task(t.frame, f, detail::pool_next_apply_index(*core_), args...);
-    std::vector<detail::TaskSubmission> v;
-    v.push_back(std::move(t));
-    detail::pool_submit(*core_, std::move(v), caller_waits);
+    detail::pool_submit_one(*core_, std::move(t), caller_waits);
     return st;
   }
 
@@ -237,7 +235,7 @@ class Pool {
     }
     std::vector<std::size_t> starts;
     for (std::size_t s = 0; s < n; s += chunksize) starts.push_back(s);
-    auto st = std::make_shared<detail::MapState<R>>(detail::pool_driver(core_), n, starts);
+    auto st = std::make_shared<detail::MapState<R>>(detail::pool_driver(*core_), n, starts);
     if (n == 0) {
       check_open();
       st->set_value({});
@@ -247,7 +245,7 @@ class Pool {
     tasks.reserve(starts.size());
     for (std::size_t k = 0; k < starts.size(); ++k) {
       std::size_t count = std::min(chunksize, n - starts[k]);
-      detail::TaskSubmission t{detail::new_task_frame(count * sizeof(Item) + 64), st, k};
+      detail::TaskSubmission t{detail::pool_frame(*core_, count * sizeof(Item) + 64), st, k};
       detail::encode_chunk_task<D, Item, Star>(t.frame, f, starts[k], first, count);
       std::advance(first, static_cast<std::ptrdiff_t>(count));
       tasks.push_back(std::move(t));

@@ -60,7 +60,12 @@ void report_callback_exception(std::exception_ptr e) noexcept;  // lib/src/task.
 
 class ResultStateBase : public Waitable, public std::enable_shared_from_this<ResultStateBase> {
  public:
-  explicit ResultStateBase(std::shared_ptr<Driver> driver = {}) : driver_(std::move(driver)) {}
+  // The driver is kept alive by the state ...
+  explicit ResultStateBase(std::shared_ptr<Driver> driver = {}) : owned_driver_(std::move(driver)) {
+    driver_ = owned_driver_.get();
+  }
+  // ... or, for a producer that settles every result before it goes away (the pool does), not.
+  explicit ResultStateBase(Driver* driver) : driver_(driver) {}
   ResultStateBase(const ResultStateBase&) = delete;
   ResultStateBase& operator=(const ResultStateBase&) = delete;
   virtual ~ResultStateBase() = default;
@@ -116,7 +121,7 @@ class ResultStateBase : public Waitable, public std::enable_shared_from_this<Res
     }
   }
 
-  const std::shared_ptr<Driver>& driver() const noexcept { return driver_; }
+  Driver* driver() const noexcept { return driver_; }
 
  protected:
   struct Callback {
@@ -171,7 +176,8 @@ class ResultStateBase : public Waitable, public std::enable_shared_from_this<Res
   std::atomic<int> phase_{kPending};
   std::exception_ptr error_;
   std::vector<Callback> callbacks_;
-  std::shared_ptr<Driver> driver_;
+  Driver* driver_ = nullptr;
+  std::shared_ptr<Driver> owned_driver_;
 };
 
 // A result of type T (T = void: completion only).

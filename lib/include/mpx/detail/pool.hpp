@@ -44,13 +44,15 @@ inline Bytes new_task_frame(std::size_t reserve = 96) {
   return b;
 }
 
+class PoolCore;
+// A task frame from the pool's spare buffers (large ones are reused).
+Bytes pool_frame(PoolCore& core, std::size_t reserve);
+
 struct TaskSubmission {
   Bytes frame;
   std::shared_ptr<TaskSink> sink;
   std::uint64_t tag = 0;
 };
-
-class PoolCore;
 
 struct PoolConfig {
   unsigned processes = 0;
@@ -62,9 +64,11 @@ std::shared_ptr<PoolCore> make_pool_core(PoolConfig config);
 // Queues tasks. StateError once the pool is closed. `caller_waits`: the caller blocks on the
 // result right away and will drive the pool itself, so no other thread needs waking.
 void pool_submit(PoolCore& core, std::vector<TaskSubmission>&& tasks, bool caller_waits);
+void pool_submit_one(PoolCore& core, TaskSubmission&& task, bool caller_waits);
 // For lazy feeding (imap): accepted after close() until join()/terminate()/~Pool; false then.
 bool pool_feed(PoolCore& core, std::vector<TaskSubmission>&& tasks);
-std::shared_ptr<Driver> pool_driver(const std::shared_ptr<PoolCore>& core);
+// Not owning: the pool settles every result before it goes away.
+Driver* pool_driver(PoolCore& core) noexcept;
 std::uint64_t pool_next_apply_index(PoolCore& core) noexcept;
 unsigned pool_processes(const PoolCore& core) noexcept;
 // How many tasks lazy feeding should keep in flight (adapts to the measured task duration).
@@ -73,7 +77,8 @@ void pool_check_open(PoolCore& core);  // StateError once closed
 void pool_close(PoolCore& core);
 void pool_terminate(PoolCore& core);
 void pool_join(PoolCore& core);
-void pool_shutdown(PoolCore& core) noexcept;  // ~Pool
+void pool_shutdown(PoolCore& core) noexcept;          // ~Pool
+bool pool_owned_here(const PoolCore& core) noexcept;  // false in a forked copy of the pool's process
 
 // ------------------------------------------------------------------------------------------
 // Sinks.
@@ -98,7 +103,7 @@ class MapState final : public ResultState<std::vector<R>>, public TaskSink {
   static constexpr bool kFlat = std::is_arithmetic_v<R> && !std::is_same_v<R, bool> && all_cereal<R>;
 
  public:
-  MapState(std::shared_ptr<Driver> driver, std::size_t total, std::vector<std::size_t> starts)
+  MapState(Driver* driver, std::size_t total, std::vector<std::size_t> starts)
       : ResultState<std::vector<R>>(std::move(driver)),
         total_(total),
         starts_(std::move(starts)),
@@ -350,7 +355,7 @@ class ImapRange {
 
     // Moves to the next outcome; false at the end.
     bool fetch() {
-      auto driver = pool_driver(core);
+      Driver* driver = pool_driver(*core);
       for (;;) {
         top_up();
         if (consumed == submitted && (input_done || cut)) {

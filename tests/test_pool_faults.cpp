@@ -1,0 +1,398 @@
+// mpx::Pool under stress: dying workers, huge messages, lifecycle orders, several pools, threads
+// at fork time, signals, and nothing left behind.
+#include <doctest/doctest.h>
+#include <mpx/connection.hpp>
+#include <mpx/pool.hpp>
+#include <mpx/process.hpp>
+
+#include <dirent.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <numeric>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto kLong = std::chrono::seconds(60);
+
+int square(int x) { return x * x; }
+int pid_of(int) { return static_cast<int>(::getpid()); }
+int sleep_ms(int ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return ms;
+}
+// Crashes, with the signal's default action even under sanitizers.
+int crash(int how) {
+  switch (how) {
+    case 1:
+      ::signal(SIGSEGV, SIG_DFL);
+      ::raise(SIGSEGV);
+      break;
+    case 2:
+      ::signal(SIGABRT, SIG_DFL);
+      std::abort();
+    case 3:
+      ::kill(::getpid(), SIGKILL);
+      ::pause();
+      break;
+    case 4:
+      ::_exit(3);
+  }
+  return how;
+}
+int crash_on(int x) { return x == 13 ? crash(3) : x; }
+
+std::vector<char> big_result(int mib) {
+  std::vector<char> v(static_cast<std::size_t>(mib) << 20);
+  for (std::size_t i = 0; i < v.size(); i += 4096) v[i] = static_cast<char>(i / 4096);
+  return v;
+}
+std::size_t checksum(const std::string& s) {
+  std::size_t h = s.size();
+  for (std::size_t i = 0; i < s.size(); i += 4096) h = h * 31 + static_cast<unsigned char>(s[i]);
+  return h;
+}
+
+bool gone(pid_t pid, std::chrono::milliseconds within) {
+  auto until = std::chrono::steady_clock::now() + within;
+  while (std::chrono::steady_clock::now() < until) {
+    if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
+    // a zombie whose parent is gone is reaped by init quickly; one of ours would linger
+    std::ifstream st("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(st, line)) return true;
+    auto p = line.rfind(')');
+    if (p != std::string::npos && p + 2 < line.size() && line[p + 2] == 'Z') return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+pid_t parent_of(pid_t pid) {
+  std::ifstream st("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(st, line);
+  auto p = line.rfind(')');
+  return static_cast<pid_t>(std::atoi(line.c_str() + p + 4));
+}
+
+std::size_t open_fds() {
+  std::size_t n = 0;
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (::readdir(d)) ++n;
+    ::closedir(d);
+  }
+  return n;
+}
+const std::size_t g_fds_at_start = open_fds();
+
+}  // namespace
+
+TEST_CASE("a dying worker fails only its task, with WorkerLost, and is replaced") {
+  mpx::Pool pool(2);
+  struct Case {
+    int how, code;
+  };
+  for (Case c : {Case{1, -SIGSEGV}, Case{2, -SIGABRT}, Case{3, -SIGKILL}, Case{4, 3}}) {
+    CAPTURE(c.how);
+    std::vector<mpx::AsyncResult<int>> others;
+    for (int i = 0; i < 20; ++i) others.push_back(pool.apply_async(square, i));
+    auto bad = pool.apply_async(crash, c.how);
+    for (int i = 20; i < 40; ++i) others.push_back(pool.apply_async(square, i));
+    try {
+      bad.get(kLong);
+      FAIL("no exception");
+    } catch (const mpx::WorkerLost& e) {
+      CHECK(e.exitcode() == c.code);
+      CHECK(std::string(e.what()).find("died while running this task") != std::string::npos);
+    }
+    for (int i = 0; i < 40; ++i) CHECK(others[i].get(kLong) == i * i);
+  }
+  std::set<int> pids;
+  for (int p : pool.map(pid_of, std::vector<int>(40, 0), 1)) pids.insert(p);
+  CHECK(pids.size() <= 2);
+  CHECK(pool.apply(square, 12) == 144);
+}
+
+TEST_CASE("tasks queued behind the one that killed its worker run elsewhere") {
+  mpx::Pool pool(1);
+  auto bad = pool.apply_async(crash, 3);
+  std::vector<mpx::AsyncResult<int>> queued;
+  for (int i = 0; i < 10; ++i) queued.push_back(pool.apply_async(square, i));
+  CHECK_THROWS_AS(bad.get(kLong), mpx::WorkerLost);
+  for (int i = 0; i < 10; ++i) CHECK(queued[i].get(kLong) == i * i);
+}
+
+TEST_CASE("a crash in a chunk: map fails with WorkerLost; imap fails the whole chunk only") {
+  mpx::Pool pool(2);
+  std::vector<int> xs(40);
+  std::iota(xs.begin(), xs.end(), 0);
+  CHECK_THROWS_AS(pool.map(crash_on, xs, 4), mpx::WorkerLost);
+  int ok = 0, lost = 0;
+  auto range = pool.imap(crash_on, xs, 4);
+  int expect = 0;
+  for (auto it = range.begin(); it != range.end(); ++it, ++expect) {
+    try {
+      int v = *it;
+      CHECK(v == expect);
+      ++ok;
+    } catch (const mpx::WorkerLost& e) {
+      CHECK(expect / 4 == 13 / 4);  // chunk-mates of 13 only
+      CHECK(e.exitcode() == -SIGKILL);
+      ++lost;
+    }
+  }
+  CHECK(ok == 36);
+  CHECK(lost == 4);
+  CHECK(pool.map(square, std::vector<int>{2, 3}) == std::vector<int>{4, 9});
+}
+
+TEST_CASE("a worker killed from outside while idle is replaced") {
+  mpx::Pool pool(2);
+  std::set<int> before;
+  for (int p : pool.map(pid_of, std::vector<int>(20, 0), 1)) before.insert(p);
+  REQUIRE(!before.empty());
+  pid_t victim = *before.begin();
+  ::kill(victim, SIGKILL);
+  CHECK(gone(victim, 5s));
+  std::vector<int> xs(50);
+  std::iota(xs.begin(), xs.end(), 0);
+  auto r = pool.map(square, xs, 1);
+  CHECK(r[49] == 49 * 49);
+  std::set<int> after;
+  for (int p : pool.map(pid_of, std::vector<int>(20, 0), 1)) after.insert(p);
+  CHECK(after.count(victim) == 0);
+}
+
+TEST_CASE("64 MiB results and arguments") {
+  mpx::Pool pool(2);
+  auto v = pool.apply(big_result, 64);
+  REQUIRE(v.size() == (std::size_t{64} << 20));
+  bool ok = true;
+  for (std::size_t i = 0; i < v.size(); i += 4096) ok = ok && v[i] == static_cast<char>(i / 4096);
+  CHECK(ok);
+  std::string arg(std::size_t{64} << 20, 'x');
+  for (std::size_t i = 0; i < arg.size(); i += 4096) arg[i] = static_cast<char>('a' + (i / 4096) % 26);
+  CHECK(pool.apply(checksum, arg) == checksum(arg));
+  auto two = pool.map(big_result, std::vector<int>{8, 8, 8}, 1);
+  CHECK(two.size() == 3);
+  CHECK(two[2].size() == (std::size_t{8} << 20));
+  CHECK(pool.apply(square, 5) == 25);
+}
+
+TEST_CASE("lifecycle: close, terminate and join in every order") {
+  {
+    mpx::Pool p(1);
+    CHECK_THROWS_AS(p.join(), mpx::StateError);
+    p.close();
+    CHECK_THROWS_AS(p.apply(square, 1), mpx::StateError);
+    CHECK_THROWS_AS(p.apply_async(square, 1), mpx::StateError);
+    CHECK_THROWS_AS(p.map(square, std::vector<int>{1}), mpx::StateError);
+    CHECK_THROWS_AS(p.map_async(square, std::vector<int>{}), mpx::StateError);
+    p.join();
+    p.join();
+  }
+  {  // close waits for submitted work
+    mpx::Pool p(2);
+    auto r = p.apply_async(sleep_ms, 200);
+    p.close();
+    p.join();
+    CHECK(r.ready());
+    CHECK(r.get() == 200);
+  }
+  {  // terminate fails pending work at once, including what had not started
+    mpx::Pool p(1);
+    auto running = p.apply_async(sleep_ms, 30000);
+    auto queued = p.apply_async(sleep_ms, 30000);
+    auto m = p.map_async(sleep_ms, std::vector<int>(10, 30000), 1);
+    std::this_thread::sleep_for(50ms);
+    auto t0 = std::chrono::steady_clock::now();
+    p.terminate();
+    CHECK(std::chrono::steady_clock::now() - t0 < 10s);
+    CHECK_THROWS_AS(running.get(1s), mpx::StateError);
+    CHECK_THROWS_AS(queued.get(1s), mpx::StateError);
+    CHECK_THROWS_AS(m.get(1s), mpx::StateError);
+    CHECK_THROWS_AS(p.apply(square, 1), mpx::StateError);
+    p.terminate();
+    p.close();
+    p.join();
+  }
+  {  // close, then terminate, then join
+    mpx::Pool p(2);
+    auto r = p.apply_async(sleep_ms, 30000);
+    p.close();
+    p.terminate();
+    p.join();
+    CHECK_THROWS_AS(r.get(1s), mpx::StateError);
+  }
+  {  // terminate then the destructor
+    mpx::Pool p(2);
+    (void)p.apply_async(sleep_ms, 30000);
+    p.terminate();
+  }
+  {  // the destructor alone: close + join
+    std::atomic<int> done{0};
+    {
+      mpx::Pool p(2);
+      for (int i = 0; i < 4; ++i) (void)p.apply_async(sleep_ms, 50).then([&](const int&) { ++done; });
+    }
+    CHECK(done == 4);
+  }
+  {  // a thread blocked in get() when another one terminates
+    mpx::Pool p(1);
+    auto r = p.apply_async(sleep_ms, 30000);
+    std::atomic<bool> got_state_error{false};
+    std::thread waiter([&] {
+      try {
+        r.get(kLong);
+      } catch (const mpx::StateError&) {
+        got_state_error = true;
+      }
+    });
+    std::this_thread::sleep_for(100ms);
+    p.terminate();
+    waiter.join();
+    CHECK(got_state_error);
+  }
+  {  // terminate while imap is being iterated
+    mpx::Pool p(1);
+    auto range = p.imap(sleep_ms, std::vector<int>(20, 20000));
+    std::thread killer([&] {
+      std::this_thread::sleep_for(100ms);
+      p.terminate();
+    });
+    int failed = 0;
+    for (auto it = range.begin(); it != range.end(); ++it) {
+      try {
+        (void)*it;
+      } catch (const mpx::StateError&) {
+        ++failed;
+      }
+    }
+    killer.join();
+    CHECK(failed >= 1);
+  }
+}
+
+TEST_CASE("two pools at once, used from two threads") {
+  mpx::Pool a(2), b(2);
+  std::atomic<long> sum_b{0};
+  std::thread t([&] {
+    for (int i = 0; i < 200; ++i) sum_b += b.apply(square, i);
+  });
+  long sum_a = 0;
+  for (int i = 0; i < 200; ++i) sum_a += a.apply(square, i);
+  t.join();
+  long want = 0;
+  for (int i = 0; i < 200; ++i) want += i * i;
+  CHECK(sum_a == want);
+  CHECK(sum_b == want);
+  auto ra = a.map_async(square, std::vector<int>(1000, 3));
+  auto rb = b.map_async(square, std::vector<int>(1000, 4));
+  CHECK(ra.get(kLong)[999] == 9);
+  CHECK(rb.get(kLong)[999] == 16);
+}
+
+TEST_CASE("pools built while other threads allocate, lock, print and run pools") {
+  std::atomic<bool> stop{false};
+  std::mutex shared;
+  std::vector<std::thread> noise;
+  FILE* devnull = std::fopen("/dev/null", "w");
+  for (int k = 0; k < 2; ++k)
+    noise.emplace_back([&] {
+      while (!stop) {
+        std::lock_guard lk(shared);
+        std::vector<std::string> v(64, std::string(100, 'x'));
+        std::fprintf(devnull, "%zu\n", v.size());
+      }
+    });
+  std::atomic<int> rounds{0};
+  for (int k = 0; k < 2; ++k)
+    noise.emplace_back([&] {
+      for (int i = 0; i < 5; ++i) {
+        mpx::Pool p(2);
+        auto r = p.map([](int x) { return std::to_string(x) + std::string(50, 'y'); },
+                       std::vector<int>(200, 1), 10);
+        if (r.size() == 200) ++rounds;
+      }
+    });
+  for (int i = 0; i < 5; ++i) {
+    mpx::Pool p(2);
+    std::vector<std::string> big(100, std::string(1000, 'z'));
+    auto r = p.map([](const std::string& s) { return s.size(); }, big, 7);
+    CHECK(r.size() == 100);
+    CHECK(p.apply(square, i) == i * i);
+  }
+  for (std::size_t k = 2; k < noise.size(); ++k) noise[k].join();
+  stop = true;
+  noise[0].join();
+  noise[1].join();
+  std::fclose(devnull);
+  CHECK(rounds == 10);
+}
+
+TEST_CASE("a pool made by a thread that has exited keeps its workers") {
+  std::unique_ptr<mpx::Pool> p;
+  std::thread([&] { p = std::make_unique<mpx::Pool>(2); }).join();
+  std::this_thread::sleep_for(50ms);
+  CHECK(p->apply(square, 7) == 49);
+  CHECK(p->map(square, std::vector<int>(100, 2), 1)[99] == 4);
+  p.reset();
+}
+
+TEST_CASE("workers ignore SIGINT; the pool's process dying takes every worker with it") {
+  {
+    mpx::Pool pool(1);
+    pid_t w = pool.apply(pid_of, 0);
+    ::kill(w, SIGINT);
+    std::this_thread::sleep_for(100ms);
+    CHECK(::kill(w, 0) == 0);
+    CHECK(pool.apply(pid_of, 0) == w);
+  }
+  for (int sig : {SIGINT, SIGKILL, SIGTERM}) {
+    CAPTURE(sig);
+    auto [rd, wr] = mpx::Pipe(false);
+    mpx::Process owner([&wr] {
+      ::signal(SIGINT, SIG_DFL);  // the test framework's handlers are not what a program has
+      ::signal(SIGTERM, SIG_DFL);
+      mpx::Pool pool(2);
+      auto pids = pool.map(pid_of, std::vector<int>(20, 0), 1);
+      std::set<int> s(pids.begin(), pids.end());
+      wr.send(std::vector<int>(s.begin(), s.end()));
+      std::this_thread::sleep_for(60s);
+    });
+    owner.start();
+    wr.close();
+    REQUIRE(rd.poll(kLong));
+    auto workers = rd.recv<std::vector<int>>();
+    REQUIRE(!workers.empty());
+    pid_t server = parent_of(workers[0]);
+    CHECK(server != owner.pid());
+    ::kill(owner.pid(), sig);
+    CHECK(owner.join(10s));
+    CHECK(owner.exitcode() == -sig);
+    for (int w : workers) CHECK(gone(w, 5s));
+    CHECK(gone(server, 5s));
+  }
+}
+
+TEST_CASE("no fds or children left behind by this file's pools") {
+  CHECK(open_fds() == g_fds_at_start);
+  int status = 0;
+  CHECK(::waitpid(-1, &status, WNOHANG) <= 0);
+  CHECK(mpx::active_children().empty());
+}
