@@ -1,0 +1,182 @@
+// mpx::Pool(2) against Python 3's multiprocessing.Pool(2) (apps/bench/python/pool_bench.py, run
+// when python3 is on PATH) and, for the round trip, against a raw socketpair ping-pong between
+// two processes in the same run:
+//   map of x*x over 1,000,000 ints (default chunksize), apply_async x 20,000 tiny tasks then
+//   get all, sequential apply round trip (median), imap_unordered over 200,000 items
+//   (chunksize 1), Pool(2) start + shutdown.
+#include "bench.hpp"
+
+#include <mpx/pool.hpp>
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <numeric>
+#include <optional>
+#include <ranges>
+#include <string>
+
+namespace {
+
+using mpx::bench::Clock;
+
+int square(int x) { return x * x; }
+
+// ---- raw socketpair ping-pong, 8 bytes each way: the floor for one cross-process round trip
+
+bool rw(int fd, char* b, bool write) {
+  std::size_t n = 0;
+  while (n < 8) {
+    ssize_t r = write ? ::write(fd, b + n, 8 - n) : ::read(fd, b + n, 8 - n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    n += static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+std::vector<double> raw_pingpong_us(long n) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) throw std::runtime_error("socketpair");
+  pid_t pid = mpx::bench::fork_child([&] {
+    ::close(sv[0]);
+    char b[8];
+    while (rw(sv[1], b, false) && rw(sv[1], b, true)) {
+    }
+  });
+  ::close(sv[1]);
+  char b[8] = {};
+  std::vector<double> us;
+  for (long i = -n / 10; i < n; ++i) {
+    auto t0 = Clock::now();
+    rw(sv[0], b, true);
+    rw(sv[0], b, false);
+    if (i >= 0) us.push_back(mpx::bench::seconds(Clock::now() - t0) * 1e6);
+  }
+  ::close(sv[0]);
+  mpx::bench::join_child(pid);
+  return us;
+}
+
+std::vector<double> apply_rtt_us(mpx::Pool& pool, long n) {
+  std::vector<double> us;
+  for (long i = -n / 10; i < n; ++i) {
+    auto t0 = Clock::now();
+    pool.apply(square, static_cast<int>(i));
+    if (i >= 0) us.push_back(mpx::bench::seconds(Clock::now() - t0) * 1e6);
+  }
+  return us;
+}
+
+// Python's figures, `python.pool.<name>: value unit` lines from the script next to this file.
+std::map<std::string, double> python_figures(bool quick, int runs) {
+  std::map<std::string, double> out;
+  auto script = std::filesystem::path(__FILE__).parent_path() / "python" / "pool_bench.py";
+  if (!std::filesystem::exists(script)) return out;
+  std::string cmd = "python3 '" + script.string() + "' " + std::to_string(runs) + (quick ? " --quick" : "") +
+                    " 2>/dev/null";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char line[512];
+  while (std::fgets(line, sizeof line, p)) {
+    char name[256];
+    double v;
+    if (std::sscanf(line, "%255[^:]: %lf", name, &v) == 2) out[name] = v;
+  }
+  ::pclose(p);
+  return out;
+}
+
+void append(std::vector<double>& to, const std::vector<double>& from) {
+  to.insert(to.end(), from.begin(), from.end());
+}
+
+}  // namespace
+
+MPX_BENCH_GROUP(pool, "pool",
+                "mpx::Pool(2) vs Python's multiprocessing.Pool(2) and a raw socketpair round trip: map, "
+                "apply_async, apply latency, imap_unordered, start + shutdown") {
+  using mpx::bench::median;
+  using mpx::bench::report;
+  using mpx::bench::report_ratio;
+  const int runs = ctx.runs(7);
+  const long map_n = ctx.quick ? 100000 : 1000000;
+  const long async_n = ctx.iterations(20000);
+  const long rtt_n = ctx.iterations(20000);
+  const long imap_n = ctx.quick ? 20000 : 200000;
+
+  std::vector<double> map_s, async_rate, imap_rate, rtt, raw;
+  std::vector<int> xs(static_cast<std::size_t>(map_n));
+  std::iota(xs.begin(), xs.end(), 0);
+  {
+    mpx::Pool pool(2);
+    pool.map(square, xs);  // warm-up: pages, windows
+    for (int r = 0; r < runs; ++r) {
+      map_s.push_back(mpx::bench::time_seconds([&] {
+        auto v = pool.map(square, xs);
+        if (v.back() != square(static_cast<int>(map_n - 1))) throw std::runtime_error("map: wrong result");
+      }));
+      double s = mpx::bench::time_seconds([&] {
+        std::vector<mpx::AsyncResult<int>> rs;
+        rs.reserve(static_cast<std::size_t>(async_n));
+        for (long i = 0; i < async_n; ++i) rs.push_back(pool.apply_async(square, static_cast<int>(i)));
+        for (auto& x : rs) x.get();
+      });
+      async_rate.push_back(static_cast<double>(async_n) / s);
+      s = mpx::bench::time_seconds([&] {
+        long count = 0;
+        for (int v : pool.imap_unordered(square, std::views::iota(0, static_cast<int>(imap_n)), 1))
+          count += v >= 0;
+        if (count != imap_n) throw std::runtime_error("imap_unordered: lost items");
+      });
+      imap_rate.push_back(static_cast<double>(imap_n) / s);
+      // round trips, alternating with the raw baseline so both see the same machine load
+      append(rtt, apply_rtt_us(pool, rtt_n / runs + 1));
+      append(raw, raw_pingpong_us(rtt_n / runs + 1));
+    }
+  }
+  std::vector<double> start_ms;
+  for (int i = 0; i < runs * 5; ++i)
+    start_ms.push_back(1e3 * mpx::bench::time_seconds([] { mpx::Pool p(2); }));
+
+  const double m_map = median(map_s), m_async = median(async_rate), m_imap = median(imap_rate);
+  const double m_rtt = median(rtt), m_raw = median(raw), m_start = median(start_ms);
+  report("pool.map_x2_1M.seconds", m_map, "s");
+  report("pool.apply_async_20k.tasks_per_s", m_async, "tasks/s");
+  report("pool.apply.rtt_median", m_rtt, "us");
+  report("raw.socketpair_pingpong.rtt_median", m_raw, "us");
+  report_ratio("pool.apply.rtt_ratio_vs_raw", m_rtt, m_raw);
+  report("pool.imap_unordered_200k.items_per_s", m_imap, "items/s");
+  report("pool.start_shutdown.median", m_start, "ms");
+
+  auto py = python_figures(ctx.quick, ctx.quick ? 1 : 3);
+  auto has = [&](const char* k) { return py.count(k) > 0; };
+  if (has("python.pool.map_x2_1M.seconds")) {
+    report("python.pool.map_x2_1M.seconds", py["python.pool.map_x2_1M.seconds"], "s");
+    report_ratio("pool.map_x2_1M.speedup_vs_python", py["python.pool.map_x2_1M.seconds"], m_map);
+  }
+  if (has("python.pool.apply_async_20k.tasks_per_s")) {
+    report("python.pool.apply_async_20k.tasks_per_s", py["python.pool.apply_async_20k.tasks_per_s"],
+           "tasks/s");
+    report_ratio("pool.apply_async_20k.speedup_vs_python", m_async,
+                 py["python.pool.apply_async_20k.tasks_per_s"]);
+  }
+  if (has("python.pool.apply.rtt_median")) {
+    report("python.pool.apply.rtt_median", py["python.pool.apply.rtt_median"], "us");
+    report_ratio("pool.apply.speedup_vs_python", py["python.pool.apply.rtt_median"], m_rtt);
+  }
+  if (has("python.pool.imap_unordered_200k.items_per_s")) {
+    report("python.pool.imap_unordered_200k.items_per_s", py["python.pool.imap_unordered_200k.items_per_s"],
+           "items/s");
+    report_ratio("pool.imap_unordered_200k.speedup_vs_python", m_imap,
+                 py["python.pool.imap_unordered_200k.items_per_s"]);
+  }
+  if (has("python.pool.start_shutdown.median")) {
+    report("python.pool.start_shutdown.median", py["python.pool.start_shutdown.median"], "ms");
+    report_ratio("pool.start_shutdown.speedup_vs_python", py["python.pool.start_shutdown.median"], m_start);
+  }
+}
