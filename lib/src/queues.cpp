@@ -110,21 +110,38 @@ void init_robust_mutex(pthread_mutex_t* m) {
   if (rc != 0) throw std::system_error(rc, std::generic_category(), "pthread_mutex_init");
 }
 
-using time_point = std::chrono::steady_clock::time_point;
-
-timespec to_timespec(time_point t) {
-  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
-  if (ns < 0) ns = 0;
-  return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
+// A deadline in steady-clock (CLOCK_MONOTONIC) nanoseconds. Plain integers keep the hot path
+// free of std::optional copies, which cost a store-forwarding stall or two per call.
+struct Until {
+  static constexpr std::int64_t kNever = INT64_MAX;
+  std::int64_t ns;
+
+  static Until from(bool block, const Timeout& timeout) {
+    if (!block) return {0};
+    if (!timeout) return {kNever};
+    std::int64_t left = std::max<std::int64_t>(timeout->count(), 0);
+    std::int64_t now = now_ns();
+    return {left >= kNever - now ? kNever : now + left};
+  }
+  bool never() const { return ns == kNever; }
+  bool expired() const { return ns == 0 || (ns != kNever && now_ns() >= ns); }
+  timespec to_timespec() const {
+    return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+  }
+};
+
 // Shared futexes (not FUTEX_PRIVATE): the word lives in memory mapped by several processes.
-void futex_wait(u32& word, std::uint32_t expected, std::optional<time_point> until) {
-  timespec ts{};
-  if (until) ts = to_timespec(*until);
+void futex_wait(u32& word, std::uint32_t expected, Until until) {
+  timespec ts = until.to_timespec();
   // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time, which steady_clock is.
   ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT_BITSET, expected,
-            until ? &ts : nullptr, nullptr, FUTEX_BITSET_MATCH_ANY);
+            until.never() ? nullptr : &ts, nullptr, FUTEX_BITSET_MATCH_ANY);
 }
 
 void wake(Waiters& w) {
@@ -139,15 +156,14 @@ void notify(Waiters& w) {
 
 // Returns once `word` may differ from `seen`: it changed, a wake-up came, or `until` passed.
 // Callers re-check their condition and their deadline.
-void await_change(Waiters& w, const u64& word, std::uint64_t seen, std::optional<time_point> until) {
-  auto spin_until = std::chrono::steady_clock::now() + kSpin;
-  if (until) spin_until = std::min(spin_until, *until);
+void await_change(Waiters& w, const u64& word, std::uint64_t seen, Until until) {
+  const std::int64_t spin_until = std::min(now_ns() + kSpin.count(), until.ns);
   for (int i = 1;; ++i) {
     if (word.load(std::memory_order_acquire) != seen) return;
     cpu_relax();
-    if (i % 64 == 0 && std::chrono::steady_clock::now() >= spin_until) break;
+    if (i % 64 == 0 && now_ns() >= spin_until) break;
   }
-  if (until && std::chrono::steady_clock::now() >= *until) return;
+  if (until.expired()) return;
   std::uint32_t epoch = w.epoch.load(std::memory_order_acquire);
   w.sleepers.store(1, std::memory_order_seq_cst);
   if (word.load(std::memory_order_seq_cst) != seen) return;
@@ -202,23 +218,23 @@ class SideLock {
   }
 
   // False when the deadline passed first.
-  bool acquire(const Deadline& dl) {
+  bool acquire(Until until) {
     pthread_mutex_t* m = mutex();
     int rc = pthread_mutex_trylock(m);
     if (rc == EBUSY) {  // holders copy and leave: a short spin beats sleeping in the kernel
-      auto until = std::chrono::steady_clock::now() + kSpin;
+      const std::int64_t spin_until = now_ns() + kSpin.count();
       for (int i = 1; rc == EBUSY; ++i) {
         cpu_relax();
-        if (i % 64 == 0 && std::chrono::steady_clock::now() > until) break;
+        if (i % 64 == 0 && now_ns() > spin_until) break;
         rc = pthread_mutex_trylock(m);
       }
     }
     if (rc == EBUSY) {
-      if (auto at = dl.at()) {
-        timespec ts = to_timespec(*at);
-        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
-      } else {
+      if (until.never()) {
         rc = pthread_mutex_lock(m);
+      } else {
+        timespec ts = until.to_timespec();
+        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
       }
     }
     if (rc == ETIMEDOUT) return false;
@@ -279,7 +295,7 @@ std::size_t QueueCore::max_bytes() const { return s_->N * s_->S; }
 // However far into its chunk the tail stands, N - 1 more chunks are free once the queue drains.
 std::size_t QueueCore::max_item_bytes() const { return (s_->N - 1) * s_->S - kHeader; }
 
-void QueueCore::put(const std::byte* item, std::size_t n, bool block, Timeout timeout) const {
+void QueueCore::put(const std::byte* item, std::size_t n, bool block, const Timeout& timeout) const {
   QueueShared& s = *s_;
   const std::uint64_t S = s.S;
   const std::uint64_t N = s.N;
@@ -287,7 +303,7 @@ void QueueCore::put(const std::byte* item, std::size_t n, bool block, Timeout ti
     throw Full("mpx queue: an item of " + std::to_string(n) + " bytes exceeds what a queue of " +
                std::to_string(max_bytes()) + " bytes can hold (" + std::to_string(max_item_bytes()) + ")");
   const std::uint64_t rec = round8(kHeader + n);
-  Deadline dl(block ? timeout : Timeout(std::chrono::nanoseconds{0}));
+  const Until until = Until::from(block, timeout);
   auto& me = s.put;
   for (;;) {
     const u64* wait_on = &s.get_count;  // what a get() changes, read no later than "no room"
@@ -295,7 +311,8 @@ void QueueCore::put(const std::byte* item, std::size_t n, bool block, Timeout ti
     bool out_of_bytes = false;
     {
       SideLock lock(s, true);
-      if (!lock.acquire(block ? dl : Deadline::never())) throw Full("mpx queue: put() timed out");
+      // Lock holders only copy: even a non-blocking call waits for one to finish.
+      if (!lock.acquire(block ? until : Until{Until::kNever})) throw Full("mpx queue: put() timed out");
       PutState st = me.state();
       bool room = true;
       if (s.maxsize != 0 && st.count - me.seen_count >= s.maxsize) {
@@ -344,22 +361,22 @@ void QueueCore::put(const std::byte* item, std::size_t n, bool block, Timeout ti
     if (out_of_bytes && s.maxsize == 0)
       throw Full("mpx queue: its byte budget (" + std::to_string(max_bytes()) +
                  " bytes) is exhausted; QueueOptions::max_bytes sets it");
-    if (dl.expired()) throw Full("mpx queue is full");
-    await_change(s.room, *wait_on, seen, dl.at());
+    if (until.expired()) throw Full("mpx queue is full");
+    await_change(s.room, *wait_on, seen, until);
   }
 }
 
-void QueueCore::get(Sink sink, void* ctx, bool block, Timeout timeout) const {
+void QueueCore::get(Sink sink, void* ctx, bool block, const Timeout& timeout) const {
   QueueShared& s = *s_;
   const std::uint64_t S = s.S;
   const std::uint64_t N = s.N;
-  Deadline dl(block ? timeout : Timeout(std::chrono::nanoseconds{0}));
+  const Until until = Until::from(block, timeout);
   auto& me = s.get;
   for (;;) {
     std::uint64_t seen;
     {
       SideLock lock(s, false);
-      if (!lock.acquire(block ? dl : Deadline::never())) throw Empty("mpx queue: get() timed out");
+      if (!lock.acquire(block ? until : Until{Until::kNever})) throw Empty("mpx queue: get() timed out");
       GetState st = me.state();
       if (me.seen_count == st.count) me.seen_count = s.put_count.load(std::memory_order_acquire);
       if (me.seen_count != st.count) {
@@ -393,8 +410,8 @@ void QueueCore::get(Sink sink, void* ctx, bool block, Timeout timeout) const {
       }
       seen = me.seen_count;  // the put count that said "empty"
     }
-    if (dl.expired()) throw Empty("mpx queue is empty");
-    await_change(s.data, s.put_count, seen, dl.at());
+    if (until.expired()) throw Empty("mpx queue is empty");
+    await_change(s.data, s.put_count, seen, until);
   }
 }
 
@@ -421,16 +438,16 @@ void QueueCore::task_done() const {
   }
 }
 
-bool QueueCore::join(Timeout timeout) const {
+bool QueueCore::join(const Timeout& timeout) const {
   QueueShared& s = *s_;
-  Deadline dl(timeout);
+  const Until until = Until::from(true, timeout);
   for (;;) {
     if (s.done.load(std::memory_order_seq_cst) >= s.put_count.load(std::memory_order_seq_cst)) return true;
-    if (dl.expired()) return false;
+    if (until.expired()) return false;
     std::uint32_t epoch = s.joined.epoch.load(std::memory_order_acquire);
     s.joined.sleepers.store(1, std::memory_order_seq_cst);
     if (s.done.load(std::memory_order_seq_cst) >= s.put_count.load(std::memory_order_seq_cst)) return true;
-    futex_wait(s.joined.epoch, epoch, dl.at());
+    futex_wait(s.joined.epoch, epoch, until);
   }
 }
 

@@ -42,15 +42,15 @@ class QueueCore {
 
   // Throws Full when there is no room by the deadline (an unbounded queue never waits for
   // room: it throws as soon as the byte budget cannot take the item).
-  void put(const std::byte* item, std::size_t n, bool block, Timeout timeout) const;
+  void put(const std::byte* item, std::size_t n, bool block, const Timeout& timeout) const;
   // Throws Empty when there is no item by the deadline.
-  void get(Sink sink, void* ctx, bool block, Timeout timeout) const;
+  void get(Sink sink, void* ctx, bool block, const Timeout& timeout) const;
 
   std::size_t qsize() const;
   bool empty() const;
   bool full() const;
   void task_done() const;
-  bool join(Timeout timeout) const;
+  bool join(const Timeout& timeout) const;
 
   std::size_t maxsize() const;
   std::size_t max_bytes() const;       // the budget, rounded down to whole chunks
