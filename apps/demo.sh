@@ -4,13 +4,36 @@
 set -eu
 build=${1:-build}
 bin="$build/apps"
-[ -d "$bin" ] || { echo "no $bin: build first (cmake -S . -B $build && cmake --build $build)" >&2; exit 2; }
+here=$(cd "$(dirname "$0")" && pwd)
+[ -x "$bin/echo_server" ] || { echo "no programs in $bin: build first (cmake -S . -B $build && cmake --build $build)" >&2; exit 2; }
 tmp=$(mktemp -d)
-cleanup() { [ -n "${server:-}" ] && kill "$server" 2>/dev/null; rm -rf "$tmp"; }
+server=""
+cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT INT TERM
 
-echo "== echo server and client over a Unix socket, with an authkey"
-"$bin/echo_server" --address "unix:$tmp/echo.sock" --authkey demo-key --count 1 &
-server=$!
-"$bin/echo_client" --address "unix:$tmp/echo.sock" --authkey demo-key hello from mpx
+start_echo_server() {  # waits until the socket file exists
+  "$bin/echo_server" --address "unix:$tmp/echo.sock" --authkey demo-key --clients 1 &
+  server=$!
+  i=0; while [ ! -S "$tmp/echo.sock" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+}
+
+echo "== mp1: a Process prints its pid and its parent's"
+"$bin/mp1"
+
+echo; echo "== mp2: the tutorial's Pool calls"
+"$bin/mp2"
+
+echo; echo "== echo server and client over a Unix socket, with an authkey"
+start_echo_server
+"$bin/echo_client" --address "unix:$tmp/echo.sock" --authkey demo-key "hello from mpx"
 wait "$server"; server=""
+
+if command -v python3 >/dev/null 2>&1; then
+  echo; echo "== Python's multiprocessing.connection.Client talking to the C++ echo server"
+  start_echo_server
+  python3 "$here/python/echo_client.py" --address "unix:$tmp/echo.sock" --authkey demo-key "hello from Python"
+  wait "$server"; server=""
+fi
+
+echo; echo "== the tutorial's simple thread and process pools, per-item overhead side by side"
+"$bin/simple_pools"
