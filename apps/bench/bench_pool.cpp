@@ -24,7 +24,8 @@ namespace {
 
 using mpx::bench::Clock;
 
-int square(int x) { return x * x; }
+// x*x wrapping like unsigned arithmetic (no signed-overflow UB for large x).
+int square(int x) { return static_cast<int>(static_cast<unsigned>(x) * static_cast<unsigned>(x)); }
 
 // ---- raw socketpair ping-pong, 8 bytes each way: the floor for one cross-process round trip
 
