@@ -181,6 +181,7 @@ int server_main(int ctl, const ServerConfig& config) {
       return 1;
     }
     std::size_t p = 0;
+    const std::size_t polled = children.size();  // spawns below append to children, not to pfds
     if (ctl_open && pfds[p++].revents) {
       std::byte buf[4096];
       alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 32)];
@@ -255,15 +256,14 @@ int server_main(int ctl, const ServerConfig& config) {
       }
       in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(pos));
     }
-    for (std::size_t i = 0; i < children.size();) {
-      if (pfds[p++].revents && children[i].proc->poll()) {
-        int code = children[i].proc->exitcode().value_or(-SIGKILL);
-        if (ctl_open) send_report(ctl, kExited, children[i].index, children[i].gen, code);
-        children.erase(children.begin() + static_cast<std::ptrdiff_t>(i));
-        // keep pfds aligned with children: the erased child's entry was consumed already
-        continue;
-      }
-      ++i;
+    std::vector<std::size_t> ended;
+    for (std::size_t i = 0; i < polled; ++i, ++p)
+      if (pfds[p].revents && children[i].proc->poll()) ended.push_back(i);
+    for (auto it = ended.rbegin(); it != ended.rend(); ++it) {
+      Child& c = children[*it];
+      int code = c.proc->exitcode().value_or(-SIGKILL);
+      if (ctl_open) send_report(ctl, kExited, c.index, c.gen, code);
+      children.erase(children.begin() + static_cast<std::ptrdiff_t>(*it));
     }
   }
 }

@@ -105,7 +105,9 @@ std::atomic<bool> g_rescan_allowed{true};
 
 const ModuleTable* scan() {
   std::lock_guard lk(g_table_mutex);
+  static auto* all = new std::vector<const ModuleTable*>;  // every table stays reachable
   auto* t = new ModuleTable;
+  all->push_back(t);
   ::dl_iterate_phdr(collect, t);
   std::sort(t->ranges.begin(), t->ranges.end(), [](const Range& a, const Range& b) { return a.lo < b.lo; });
   g_table.store(t, std::memory_order_release);
