@@ -12,6 +12,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -404,6 +405,24 @@ TEST_CASE("a peer closing mid-message, and sending to a closed peer") {
     CHECK_THROWS_AS(a.send_bytes("anyone?"), mpx::ConnectionClosed);
     CHECK_THROWS_AS(a.send_bytes(pattern(1 << 20)), mpx::ConnectionClosed);
   }
+}
+
+TEST_CASE("a Connection over an adopted pipe(2): works, and a broken pipe is ConnectionClosed, not SIGPIPE") {
+  int p[2];
+  REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+  Connection r(p[0], true, false);
+  Connection w(p[1], false, true);
+  w.send_bytes("through a pipe");
+  CHECK(r.recv_bytes().size() == 14);
+  auto big = pattern(1 << 20);
+  Background writer([&] { w.send_bytes(big); });
+  CHECK(r.recv_bytes() == big);
+  writer.join();
+  r.close();
+  CHECK_THROWS_AS(w.send_bytes("nobody reads"), mpx::ConnectionClosed);
+  sigset_t pending;
+  sigpending(&pending);
+  CHECK_FALSE(sigismember(&pending, SIGPIPE));
 }
 
 TEST_CASE("Listener on a filesystem path: mode 0600, removed on close and on destruction") {

@@ -28,12 +28,13 @@ void write_all(int fd, const void* p, std::size_t n) {
   }
 }
 
-// false at EOF before anything was read
+// false when the peer is gone
 bool read_all(int fd, void* p, std::size_t n) {
   char* c = static_cast<char*>(p);
   while (n) {
     ssize_t r = ::read(fd, c, n);
     if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno == ECONNRESET) return false;
     if (r < 0) throw std::runtime_error(std::string("read: ") + std::strerror(errno));
     if (r == 0) return false;
     c += r;

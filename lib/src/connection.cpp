@@ -9,6 +9,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -32,6 +34,10 @@ constexpr std::size_t kDefaultMaxMessage = std::size_t{1} << 30;
 // Kept small: what it over-reads of a large payload is copied once more.
 constexpr std::size_t kReadAhead = 16 * 1024;
 constexpr std::size_t kDirectReadThreshold = kReadAhead / 2;
+// How far ahead of the reads a receive buffer is zero-filled (see ensure_room).
+constexpr std::size_t kZeroFillStep = 256 * 1024;
+// Messages up to this size (with header) are copied together and sent with one send().
+constexpr std::size_t kCoalesceLimit = 1024;
 // Scratch buffers bigger than this are given back after use rather than kept.
 constexpr std::size_t kKeepScratch = std::size_t{8} << 20;
 constexpr auto kDefaultHandshakeTimeout = std::chrono::seconds{30};
@@ -64,9 +70,35 @@ void set_cloexec(int fd) {
   if (flags >= 0 && !(flags & FD_CLOEXEC)) ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
 }
 
+// writev() on a pipe, where MSG_NOSIGNAL does not exist: SIGPIPE is blocked in this thread
+// for the call, and the one a broken pipe raised is consumed before unblocking.
+ssize_t writev_nosignal(int fd, const iovec* iov, int count) {
+  sigset_t pipe_only, old;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_only, &old);
+  ssize_t r = ::writev(fd, iov, count);
+  int err = errno;
+  if (r < 0 && err == EPIPE && !sigismember(&old, SIGPIPE)) {
+    timespec zero{};
+    while (sigtimedwait(&pipe_only, nullptr, &zero) < 0 && errno == EINTR) {
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  errno = err;
+  return r;
+}
+
 // Grows `out` (never past `length`) until `need` more bytes fit after `filled`.
+// Capacity is reserved geometrically (the first step bounded by kMaxUpfrontAllocation); the
+// size, which std::vector must zero-fill, grows a cache-sized step at a time just ahead of
+// the reads, so the zeroed bytes are still in cache when the kernel copies into them.
 void ensure_room(Bytes& out, std::uint64_t length, std::size_t filled, std::size_t need) {
-  while (out.size() < filled + need) out.resize(proto::grow_payload_buffer(length, out.size()));
+  const std::size_t want = filled + need;
+  if (out.size() >= want) return;
+  if (out.capacity() < want) out.reserve(std::max(want, proto::grow_payload_buffer(length, out.capacity())));
+  const std::size_t step = std::max(want, out.size() + kZeroFillStep);
+  out.resize(std::min({out.capacity(), step, static_cast<std::size_t>(length)}));
 }
 
 }  // namespace
@@ -204,6 +236,7 @@ struct ConnectionState {
   bool readable = true;
   bool writable = true;
   std::size_t max_message = kDefaultMaxMessage;
+  bool is_socket = true;  // false once send() said ENOTSOCK (an adopted pipe)
 
   // Read-ahead: bytes [rpos, rend) of rbuf arrived but are not consumed yet.
   std::unique_ptr<std::byte[]> rbuf;
@@ -329,11 +362,12 @@ struct ConnectionState {
   // The payload (after its header was consumed) into `out`, which ends up exactly `length`
   // long. Memory grows with the bytes that actually arrive.
   void read_payload(Bytes& out, std::uint64_t length, const Deadline* deadline) {
-    if (out.capacity() >= length)
-      out.resize(static_cast<std::size_t>(length));
-    else
-      out.assign(proto::grow_payload_buffer(length, 0), std::byte{0});
+    // A reused buffer keeps the elements it has (they are overwritten, not zeroed again);
+    // one too small to be kept is emptied first so growing it copies nothing stale.
+    if (out.capacity() < length) out.clear();
+    if (out.size() > length) out.resize(static_cast<std::size_t>(length));
     std::size_t filled = std::min<std::size_t>(buffered(), static_cast<std::size_t>(length));
+    ensure_room(out, length, 0, std::max<std::size_t>(filled, 1));
     if (filled) std::memcpy(out.data(), rbuf.get() + rpos, filled);
     rpos += filled;
     while (filled < length) {
@@ -398,22 +432,32 @@ struct ConnectionState {
   void send_frame(std::span<const std::byte> message, const Deadline* deadline) {
     check_writable();
     proto::FrameHeader header(message.size());
+    // A small message goes out as one contiguous send(): cheaper than sendmsg's iovec
+    // import, which matters on the latency path.
+    std::array<std::byte, kCoalesceLimit> joined;
     iovec iov[2] = {{const_cast<std::byte*>(header.bytes().data()), header.size()},
                     {const_cast<std::byte*>(message.data()), message.size()}};
-    iovec* next = iov;
     std::size_t count = message.empty() ? 1 : 2;
-    bool is_socket = true;
+    if (count == 2 && header.size() + message.size() <= joined.size()) {
+      std::memcpy(joined.data(), header.bytes().data(), header.size());
+      std::memcpy(joined.data() + header.size(), message.data(), message.size());
+      iov[0] = {joined.data(), header.size() + message.size()};
+      count = 1;
+    }
+    iovec* next = iov;
     for (;;) {
       if (deadline && !wait_fd(fd, POLLOUT, *deadline))
         throw TimeoutError("mpx: timed out sending to the peer");
       ssize_t r;
-      if (is_socket) {
+      if (!is_socket) {
+        r = writev_nosignal(fd, next, static_cast<int>(count));
+      } else if (count == 1) {
+        r = ::send(fd, next->iov_base, next->iov_len, MSG_NOSIGNAL);
+      } else {
         msghdr msg{};
         msg.msg_iov = next;
         msg.msg_iovlen = count;
         r = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
-      } else {
-        r = ::writev(fd, next, static_cast<int>(count));
       }
       if (r < 0) {
         int err = errno;
@@ -422,7 +466,7 @@ struct ConnectionState {
           if (!deadline) wait_fd(fd, POLLOUT, Deadline::never());
           continue;
         }
-        if (err == ENOTSOCK && is_socket) {
+        if (err == ENOTSOCK && is_socket) {  // a pipe or file: no MSG_NOSIGNAL there
           is_socket = false;
           continue;
         }
