@@ -124,12 +124,20 @@ class Capture {
   int saved_ = -1;
 };
 
-// Kills every process still running at scope exit, so a failing test leaves nothing behind.
+// At scope exit, kills and reaps each listed process that is still our child (never a pid
+// already reaped, which may belong to someone else by now), in order: a parent listed before
+// its children hands them to us (see Subreaper) before we get to them. A failing test thus
+// leaves nothing behind.
 struct KillOnExit {
   std::vector<pid_t> pids;
   ~KillOnExit() {
-    for (pid_t p : pids)
-      if (p > 0) ::kill(p, SIGKILL);
+    for (pid_t p : pids) {
+      siginfo_t info{};
+      if (p <= 0 || ::waitid(P_PID, static_cast<id_t>(p), &info, WEXITED | WNOHANG | WNOWAIT) != 0) continue;
+      ::kill(p, SIGKILL);
+      int status;
+      ::waitpid(p, &status, 0);
+    }
   }
 };
 
@@ -568,7 +576,6 @@ TEST_SUITE("process") {
                     "daemon children die with their parent process, even when it is SIGKILLed") {
     Subreaper adopt;
     auto bd = board();
-    KillOnExit guard;
     mpx::Process middle([bd] {
       mpx::Process d(kDaemon, [] { sleep_forever(); });
       mpx::Process independent([] { sleep_forever(); });
@@ -580,7 +587,7 @@ TEST_SUITE("process") {
       sleep_forever();
     });
     middle.start();
-    guard.pids.push_back(middle.pid());
+    KillOnExit guard{{middle.pid()}};  // destroyed first: ~Process (non-daemon: join) then returns
     REQUIRE(eventually([&] { return bd->ints[0] == 1; }));
     pid_t daemon_child = bd->pids[0];
     pid_t independent = bd->pids[1];
@@ -601,7 +608,6 @@ TEST_SUITE("process") {
                     "a daemon started by a thread that exits lives on, and still dies with the process") {
     Subreaper adopt;
     auto bd = board();
-    KillOnExit guard;
     mpx::Process middle([bd] {
       std::shared_ptr<mpx::Process> keep;
       std::thread([&] {
@@ -615,7 +621,7 @@ TEST_SUITE("process") {
       sleep_forever();
     });
     middle.start();
-    guard.pids.push_back(middle.pid());
+    KillOnExit guard{{middle.pid()}};  // destroyed first: ~Process (non-daemon: join) then returns
     REQUIRE(eventually([&] { return bd->ints[1] != 0; }));
     pid_t daemon_child = bd->pids[0];
     guard.pids.push_back(daemon_child);
