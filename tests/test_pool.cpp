@@ -543,6 +543,37 @@ TEST_CASE("code identity survives the wire; a wrong module or name is a clear er
   CHECK_THROWS_AS(mpx::detail::decode_call_result<int>(out), mpx::ProtocolError);
 }
 
+namespace {
+struct BoostPoint {  // speaks Boost.Serialization only
+  int x = 0, y = 0;
+  template <class A>
+  void serialize(A& a, unsigned) {
+    a& x;
+    a& y;
+  }
+};
+BoostPoint flip(BoostPoint p) { return {p.y, p.x}; }
+}  // namespace
+template <>
+struct mpx::use_boost_serialization<BoostPoint> : std::true_type {};
+
+TEST_CASE("Boost.Serialization types as arguments, items and results") {
+  mpx::Pool pool(2);
+  auto p = pool.apply(flip, BoostPoint{1, 2});
+  CHECK(p.x == 2);
+  CHECK(p.y == 1);
+  CHECK(pool.apply([](BoostPoint a, int k, std::string s) { return a.x * k + static_cast<int>(s.size()); },
+                   BoostPoint{3, 0}, 5, std::string("ab")) == 17);
+  std::vector<BoostPoint> pts{{1, 2}, {3, 4}, {5, 6}};
+  auto r = pool.map(flip, pts, 2);
+  REQUIRE(r.size() == 3);
+  CHECK(r[2].x == 6);
+  CHECK(r[2].y == 5);
+  int n = 0;
+  for (const BoostPoint& q : pool.imap(flip, pts)) n += q.x;
+  CHECK(n == 2 + 4 + 6);
+}
+
 TEST_CASE("AsyncResult completion side is reusable without a pool") {
   auto st = std::make_shared<mpx::detail::ResultState<int>>();
   mpx::AsyncResult<int> r(st);

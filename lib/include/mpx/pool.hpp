@@ -15,8 +15,15 @@
 //
 // Workers are forked from a single-threaded server process that the pool forks when it is built,
 // so a pool made while other threads run (another pool, say) gives its workers a consistent
-// copy of the program as it was at that moment. They ignore SIGINT, and die when the pool's
-// process dies, however it dies.
+// copy of the program as it was at that moment (later changes to globals are not seen by
+// workers, replacements included). They ignore SIGINT, and die when the pool's process dies,
+// however it dies: Ctrl-C stops a program and its pools. A pool belongs to the process that made
+// it; in a forked child its members throw StateError and its destructor does nothing.
+//
+// I/O: a thread blocked on a result (get, wait, apply, map, iterating imap) drives the pool's
+// sockets itself, so results reach it without a hand-off between threads; otherwise the pool's
+// result thread does. Callbacks (then/on_error) always run on the result thread (or at once in
+// the registering thread if the result is already settled), never inside another thread's get().
 //
 // Errors: an exception in a task fails that task only, as RemoteError (demangled type name and
 // message). A worker that dies (crash, abort, SIGKILL, OOM) fails only the task it was running,
@@ -185,7 +192,9 @@ class Pool {
 
   // Lazy: input is read by the iterating thread, with a bounded number of tasks in flight. An
   // rvalue range is kept alive by the result. A failed item rethrows from operator*; iteration
-  // may go on. The result must not outlive the pool.
+  // may go on (a WorkerLost fails every item of its chunk). Feeding goes on after close(); after
+  // join()/terminate()/~Pool the first item that could not be sent throws StateError and the
+  // range ends there. The result must not outlive the pool.
   template <class F, class Range>
   auto imap(F f, Range&& xs, std::size_t chunksize = 1) {
     return make_imap<true>(f, std::forward<Range>(xs), chunksize);

@@ -472,12 +472,14 @@ template <Invoker Inv>
 void write_code_header(Bytes& out, std::uint64_t index, std::uint32_t count) {
   const CodeRef& ref = invoker_ref<Inv>();
   static const std::uint64_t tag = Inv(nullptr);
-  put_u8(out, kTaskByCode);
-  put_le<std::uint64_t>(out, ref.module);
-  put_le<std::uint64_t>(out, ref.offset);
-  put_le<std::uint64_t>(out, tag);
-  put_le<std::uint64_t>(out, index);
-  put_le<std::uint32_t>(out, count);
+  std::size_t at = out.size();
+  out.resize(at + 1 + 4 * 8 + 4);  // one resize for the whole header: it is on every task's path
+  out[at] = static_cast<std::byte>(kTaskByCode);
+  patch_le<std::uint64_t>(out, at + 1, ref.module);
+  patch_le<std::uint64_t>(out, at + 9, ref.offset);
+  patch_le<std::uint64_t>(out, at + 17, tag);
+  patch_le<std::uint64_t>(out, at + 25, index);
+  patch_le<std::uint32_t>(out, at + 33, count);
 }
 
 // Encodes f(args...) as a task body.
