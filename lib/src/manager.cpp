@@ -232,6 +232,10 @@ ConditionProxy Manager::condition(std::string_view name) {
 EventProxy Manager::event(std::string_view name) {
   return EventProxy(open(proto::Kind::event, name, "", {}));
 }
+TaskQueueProxy Manager::task_queue(std::string_view name) {
+  if (name.empty()) throw ValueError("mpx: a task queue needs a name");
+  return TaskQueueProxy(open(proto::Kind::task_queue, name, "", {}));
+}
 BarrierProxy Manager::barrier(unsigned parties, std::string_view name) {
   return BarrierProxy(open(proto::Kind::barrier, name, "", [&](proto::Writer& w) { w.u32(parties); }));
 }

@@ -3,6 +3,7 @@
 #include <mpx/managers.hpp>
 
 #include "log.hpp"
+#include "manager_tasks.hpp"
 
 #include <mpx/proto/frame.hpp>
 
@@ -342,6 +343,7 @@ Session::~Session() {
     std::lock_guard lock(registry().m);
     registry().all.erase(this);
   }
+  if (tasks_) tasks_->stop();
   conns_.clear();
   anchor_.reset();
 }
@@ -399,6 +401,7 @@ void Session::abandon_after_fork() noexcept {
   new (&m_) std::mutex;
   for (auto& [id, c] : conns_) c->abandon_after_fork();
   if (anchor_) anchor_->abandon_after_fork();
+  if (tasks_) tasks_->abandon_after_fork();
 }
 
 // ---------------------------------------------------------------------------------------

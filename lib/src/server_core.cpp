@@ -498,6 +498,14 @@ void Core::conn_closed(Conn& c) {
   if (stopping_ && conns_.empty()) stop();
 }
 
+void Core::deliver_task(const std::string& token, TaskOutcome outcome) {
+  auto it = sessions_.find(token);
+  if (it == sessions_.end()) return;  // nobody left to tell
+  auto& s = *it->second;
+  if (!s.mailbox) s.mailbox = make_mailbox(*this);
+  deliver_to_mailbox(*s.mailbox, std::move(outcome));
+}
+
 void Core::destroy(std::uint64_t oid, const char* why) {
   auto it = objects_.find(oid);
   if (it == objects_.end()) return;
@@ -561,6 +569,13 @@ void Core::dispatch(Conn& c, Op op, std::uint64_t oid, Reader& r, Writer& w, boo
     }
     case Op::ping:
       return;
+    case Op::task_wait: {
+      SessionRec* s = c.session();
+      if (!s) throw StateError("mpx: no session");
+      if (!s->mailbox) s->mailbox = make_mailbox(*this);
+      parked = s->mailbox->handle(c, op, r, w);
+      return;
+    }
     case Op::shutdown:
       if (!options_.allow_remote_shutdown)
         throw StateError("mpx: this server does not take shutdown requests");

@@ -189,6 +189,15 @@ struct SessionRec {
   std::string token;
   int connections = 0;
   std::vector<std::uint64_t> anonymous;  // objects that end with the session
+  std::unique_ptr<Obj> mailbox;          // finished tasks waiting to be collected (task_wait)
+};
+
+// A finished task on its way back to the session that submitted it.
+struct TaskOutcome {
+  std::uint64_t task_id = 0;
+  bool failed = false;  // true: `error` (from the server); false: `result` (from the worker)
+  Bytes result;
+  ErrorInfo error;
 };
 
 // Makes a built-in object: OPEN's body after kind/name/tag is the kind's init data.
@@ -197,6 +206,8 @@ std::unique_ptr<Obj> make_builtin(Core& core, std::uint64_t id, Kind kind, std::
 std::unique_ptr<Obj> make_registered(Core& core, std::uint64_t id, std::string tag, std::string name,
                                      Reader& init, const TypeRegistry* types);
 std::unique_ptr<Obj> make_task_queue(Core& core, std::uint64_t id, std::string tag, std::string name);
+std::unique_ptr<Obj> make_mailbox(Core& core);
+void deliver_to_mailbox(Obj& mailbox, TaskOutcome outcome);
 
 class Core {
  public:
@@ -220,6 +231,9 @@ class Core {
   void conn_closed(Conn& c);
   Obj* find(std::uint64_t oid);
   void request_shutdown();
+  std::uint64_t next_task_id() noexcept { return next_task_id_++; }
+  // Hands a finished task to its session (dropped if the session has ended).
+  void deliver_task(const std::string& token, TaskOutcome outcome);
 
  private:
   void do_accept();
@@ -237,6 +251,7 @@ class Core {
   std::function<void()> on_drained_;
   std::uint64_t next_oid_ = 1;
   std::uint64_t next_conn_ = 1;
+  std::uint64_t next_task_id_ = 1;
   std::unordered_map<std::uint64_t, std::unique_ptr<Obj>> objects_;
   std::unordered_map<std::string, std::uint64_t> names_;
   std::unordered_map<std::string, std::unique_ptr<SessionRec>> sessions_;

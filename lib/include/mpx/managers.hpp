@@ -17,9 +17,11 @@
 #pragma once
 
 #include <mpx/connection.hpp>
+#include <mpx/detail/async_result.hpp>
 #include <mpx/detail/proxy_core.hpp>
 #include <mpx/detail/proxy_tags.hpp>
 #include <mpx/detail/server_types.hpp>
+#include <mpx/detail/task.hpp>
 #include <mpx/errors.hpp>
 #include <mpx/serialize.hpp>
 #include <mpx/timeout.hpp>
@@ -652,6 +654,71 @@ class ObjectProxy {
   detail::ProxyCore core_;
 };
 
+namespace detail {
+template <class R>
+void complete_task(ResultStateBase& state, std::span<const std::byte> result) {
+  static_cast<ResultState<R>&>(state).set_from_bytes(
+      result, [](std::span<const std::byte> b) { return decode_call_result<R>(b); });
+}
+}  // namespace detail
+
+// A named task queue on a manager: tasks go in by name, processes running serve_tasks()
+// (in this binary or another one that registered the same names) run them.
+class TaskQueueProxy {
+ public:
+  TaskQueueProxy() = default;
+  explicit TaskQueueProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+
+  // Submits a call of the task registered as `task` with these (transferable) arguments;
+  // R must be its result type. The result: the value; RemoteError if the task threw;
+  // WorkerLost if its worker died; ValueError if no worker registered `task`; TypeMismatch
+  // if it was registered with another signature.
+  template <class R, class... Args>
+  AsyncResult<R> submit(std::string_view task, Args&&... args) {
+    Bytes body;
+    detail::encode_named_task<R>(body, task, 0, args...);
+    auto state = std::make_shared<detail::ResultState<R>>();
+    std::uint64_t id;
+    {
+      detail::Request req(core_, proto::Op::task_submit);
+      req.w().str(task);
+      req.w().blob(body);
+      id = req.call().u64();
+    }
+    core_.session()->current().track_task(id, state, &detail::complete_task<R>);
+    return AsyncResult<R>(std::move(state));
+  }
+
+  const std::string& name() const noexcept { return core_.name(); }
+  const detail::ProxyCore& core() const noexcept { return core_; }
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(core_);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(core_);
+    core_.expect(proto::Kind::task_queue, "");
+  }
+
+ private:
+  detail::ProxyCore core_;
+};
+
+// Registers `f` as the task `name` in this process (do it in every binary that serves or
+// submits it, before serve_tasks). Any callable with a fixed signature; its arguments and
+// result must be transferable.
+template <class F>
+void register_task(std::string name, F f) {
+  detail::register_named_task(std::move(name), detail::make_named_task(std::move(f)));
+}
+
+// Forks `processes` workers (0 = cpu_count()) that connect to the manager at `address` and
+// run the tasks of the named queue; replaces workers that die (their running task fails
+// with WorkerLost, exit code as for Process). Blocks until the server stops, or SIGTERM or
+// SIGINT reaches this process; then stops the workers and returns.
+void serve_tasks(const Address& address, std::string authkey, std::string_view queue, unsigned processes);
+
 // ---------------------------------------------------------------------------------------
 
 class Manager {
@@ -705,6 +772,8 @@ class Manager {
   ConditionProxy condition(std::string_view name = {});
   EventProxy event(std::string_view name = {});
   BarrierProxy barrier(unsigned parties, std::string_view name = {});
+  // A named task queue served by worker processes (serve_tasks).
+  TaskQueueProxy task_queue(std::string_view name);
 
   // Constructs a registered type in the server from `args` (or opens the existing `name`).
   template <class T, class... Args>

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <mpx/connection.hpp>
+#include <mpx/detail/async_result.hpp>
 #include <mpx/detail/proxy_tags.hpp>
 #include <mpx/errors.hpp>
 #include <mpx/proto/manager.hpp>
@@ -116,6 +117,10 @@ class ClientConn {
   std::exception_ptr unobserved_;
 };
 
+// Collects the results of named tasks a session submitted (lib/src/manager_tasks.cpp).
+class TaskCollector;
+using TaskCompleter = void (*)(ResultStateBase& state, std::span<const std::byte> result);
+
 // Incremented in every child right after fork; sessions made before are stale there.
 extern std::atomic<std::uint64_t> manager_fork_generation;
 
@@ -142,6 +147,10 @@ class Session : public std::enable_shared_from_this<Session> {
   const Address& address() const noexcept { return address_; }
   const std::string& authkey() const noexcept { return authkey_; }
 
+  // Hands task `id`'s result, when it comes, to `complete` (on the session's result thread,
+  // which reads results on a connection of its own and runs the callbacks).
+  void track_task(std::uint64_t id, std::shared_ptr<ResultStateBase> state, TaskCompleter complete);
+
   // Internal: the fork and thread-exit hooks.
   void abandon_after_fork() noexcept;
   void thread_exited(std::thread::id id) noexcept;
@@ -167,6 +176,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // A connection whose thread ended: kept so the session (and its anonymous objects) lives on.
   std::unique_ptr<ClientConn> anchor_;
   std::shared_ptr<Session> successor_;
+  std::shared_ptr<TaskCollector> tasks_;  // started by the first submit
 };
 
 // What every proxy holds: which object, on which server, and what keeps that server up.

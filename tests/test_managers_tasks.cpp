@@ -1,0 +1,150 @@
+// Managers, part 4: named task queues — register_task, serve_tasks workers, submit from
+// other processes, errors, workers that die, and stopping.
+#include <mpx/managers.hpp>
+#include <mpx/process.hpp>
+
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+int square(int x) { return x * x; }
+
+void register_tasks() {
+  mpx::register_task("square", square);
+  mpx::register_task("concat", [](std::string a, std::vector<std::string> rest) {
+    for (auto& s : rest) a += s;
+    return a;
+  });
+  mpx::register_task("boom", [](int) -> int { throw std::invalid_argument("no good"); });
+  mpx::register_task("exit", [](int code) -> int { ::_exit(code); });
+  mpx::register_task("kill", [](int) -> int {
+    ::raise(SIGKILL);
+    return 0;
+  });
+  mpx::register_task("pid", []() { return static_cast<int>(::getpid()); });
+  mpx::register_task("nothing", [](int) {});
+}
+
+// serve_tasks in a process of its own (a daemon child: terminated if a test fails early).
+struct Workers {
+  mpx::Process p;
+  Workers(const mpx::Address& a, const std::string& key, unsigned n)
+      : p(mpx::Process::Options{"", true}, [a, key, n] { mpx::serve_tasks(a, key, "work", n); }) {
+    p.start();
+  }
+  int stop() {
+    p.terminate();
+    REQUIRE(p.join(60s));
+    return *p.exitcode();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("task queue: submit by name, results, errors, callbacks") {
+  register_tasks();
+  mpx::Manager m;
+  auto tq = m.task_queue("work");
+  auto early = tq.submit<int>("square", 12);  // before any worker: it waits, it is not dropped
+  CHECK_FALSE(early.wait(50ms));
+  Workers w(m.address(), m.authkey(), 2);
+  CHECK(early.get(60s) == 144);
+
+  std::vector<mpx::AsyncResult<int>> rs;
+  for (int i = 0; i < 100; ++i) rs.push_back(tq.submit<int>("square", i));
+  for (int i = 0; i < 100; ++i) CHECK(rs[static_cast<std::size_t>(i)].get(60s) == i * i);
+  CHECK(tq.submit<std::string>("concat", std::string("a"), std::vector<std::string>{"b", "c"}).get(60s) ==
+        "abc");
+  tq.submit<void>("nothing", 1).get(60s);
+
+  std::atomic<int> seen{0};
+  auto cb = tq.submit<int>("square", 3);
+  cb.then([&](const int& v) { seen = v; });
+  cb.wait(60s);
+  CHECK(seen == 9);
+
+  try {
+    tq.submit<int>("boom", 1).get(60s);
+    FAIL("no exception");
+  } catch (const mpx::RemoteError& e) {
+    CHECK(e.type_name() == "std::invalid_argument");
+    CHECK(e.message() == "no good");
+  }
+  CHECK_THROWS_AS(tq.submit<int>("no-such-task", 1).get(60s), mpx::ValueError);
+  CHECK_THROWS_AS(tq.submit<long>("square", 1).get(60s), mpx::TypeMismatch);
+  std::atomic<bool> failed{false};
+  tq.submit<int>("boom", 2).on_error([&](std::exception_ptr) { failed = true; }).wait(60s);
+  CHECK(failed);
+
+  CHECK(w.stop() == 0);
+}
+
+TEST_CASE("task queue: a worker that dies fails its task with WorkerLost and is replaced") {
+  register_tasks();
+  mpx::Manager m;
+  auto tq = m.task_queue("work");
+  Workers w(m.address(), m.authkey(), 1);
+  try {
+    tq.submit<int>("exit", 3).get(60s);
+    FAIL("no exception");
+  } catch (const mpx::WorkerLost& e) {
+    CHECK(e.exitcode() == 3);
+  }
+  try {
+    tq.submit<int>("kill", 0).get(60s);
+    FAIL("no exception");
+  } catch (const mpx::WorkerLost& e) {
+    CHECK(e.exitcode() == -SIGKILL);
+  }
+  CHECK(tq.submit<int>("square", 5).get(60s) == 25);  // a new worker took over
+  int pid = tq.submit<int>("pid").get(60s);
+  CHECK(w.stop() == 0);
+  CHECK(::kill(pid, 0) == -1);  // the workers are gone with their supervisor
+}
+
+TEST_CASE("task queue: clients in other processes submit by name") {
+  register_tasks();
+  mpx::Manager m;
+  Workers w(m.address(), m.authkey(), 2);
+  auto a = m.address();
+  auto key = m.authkey();
+  std::vector<mpx::Process> clients;
+  for (int c = 0; c < 3; ++c)
+    clients.emplace_back([a, key, c] {
+      auto mm = mpx::Manager::connect(a, key);
+      auto tq = mm.task_queue("work");
+      std::vector<mpx::AsyncResult<int>> rs;
+      for (int i = 0; i < 20; ++i) rs.push_back(tq.submit<int>("square", c * 100 + i));
+      for (int i = 0; i < 20; ++i)
+        if (rs[static_cast<std::size_t>(i)].get(60s) != (c * 100 + i) * (c * 100 + i))
+          throw std::runtime_error("wrong result");
+    });
+  for (auto& c : clients) c.start();
+  for (auto& c : clients) {
+    REQUIRE(c.join(120s));
+    CHECK(c.exitcode() == 0);
+  }
+  CHECK(w.stop() == 0);
+}
+
+TEST_CASE("serve_tasks returns when the server stops") {
+  register_tasks();
+  auto m = std::make_unique<mpx::Manager>();
+  Workers w(m->address(), m->authkey(), 2);
+  auto tq = m->task_queue("work");
+  CHECK(tq.submit<int>("square", 4).get(60s) == 16);
+  m->shutdown();
+  REQUIRE(w.p.join(60s));
+  CHECK(w.p.exitcode() == 0);
+}
