@@ -1,0 +1,153 @@
+// primes: the tutorial's prime-number driver on mpx::Pool — serial map(isprime, 0..19999) and
+// map(sum_primes, 0..4999) against the same maps on the pool, with times and speedup — and,
+// with --count-below N, pi(N) by a segmented sieve whose segments are pool tasks. Every answer
+// with a known value is checked; a wrong one makes the exit status 1.
+#include "workloads/primes.hpp"
+#include "workloads/progress.hpp"
+
+#include <fmt/core.h>
+#include <CLI/CLI.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace wl = mpx::workloads;
+
+namespace {
+
+// "1000000", "1e9", "10^9".
+std::uint64_t parse_count(const std::string& s) {
+  std::size_t pos = 0;
+  if (auto caret = s.find('^'); caret != std::string::npos) {
+    const double base = std::stod(s.substr(0, caret)), exp = std::stod(s.substr(caret + 1));
+    return static_cast<std::uint64_t>(std::llround(std::pow(base, exp)));
+  }
+  if (s.find_first_of("eE.") != std::string::npos) {
+    const double v = std::stod(s, &pos);
+    if (pos != s.size() || v < 0 || v > 1.8e19) throw std::invalid_argument(s);
+    return static_cast<std::uint64_t>(std::llround(v));
+  }
+  const unsigned long long v = std::stoull(s, &pos);
+  if (pos != s.size()) throw std::invalid_argument(s);
+  return v;
+}
+
+bool report_check(const std::string& what, std::int64_t got, std::int64_t expected) {
+  const bool ok = got == expected;
+  fmt::print("  {:<24} {:>12}  (expected {}) {}\n", what, got, expected, ok ? "ok" : "WRONG");
+  return ok;
+}
+
+std::string speedup(double serial, double pool) {
+  return pool > 0 ? fmt::format("{:.2f}x", serial / pool) : "-";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "Prime numbers on an mpx::Pool: the tutorial's isprime/sum_primes driver (serial vs pool), "
+      "and prime counting with a segmented sieve split into pool tasks (--count-below)."};
+  unsigned processes = 0;
+  std::size_t chunksize = 0;
+  std::string count_below;
+  std::uint64_t segment = 0;
+  bool no_serial = false, no_progress = false, skip_tutorial = false;
+  app.add_option("-p,--processes", processes, "Worker processes (0: one per CPU)");
+  app.add_option("--chunksize", chunksize, "Items per task for the tutorial's maps (0: Python's rule)");
+  app.add_option("--count-below", count_below, "Count the primes below N (e.g. 1e9 or 10^9) on the pool");
+  app.add_option("--segment", segment, "Numbers per sieve task for --count-below (0: automatic)");
+  app.add_flag("--no-serial", no_serial, "With --count-below: skip the serial baseline run");
+  app.add_flag("--no-progress", no_progress, "With --count-below: no progress on stderr");
+  app.add_flag("--skip-tutorial", skip_tutorial, "Only run --count-below");
+  CLI11_PARSE(app, argc, argv);
+
+  std::optional<std::uint64_t> n_count;
+  if (!count_below.empty()) {
+    try {
+      n_count = parse_count(count_below);
+    } catch (const std::exception&) {
+      fmt::print(stderr, "--count-below: not a number: {}\n", count_below);
+      return 2;
+    }
+  }
+
+  bool ok = true;
+  double t_start = 0;
+  std::optional<mpx::Pool> pool;
+  t_start = wl::time_seconds([&] { pool.emplace(processes); });
+  const unsigned workers = pool->processes();
+
+  if (!skip_tutorial) {
+    std::vector<std::int64_t> xs(20000), ys(5000);
+    std::iota(xs.begin(), xs.end(), 0);
+    std::iota(ys.begin(), ys.end(), 0);
+    fmt::print(
+        "Tutorial driver: isprime over 0..19999, sum_primes over 0..4999; Pool({}) started in {:.3f} s\n",
+        workers, t_start);
+
+    std::vector<int> is_serial, is_pool;
+    std::vector<std::int64_t> sum_serial, sum_pool;
+    const double t1 = wl::time_seconds([&] {
+      is_serial.resize(xs.size());
+      for (std::size_t i = 0; i < xs.size(); ++i) is_serial[i] = wl::isprime(xs[i]);
+    });
+    const double t2 = wl::time_seconds([&] { is_pool = pool->map(wl::isprime, xs, chunksize); });
+    const double t3 = wl::time_seconds([&] {
+      sum_serial.resize(ys.size());
+      for (std::size_t i = 0; i < ys.size(); ++i) sum_serial[i] = wl::sum_primes(ys[i]);
+    });
+    const double t4 = wl::time_seconds([&] { sum_pool = pool->map(wl::sum_primes, ys, chunksize); });
+    fmt::print("  {:<12} serial {:8.4f} s   pool {:8.4f} s   speedup {} on {} workers\n", "isprime", t1, t2,
+               speedup(t1, t2), workers);
+    fmt::print("  {:<12} serial {:8.4f} s   pool {:8.4f} s   speedup {} on {} workers\n", "sum_primes", t3,
+               t4, speedup(t3, t4), workers);
+
+    if (is_pool != is_serial || sum_pool != sum_serial) {
+      fmt::print("  pool results differ from the serial results: WRONG\n");
+      ok = false;
+    }
+    ok &= report_check("primes below 20000", std::accumulate(is_pool.begin(), is_pool.end(), std::int64_t{0}),
+                       2262);
+    ok &= report_check("sum_primes(100)", sum_pool.at(100), 1060);
+    ok &= report_check("sum_primes(1000)", sum_pool.at(1000), 76127);
+    ok &= report_check("sum_primes(5000)", pool->apply(wl::sum_primes, std::int64_t{5000}), 1548136);
+  }
+
+  if (n_count) {
+    const std::uint64_t n = *n_count;
+    const std::uint64_t seg = segment ? segment : wl::default_segment(n, workers);
+    const auto tasks = wl::split_range(n, seg).size();
+    fmt::print("Counting primes below {} with a segmented sieve: {} tasks of {} numbers on Pool({})\n", n,
+               tasks, seg, workers);
+    std::uint64_t pi_pool = 0, pi_serial = 0;
+    double tp = 0, ts = 0;
+    {
+      wl::Progress progress("pool sieve", !no_progress);
+      tp = wl::time_seconds([&] { pi_pool = wl::count_primes_below(*pool, n, seg, std::ref(progress)); });
+    }
+    fmt::print("  pool    pi({}) = {}   {:.3f} s\n", n, pi_pool, tp);
+    if (!no_serial) {
+      ts = wl::time_seconds([&] { pi_serial = wl::count_primes_below_serial(n, seg); });
+      fmt::print("  serial  pi({}) = {}   {:.3f} s   speedup {} on {} workers\n", n, pi_serial, ts,
+                 speedup(ts, tp), workers);
+      if (pi_serial != pi_pool) {
+        fmt::print("  serial and pool counts differ: WRONG\n");
+        ok = false;
+      }
+    }
+    if (auto known = wl::known_prime_count(n))
+      ok &= report_check(fmt::format("pi({})", n), static_cast<std::int64_t>(pi_pool),
+                         static_cast<std::int64_t>(*known));
+  }
+
+  pool->close();
+  pool->join();
+  fmt::print("{}\n", ok ? "all checks passed" : "SOME CHECKS FAILED");
+  return ok ? 0 : 1;
+}
