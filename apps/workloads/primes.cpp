@@ -10,8 +10,8 @@ namespace {
 std::uint64_t isqrt(std::uint64_t n) {
   auto r = static_cast<std::uint64_t>(std::sqrt(static_cast<double>(n)));
   // The double's rounding can be off by one either way for large n.
-  while (r > 0 && r * r > n) --r;
-  while ((r + 1) * (r + 1) <= n) ++r;
+  while (r > 0 && r > n / r) --r;
+  while (r + 1 <= n / (r + 1)) ++r;  // divisions: (r + 1)^2 may not fit near 2^64
   return r;
 }
 

@@ -6,11 +6,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdio>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace mpx::workloads {
 
@@ -62,6 +64,15 @@ double time_seconds(F&& f) {
   const auto t0 = std::chrono::steady_clock::now();
   std::forward<F>(f)();
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The median of `runs` timings of f() (one stray preemption does not make the figure).
+template <class F>
+double median_seconds(int runs, F&& f) {
+  std::vector<double> t;
+  for (int i = 0; i < std::max(1, runs); ++i) t.push_back(time_seconds(f));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
 }
 
 }  // namespace mpx::workloads
