@@ -89,7 +89,8 @@ int main(int argc, char** argv) {
     std::ofstream f(svg);
     f << wl::render_svg(
         h,
-        fmt::format("Central eigenvalue spacing of {} GOE({}) matrices vs the Wigner surmise", o.count, o.n));
+        fmt::format("Central eigenvalue spacing of {} GOE({}) matrices vs the Wigner surmise", o.count, o.n),
+        fmt::format("normalised: mean 1, variance {:.4f}", m.variance));
     if (!f.flush()) {
       fmt::print(stderr, "cannot write {}\n", svg);
       return 2;
