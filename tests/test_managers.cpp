@@ -325,11 +325,17 @@ TEST_CASE("proxies are transferable: encode/decode, type checked") {
   mpx::Bytes wire = mpx::encode(d);
   auto back = mpx::decode<mpx::DictProxy<std::string, int>>(wire);
   CHECK(back.at("a") == 1);
-  // (decode reports every failure inside a value as a ProtocolError, naming the cause)
+  // A proxy received as the wrong type is a TypeMismatch, not a generic decode failure.
   CHECK_THROWS_WITH_AS((mpx::decode<mpx::DictProxy<std::string, double>>(wire)),
-                       doctest::Contains("as a dict<str|f64>"), mpx::Error);
+                       doctest::Contains("as a dict<str|f64>"), mpx::TypeMismatch);
   CHECK_THROWS_WITH_AS(mpx::decode<mpx::ListProxy<int>>(wire), doctest::Contains("as a list<i32>"),
-                       mpx::Error);
+                       mpx::TypeMismatch);
+  // ... also when the proxy is inside a larger value.
+  CHECK_THROWS_AS((mpx::decode<std::vector<mpx::ListProxy<int>>>(mpx::encode(std::vector{d}))),
+                  mpx::TypeMismatch);
+  // Garbage is still a ProtocolError.
+  mpx::Bytes cut(wire.begin(), wire.begin() + 3);
+  CHECK_THROWS_AS((mpx::decode<mpx::DictProxy<std::string, int>>(cut)), mpx::ProtocolError);
   static_assert(mpx::transferable<mpx::DictProxy<int, int>>);
   static_assert(mpx::transferable<mpx::QueueProxy<int>>);
   static_assert(mpx::transferable<mpx::LockProxy>);

@@ -8,7 +8,9 @@
 // opts in with `template <> struct mpx::use_boost_serialization<T> : std::true_type {};`
 // and is then encoded by Boost (member, free, split save/load, base_object, make_nvp all work).
 // Decoding never trusts its input: garbage or truncated bytes throw ProtocolError, and no
-// container or string is sized beyond the bytes actually present.
+// container or string is sized beyond the bytes actually present. An mpx error that a type's
+// own load() throws (e.g. TypeMismatch from a proxy received as the wrong type) is passed on
+// as it is, so the caller sees what went wrong rather than a generic decode failure.
 #pragma once
 
 #include <mpx/errors.hpp>
@@ -245,7 +247,7 @@ T decode(std::span<const std::byte> bytes) {
       ar(value);
       if (ar.remaining() != 0) throw ProtocolError("mpx::decode: trailing bytes after the value");
     }
-  } catch (const ProtocolError&) {
+  } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
     detail::throw_decode_error(e.what());
