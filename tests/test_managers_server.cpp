@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
@@ -259,4 +260,53 @@ TEST_CASE("malformed, oversized and unauthenticated requests: an error, and the 
   CHECK(d.at(1) == 1);
   d.set(2, 2);
   CHECK(m.dict<int, int>("probe").size() == 2);
+}
+
+TEST_CASE(
+    "queue byte budget: an unbounded queue refuses with Full, a bounded one waits, a huge item is a "
+    "ValueError") {
+  auto a = mpx::Address::unix_path(temp_socket("budget"));
+  mpx::Server server(a, "budget-key");
+  server.set_queue_max_bytes(1000);
+  std::thread thread([&] { server.serve_forever(); });
+  struct Stop {
+    mpx::Server& s;
+    std::thread& t;
+    ~Stop() {
+      s.shutdown();
+      t.join();
+    }
+  } stop{server, thread};
+
+  auto m = mpx::Manager::connect(a, "budget-key");
+  const std::string item(100, 'x');
+  const long fits = 1000 / static_cast<long>(mpx::encode(item).size());
+  REQUIRE(fits >= 2);
+
+  auto q = m.queue<std::string>();
+  for (long i = 0; i < fits; ++i) q.put(item);
+  CHECK_THROWS_WITH_AS(q.put(item), doctest::Contains("byte budget is 1000"), mpx::Full);
+  CHECK(q.qsize() == static_cast<std::size_t>(fits));
+  CHECK(q.get() == item);
+  q.put(item);  // room again once an item is out
+  CHECK_THROWS_AS(q.put(std::string(2000, 'y')), mpx::ValueError);
+  // put_many keeps the items that fitted and says how many did.
+  for (long i = 0; i < fits; ++i) q.get();
+  const std::string how_many = std::to_string(fits) + " of " + std::to_string(fits + 2);
+  CHECK_THROWS_WITH_AS(q.put_many(std::vector<std::string>(static_cast<std::size_t>(fits) + 2, item)),
+                       doctest::Contains(how_many.c_str()), mpx::Full);
+  CHECK(q.qsize() == static_cast<std::size_t>(fits));
+
+  // A bounded queue (maxsize far away) waits for bytes as it waits for items.
+  auto b = m.queue<std::string>(100);
+  for (long i = 0; i < fits; ++i) b.put(item);
+  CHECK_THROWS_AS(b.put(item, 50ms), mpx::Full);
+  std::thread producer([b, &item]() mutable { b.put(item + "!", 30s); });
+  CHECK(b.get(30s) == item);
+  producer.join();
+  CHECK(b.qsize() == static_cast<std::size_t>(fits));
+  std::string last;
+  for (long i = 0; i < fits; ++i) last = b.get(30s);
+  CHECK(last == item + "!");
+  CHECK(b.empty());
 }

@@ -254,6 +254,31 @@ TEST_CASE("lock proxy: ownership per thread, timeouts, Lockable") {
   for (auto& p : ps) p.start();
   for (auto& p : ps) REQUIRE(p.join(60s));
   CHECK(v.get() == 150);
+
+  // Pipelined critical sections (acquire_async ... release_async): still mutually exclusive.
+  std::vector<mpx::Process> pipelined;
+  for (int p = 0; p < 2; ++p)
+    pipelined.emplace_back([l, v, m]() mutable {
+      for (int i = 0; i < 100; ++i) {
+        auto got = l.acquire_async();
+        auto now = v.get_async();
+        if (!got.get()) throw std::runtime_error("acquire failed");
+        v.set_async(now.get() + 1);
+        l.release_async();
+      }
+      m.flush();
+    });
+  for (auto& p : pipelined) p.start();
+  for (auto& p : pipelined) {
+    REQUIRE(p.join(60s));
+    CHECK(p.exitcode() == 0);
+  }
+  CHECK(v.get() == 350);
+
+  // A lock-family proxy arrives as a lock-family proxy only.
+  auto wire = mpx::encode(l);
+  CHECK_THROWS_AS(mpx::decode<mpx::LockProxy>(mpx::encode(m.event())), mpx::TypeMismatch);
+  CHECK_THROWS_AS(mpx::decode<mpx::EventProxy>(wire), mpx::TypeMismatch);
 }
 
 TEST_CASE("a lock, semaphore slot or condition held by a SIGKILLed client is released") {

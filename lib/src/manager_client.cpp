@@ -23,15 +23,15 @@ std::atomic<std::uint64_t> manager_fork_generation{0};
 
 struct Session::Private {};
 
-namespace {
-
-std::exception_ptr to_exception_ptr(const proto::ErrorInfo& e) {
+std::exception_ptr error_to_exception(const proto::ErrorInfo& e) {
   try {
     proto::throw_error(e);
   } catch (...) {
     return std::current_exception();
   }
 }
+
+namespace {
 
 std::string errno_text(int err) { return std::strerror(err); }
 
@@ -255,7 +255,7 @@ void ClientConn::deliver(const std::shared_ptr<ReplySlot>& slot, std::span<const
   auto status = static_cast<proto::Status>(r.u8());
   std::exception_ptr error;
   if (status != proto::Status::ok) {
-    error = to_exception_ptr(proto::read_error(r));
+    error = error_to_exception(proto::read_error(r));
   } else if (slot) {
     try {
       slot->on_reply(r);
@@ -439,100 +439,88 @@ namespace mpx {
 using detail::Request;
 using proto::Op;
 
-bool NamespaceProxy::contains(std::string_view name) const {
-  Request req(core_, Op::ns_contains);
-  req.w().str(name);
-  return req.call().boolean();
+namespace {
+
+// The calls of the non-template proxies: an op with no body, one u32, or a timeout.
+proto::Reader call(const detail::ProxyCore& core, Op op) {
+  Request req(core, op);
+  return req.call();
+}
+proto::Reader call_u32(const detail::ProxyCore& core, Op op, std::uint32_t n) {
+  Request req(core, op);
+  req.w().u32(n);
+  return req.call();
+}
+proto::Reader call_timed(const detail::ProxyCore& core, Op op, Timeout timeout) {
+  Request req(core, op);
+  req.w().i64(detail::wire_timeout(true, timeout));
+  return req.call();
+}
+proto::Reader call_str(const detail::ProxyCore& core, Op op, std::string_view s) {
+  Request req(core, op);
+  req.w().str(s);
+  return req.call();
 }
 
-bool NamespaceProxy::erase(std::string_view name) {
-  Request req(core_, Op::ns_erase);
-  req.w().str(name);
-  return req.call().boolean();
+}  // namespace
+
+bool NamespaceProxy::contains(std::string_view name) const {
+  return call_str(core_, Op::ns_contains, name).boolean();
 }
+bool NamespaceProxy::erase(std::string_view name) { return call_str(core_, Op::ns_erase, name).boolean(); }
 
 namespace detail {
+
+void LockableProxy::check(const ProxyCore& c) {
+  switch (c.kind()) {
+    case proto::Kind::lock:
+    case proto::Kind::rlock:
+    case proto::Kind::semaphore:
+    case proto::Kind::bounded_semaphore:
+    case proto::Kind::condition:
+      return;
+    default:
+      c.expect(proto::Kind::lock, "");  // throws TypeMismatch, naming what it is
+  }
+}
 
 bool LockableProxy::acquire(bool block, Timeout timeout) {
   Request req(core_, Op::acquire);
   req.w().i64(wire_timeout(block, timeout));
   return req.call().boolean();
 }
-
 void LockableProxy::release() { release_n(1); }
+void LockableProxy::release_n(std::uint32_t n) { call_u32(core_, Op::release, n); }
 
-void LockableProxy::release_n(std::uint32_t n) {
+Deferred<bool> LockableProxy::acquire_async(bool block, Timeout timeout) {
+  Request req(core_, Op::acquire);
+  req.w().i64(wire_timeout(block, timeout));
+  return send_async<bool>(req, &decode_bool);
+}
+Deferred<void> LockableProxy::release_async() {
   Request req(core_, Op::release);
-  req.w().u32(n);
-  req.call();
+  req.w().u32(1);
+  return send_async<void>(req, &decode_void);
 }
 
 }  // namespace detail
 
-unsigned SemaphoreProxy::get_value() const {
-  Request req(core_, Op::sem_value);
-  return req.call().u32();
-}
+unsigned SemaphoreProxy::get_value() const { return call(core_, Op::sem_value).u32(); }
 
-bool ConditionProxy::wait(Timeout timeout) {
-  Request req(core_, Op::cond_wait);
-  req.w().i64(detail::wire_timeout(true, timeout));
-  return req.call().boolean();
-}
+bool ConditionProxy::wait(Timeout timeout) { return call_timed(core_, Op::cond_wait, timeout).boolean(); }
+void ConditionProxy::notify(unsigned n) { call_u32(core_, Op::cond_notify, n); }
+void ConditionProxy::notify_all() { call(core_, Op::cond_notify_all); }
 
-void ConditionProxy::notify(unsigned n) {
-  Request req(core_, Op::cond_notify);
-  req.w().u32(n);
-  req.call();
-}
+bool EventProxy::is_set() const { return call(core_, Op::event_is_set).boolean(); }
+void EventProxy::set() { call(core_, Op::event_set); }
+void EventProxy::clear() { call(core_, Op::event_clear); }
+bool EventProxy::wait(Timeout timeout) { return call_timed(core_, Op::event_wait, timeout).boolean(); }
 
-void ConditionProxy::notify_all() {
-  Request req(core_, Op::cond_notify_all);
-  req.call();
-}
-
-bool EventProxy::is_set() const {
-  Request req(core_, Op::event_is_set);
-  return req.call().boolean();
-}
-void EventProxy::set() {
-  Request req(core_, Op::event_set);
-  req.call();
-}
-void EventProxy::clear() {
-  Request req(core_, Op::event_clear);
-  req.call();
-}
-bool EventProxy::wait(Timeout timeout) {
-  Request req(core_, Op::event_wait);
-  req.w().i64(detail::wire_timeout(true, timeout));
-  return req.call().boolean();
-}
-
-unsigned BarrierProxy::wait(Timeout timeout) {
-  Request req(core_, Op::barrier_wait);
-  req.w().i64(detail::wire_timeout(true, timeout));
-  return req.call().u32();
-}
-void BarrierProxy::reset() {
-  Request req(core_, Op::barrier_reset);
-  req.call();
-}
-void BarrierProxy::abort() {
-  Request req(core_, Op::barrier_abort);
-  req.call();
-}
-unsigned BarrierProxy::parties() const {
-  Request req(core_, Op::barrier_parties);
-  return req.call().u32();
-}
-unsigned BarrierProxy::n_waiting() const {
-  Request req(core_, Op::barrier_n_waiting);
-  return req.call().u32();
-}
-bool BarrierProxy::broken() const {
-  Request req(core_, Op::barrier_broken);
-  return req.call().boolean();
-}
+unsigned BarrierProxy::wait(Timeout timeout) { return call_timed(core_, Op::barrier_wait, timeout).u32(); }
+void BarrierProxy::reset() { call(core_, Op::barrier_reset); }
+void BarrierProxy::abort() { call(core_, Op::barrier_abort); }
+unsigned BarrierProxy::parties() const { return call(core_, Op::barrier_parties).u32(); }
+unsigned BarrierProxy::n_waiting() const { return call(core_, Op::barrier_n_waiting).u32(); }
+bool BarrierProxy::broken() const { return call(core_, Op::barrier_broken).boolean(); }
 
 }  // namespace mpx

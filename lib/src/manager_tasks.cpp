@@ -19,18 +19,6 @@
 namespace mpx {
 namespace detail {
 
-namespace {
-
-std::exception_ptr as_exception(const proto::ErrorInfo& e) {
-  try {
-    proto::throw_error(e);
-  } catch (...) {
-    return std::current_exception();
-  }
-}
-
-}  // namespace
-
 // ---------------------------------------------------------------------------------------
 // TaskCollector
 
@@ -60,7 +48,7 @@ void TaskCollector::run() {
         if (r.u8() == 0) {
           finish(id, r.blob(), nullptr);
         } else {
-          finish(id, {}, as_exception(proto::read_error(r)));
+          finish(id, {}, error_to_exception(proto::read_error(r)));
         }
       }
     }
@@ -243,6 +231,20 @@ void serve_tasks(const Address& address, std::string authkey, std::string_view q
   sigaddset(&stop_set, SIGTERM);
   sigaddset(&stop_set, SIGINT);
   ::pthread_sigmask(SIG_UNBLOCK, &stop_set, &old_mask);
+  // Puts the signal handling back however this call ends.
+  struct Restore {
+    int* pipe;
+    struct sigaction *term, *intr;
+    sigset_t* mask;
+    ~Restore() {
+      detail::g_signal_fd = -1;
+      ::sigaction(SIGTERM, term, nullptr);
+      ::sigaction(SIGINT, intr, nullptr);
+      ::pthread_sigmask(SIG_SETMASK, mask, nullptr);
+      ::close(pipe[0]);
+      ::close(pipe[1]);
+    }
+  } restore{sig_pipe, &old_term, &old_int, &old_mask};
 
   struct Slot {
     std::shared_ptr<detail::ChildProcess> child;
@@ -308,6 +310,15 @@ void serve_tasks(const Address& address, std::string authkey, std::string_view q
         if (!fds[k + 2].revents || !s.child->wait(milliseconds(0))) continue;
         int code = s.child->exitcode().value_or(0);
         pid_t pid = s.child->pid();
+        // A worker ends cleanly when it finds the server gone; this process is about to see
+        // that too, and must not start workers for a server that has stopped.
+        if (code == 0) {
+          pollfd eof{conn.fileno(), POLLIN | POLLRDHUP, 0};
+          if (::poll(&eof, 1, 200) > 0) {
+            running = false;
+            break;
+          }
+        }
         detail::logger().warn("serve_tasks '{}': worker {} ended (exit code {}); replacing it", queue, pid,
                               code);
         report_exit(pid, code);
@@ -316,6 +327,10 @@ void serve_tasks(const Address& address, std::string authkey, std::string_view q
         s.respawn_at = steady_clock::now() +
                        (steady_clock::now() - s.started < seconds(1) ? milliseconds(500) : milliseconds(0));
       }
+      if (!running) {
+        detail::logger().info("serve_tasks '{}': the manager went away, stopping the workers", queue);
+        break;
+      }
       now = steady_clock::now();
       for (std::size_t i = 0; i < slots.size() && running; ++i)
         if (!slots[i].child && now >= slots[i].respawn_at) spawn(i);
@@ -323,12 +338,6 @@ void serve_tasks(const Address& address, std::string authkey, std::string_view q
   } catch (...) {
     for (auto& s : slots)
       if (s.child) s.child->signal(SIGKILL);
-    detail::g_signal_fd = -1;
-    ::sigaction(SIGTERM, &old_term, nullptr);
-    ::sigaction(SIGINT, &old_int, nullptr);
-    ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-    ::close(sig_pipe[0]);
-    ::close(sig_pipe[1]);
     throw;
   }
   for (auto& s : slots)
@@ -338,12 +347,6 @@ void serve_tasks(const Address& address, std::string authkey, std::string_view q
       s.child->signal(SIGKILL);
       s.child->wait();
     }
-  detail::g_signal_fd = -1;
-  ::sigaction(SIGTERM, &old_term, nullptr);
-  ::sigaction(SIGINT, &old_int, nullptr);
-  ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-  ::close(sig_pipe[0]);
-  ::close(sig_pipe[1]);
 }
 
 }  // namespace mpx

@@ -11,6 +11,9 @@
 
 namespace mpx::detail {
 
+// An error reply from the server as the exception it stands for (lib/src/manager_client.cpp).
+std::exception_ptr error_to_exception(const proto::ErrorInfo& e);
+
 // Reads this session's finished tasks (task_wait) on a connection of its own and completes
 // their AsyncResults, so the callbacks run on this thread, never in the thread that submits.
 class TaskCollector : public std::enable_shared_from_this<TaskCollector> {

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <csignal>
 
 namespace mpx {
@@ -64,7 +65,8 @@ struct Server::State {
   Listener listener;
   std::string authkey;
   detail::ServeControl control;
-  bool served = false;
+  std::atomic<bool> served{false};  // set_queue_max_bytes() may come from another thread
+  std::size_t queue_max_bytes = detail::ServerOptions{}.queue_max_bytes;
   State(const Address& a, std::string key) : listener(a), authkey(std::move(key)) {}
 };
 
@@ -77,14 +79,20 @@ Server::~Server() = default;
 const Address& Server::address() const { return s_->listener.address(); }
 
 void Server::serve_forever() {
-  if (s_->served) throw StateError("mpx: Server::serve_forever() has already run");
-  s_->served = true;
+  if (s_->served.exchange(true)) throw StateError("mpx: Server::serve_forever() has already run");
   detail::ServerOptions options;
   options.authkey = s_->authkey;
   options.types = types_;
+  options.queue_max_bytes = s_->queue_max_bytes;
   options.description = "mpx server at " + address().str();
   detail::serve_listener(s_->listener, std::move(options), {SIGTERM, SIGINT}, {}, &s_->control);
   s_->listener.close();
+}
+
+void Server::set_queue_max_bytes(std::size_t bytes) {
+  if (s_->served) throw StateError("mpx: set_queue_max_bytes() after serve_forever()");
+  if (bytes == 0) throw ValueError("mpx: a queue's byte budget must be positive");
+  s_->queue_max_bytes = bytes;
 }
 
 void Server::shutdown() {

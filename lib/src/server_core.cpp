@@ -236,35 +236,23 @@ void Conn::rearm(std::int64_t timeout_ns) {
   });
 }
 
-void Conn::complete_ok(const std::function<void(Writer&)>& body) {
-  park_.reset();
-  ++park_gen_;
-  timer_.cancel();
-  if (closed_) return;
-  std::size_t start = begin_frame();
-  Writer w(out_);
-  w.u8(static_cast<std::uint8_t>(proto::Status::ok));
-  body(w);
-  end_frame(start);
-  if (!resume_posted_) {
-    resume_posted_ = true;
-    boost::asio::post(core_.io(), [self = shared_from_this()] {
-      self->resume_posted_ = false;
-      if (!self->closed_) self->resume();
-    });
-  }
-}
+void Conn::complete_ok(const std::function<void(Writer&)>& body) { complete(proto::Status::ok, body); }
 
 void Conn::complete_error(const ErrorInfo& e) {
+  complete(proto::Status::error, [&](Writer& w) { proto::write_error(w, e); });
+}
+
+void Conn::complete(proto::Status status, const std::function<void(Writer&)>& body) {
   park_.reset();
   ++park_gen_;
   timer_.cancel();
   if (closed_) return;
   std::size_t start = begin_frame();
   Writer w(out_);
-  w.u8(static_cast<std::uint8_t>(proto::Status::error));
-  proto::write_error(w, e);
+  w.u8(static_cast<std::uint8_t>(status));
+  body(w);
   end_frame(start);
+  // The requests that queued up behind the parked one run next, outside the object's handler.
   if (!resume_posted_) {
     resume_posted_ = true;
     boost::asio::post(core_.io(), [self = shared_from_this()] {

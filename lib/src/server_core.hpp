@@ -22,6 +22,8 @@ struct ServerOptions {
   std::string authkey;                 // empty: no handshake (as Python's Listener without authkey)
   bool allow_remote_shutdown = false;  // may a client's shutdown request stop the server?
   std::size_t max_message = std::size_t{1} << 30;  // largest request after the handshake
+  // The most encoded bytes one queue may hold, so that no client can fill the server's memory.
+  std::size_t queue_max_bytes = std::size_t{1} << 30;
   std::chrono::nanoseconds handshake_timeout = std::chrono::seconds(30);
   std::shared_ptr<TypeRegistry> types;  // registered types; nullptr = none
   std::string description = "mpx manager";

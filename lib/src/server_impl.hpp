@@ -88,6 +88,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   void handle_request(Bytes& frame);
   void resume();
   void flush();
+  void complete(proto::Status status, const std::function<void(Writer&)>& body);
   void send_frame(std::span<const std::byte> payload);
   std::size_t begin_frame();
   void end_frame(std::size_t start);
@@ -116,41 +117,6 @@ class Conn : public std::enable_shared_from_this<Conn> {
   int peer_pid_ = 0;
 
   friend class Core;
-};
-
-// The base of every object kind.
-class Obj {
- public:
-  Obj(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name)
-      : core_(core), id_(id), kind_(kind), tag_(std::move(tag)), name_(std::move(name)) {}
-  virtual ~Obj() = default;
-  Obj(const Obj&) = delete;
-  Obj& operator=(const Obj&) = delete;
-
-  std::uint64_t id() const noexcept { return id_; }
-  Kind kind() const noexcept { return kind_; }
-  const std::string& tag() const noexcept { return tag_; }
-  const std::string& name() const noexcept { return name_; }
-
-  // Serves one request: writes the ok body to `w`, or parks `c` and returns true.
-  virtual bool handle(Conn& c, Op op, Reader& r, Writer& w) = 0;
-  // c's parked request ran out of time.
-  virtual void on_timeout(Conn& c) { c.complete_error({proto::ErrorCode::timeout, {}, "mpx: timed out", 0}); }
-  // c is closing while parked here: forget it (no reply).
-  virtual void drop_waiter(Conn& c) = 0;
-  // c is closing: give back whatever it holds.
-  virtual void release_held(Conn&) {}
-  // The object is going away: fail every parked request.
-  virtual void fail_waiters(const ErrorInfo& e) = 0;
-
- protected:
-  Core& core_;
-
- private:
-  std::uint64_t id_;
-  Kind kind_;
-  std::string tag_;
-  std::string name_;
 };
 
 // Waiters in arrival order, with removal of any one of them.
@@ -185,6 +151,49 @@ class WaitList {
   std::deque<Conn*> q_;
 };
 
+// The base of every object kind.
+class Obj {
+ public:
+  Obj(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name)
+      : core_(core), id_(id), kind_(kind), tag_(std::move(tag)), name_(std::move(name)) {}
+  virtual ~Obj() = default;
+  Obj(const Obj&) = delete;
+  Obj& operator=(const Obj&) = delete;
+
+  std::uint64_t id() const noexcept { return id_; }
+  Kind kind() const noexcept { return kind_; }
+  const std::string& tag() const noexcept { return tag_; }
+  const std::string& name() const noexcept { return name_; }
+
+  // Serves one request: writes the ok body to `w`, or parks `c` and returns true.
+  virtual bool handle(Conn& c, Op op, Reader& r, Writer& w) = 0;
+  // The hooks for parked requests; kinds that never park keep the defaults.
+  // c's parked request ran out of time.
+  virtual void on_timeout(Conn& c) { c.complete_error({proto::ErrorCode::timeout, {}, "mpx: timed out", 0}); }
+  // c is closing while parked here: forget it (no reply).
+  virtual void drop_waiter(Conn&) {}
+  // c is closing: give back whatever it holds.
+  virtual void release_held(Conn&) {}
+  // The object is going away: fail every parked request.
+  virtual void fail_waiters(const ErrorInfo&) {}
+
+ protected:
+  // Parks c's request at the back of `list` (a handler returns this: true, parked).
+  bool wait_in(WaitList& list, Conn& c, Op op, std::int64_t timeout_ns) {
+    c.park(*this, op, timeout_ns);
+    list.push(&c);
+    return true;
+  }
+
+  Core& core_;
+
+ private:
+  std::uint64_t id_;
+  Kind kind_;
+  std::string tag_;
+  std::string name_;
+};
+
 struct SessionRec {
   std::string token;
   int connections = 0;
@@ -199,6 +208,12 @@ struct TaskOutcome {
   Bytes result;
   ErrorInfo error;
 };
+
+// Helpers for the object kinds: a request that `op` is not for, a body that ends with a
+// timeout, a parked request answered with a bool.
+[[noreturn]] void bad_op(Op op, Kind kind);
+std::int64_t read_timeout(Reader& r);
+void reply_bool(Conn& c, bool value);
 
 // Makes a built-in object: OPEN's body after kind/name/tag is the kind's init data.
 std::unique_ptr<Obj> make_builtin(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name,

@@ -53,6 +53,21 @@ std::shared_ptr<TypeRegistry> global_type_registry() {
 
 namespace server {
 
+[[noreturn]] void bad_op(Op op, Kind kind) {
+  throw ProtocolError("mpx manager protocol: operation " + std::to_string(static_cast<int>(op)) +
+                      " does not apply to a " + std::string(proto::kind_name(kind)));
+}
+
+std::int64_t read_timeout(Reader& r) {
+  std::int64_t timeout = r.i64();
+  r.expect_end();
+  return timeout;
+}
+
+void reply_bool(Conn& c, bool value) {
+  c.complete_ok([value](Writer& w) { w.boolean(value); });
+}
+
 namespace {
 
 using proto::ErrorCode;
@@ -62,9 +77,13 @@ std::string_view as_sv(std::span<const std::byte> b) {
 }
 Bytes as_bytes(std::span<const std::byte> b) { return Bytes(b.begin(), b.end()); }
 
-[[noreturn]] void bad_op(Op op, Kind kind) {
-  throw ProtocolError("mpx manager protocol: operation " + std::to_string(static_cast<int>(op)) +
-                      " does not apply to a " + std::string(proto::kind_name(kind)));
+// `u64 n` then n blobs, as views into the request.
+std::vector<std::span<const std::byte>> read_blobs(Reader& r) {
+  std::uint64_t n = r.count(8);
+  std::vector<std::span<const std::byte>> out;
+  out.reserve(n);
+  for (std::uint64_t i = 0; i < n; ++i) out.push_back(r.blob());
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -148,8 +167,6 @@ class DictObj final : public Obj {
         bad_op(op, kind());
     }
   }
-  void drop_waiter(Conn&) override {}
-  void fail_waiters(const ErrorInfo&) override {}
 
  private:
   struct Entry {
@@ -194,10 +211,7 @@ class ListObj final : public Obj {
         return false;
       }
       case Op::list_extend: {
-        std::uint64_t n = r.count(8);
-        std::vector<std::span<const std::byte>> vs;
-        vs.reserve(n);
-        for (std::uint64_t i = 0; i < n; ++i) vs.push_back(r.blob());
+        auto vs = read_blobs(r);
         r.expect_end();
         for (auto v : vs) items_.push_back(as_bytes(v));
         return false;
@@ -254,8 +268,6 @@ class ListObj final : public Obj {
         bad_op(op, kind());
     }
   }
-  void drop_waiter(Conn&) override {}
-  void fail_waiters(const ErrorInfo&) override {}
 
  private:
   // Python's indexing: negative counts from the end; out of range is an IndexError.
@@ -291,8 +303,6 @@ class ValueObj final : public Obj {
         bad_op(op, kind());
     }
   }
-  void drop_waiter(Conn&) override {}
-  void fail_waiters(const ErrorInfo&) override {}
 
  private:
   Bytes value_;
@@ -346,8 +356,6 @@ class NamespaceObj final : public Obj {
         bad_op(op, kind());
     }
   }
-  void drop_waiter(Conn&) override {}
-  void fail_waiters(const ErrorInfo&) override {}
 
  private:
   std::map<std::string, std::pair<std::string, Bytes>, std::less<>> attrs_;
@@ -359,36 +367,38 @@ class NamespaceObj final : public Obj {
 class QueueObj final : public Obj {
  public:
   QueueObj(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name, std::uint64_t maxsize)
-      : Obj(core, id, kind, std::move(tag), std::move(name)), maxsize_(maxsize) {}
+      : Obj(core, id, kind, std::move(tag), std::move(name)),
+        maxsize_(maxsize),
+        max_bytes_(core.options().queue_max_bytes) {}
 
   bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
     switch (op) {
       case Op::queue_put: {
         auto item = r.blob();
-        std::int64_t timeout = r.i64();
-        r.expect_end();
-        if (putters_.empty() && has_room()) {
+        std::int64_t timeout = read_timeout(r);
+        check_item(item.size());
+        if (putters_.empty() && has_room(item.size())) {
           push(as_bytes(item));
           pump();
           return false;
         }
+        if (maxsize_ == 0) throw Full(budget_message(0, 1));
         if (timeout == 0) throw Full("mpx: the queue is full");
-        c.park(*this, op, timeout).item = as_bytes(item);
-        putters_.push(&c);
+        wait_in(putters_, c, op, timeout);
+        c.waiting().item = as_bytes(item);
         return true;
       }
       case Op::queue_put_many: {
-        std::uint64_t n = r.count(8);
-        std::vector<std::span<const std::byte>> items;
-        items.reserve(n);
-        for (std::uint64_t i = 0; i < n; ++i) items.push_back(r.blob());
-        std::int64_t timeout = r.i64();
-        r.expect_end();
+        auto items = read_blobs(r);
+        std::int64_t timeout = read_timeout(r);
+        for (auto item : items) check_item(item.size());
         std::size_t done = 0;
         if (putters_.empty())
-          while (done < items.size() && has_room()) push(as_bytes(items[done++]));
+          while (done < items.size() && has_room(items[done].size())) push(as_bytes(items[done++]));
         pump();
         if (done == items.size()) return false;
+        // An unbounded queue never waits: past its byte budget it refuses at once.
+        if (maxsize_ == 0) throw Full(budget_message(done, items.size()));
         if (timeout == 0)
           throw Full("mpx: the queue is full (" + std::to_string(done) + " of " +
                      std::to_string(items.size()) + " items were put)");
@@ -402,8 +412,7 @@ class QueueObj final : public Obj {
       case Op::queue_get:
       case Op::queue_get_many: {
         std::uint64_t most = op == Op::queue_get_many ? r.u64() : 1;
-        std::int64_t timeout = r.i64();
-        r.expect_end();
+        std::int64_t timeout = read_timeout(r);
         if (op == Op::queue_get_many && most == 0) throw ValueError("mpx: get_many of zero items");
         if (!items_.empty()) {
           write_items(op, most, w);
@@ -411,8 +420,8 @@ class QueueObj final : public Obj {
           return false;
         }
         if (timeout == 0) throw Empty("mpx: the queue is empty");
-        c.park(*this, op, timeout).n = most;
-        getters_.push(&c);
+        wait_in(getters_, c, op, timeout);
+        c.waiting().n = most;
         return true;
       }
       case Op::queue_size:
@@ -422,7 +431,7 @@ class QueueObj final : public Obj {
         w.boolean(items_.empty());
         return false;
       case Op::queue_full:
-        w.boolean(!has_room());
+        w.boolean(!has_room(0) || bytes_ >= max_bytes_);
         return false;
       case Op::queue_task_done:
         if (kind() != Kind::joinable_queue) bad_op(op, kind());
@@ -435,15 +444,12 @@ class QueueObj final : public Obj {
         return false;
       case Op::queue_join: {
         if (kind() != Kind::joinable_queue) bad_op(op, kind());
-        std::int64_t timeout = r.i64();
-        r.expect_end();
+        std::int64_t timeout = read_timeout(r);
         if (unfinished_ == 0 || timeout == 0) {
           w.boolean(unfinished_ == 0);
           return false;
         }
-        c.park(*this, op, timeout);
-        joiners_.push(&c);
-        return true;
+        return wait_in(joiners_, c, op, timeout);
       }
       default:
         bad_op(op, kind());
@@ -488,23 +494,40 @@ class QueueObj final : public Obj {
   }
 
  private:
-  bool has_room() const noexcept { return maxsize_ == 0 || items_.size() < maxsize_; }
+  // Room for one more item of `size` bytes: under maxsize (if any) and within the byte budget.
+  bool has_room(std::size_t size) const noexcept {
+    return (maxsize_ == 0 || items_.size() < maxsize_) && size <= max_bytes_ - bytes_;
+  }
+  // An item the budget could never take would wait forever (or always fail): refuse it now.
+  void check_item(std::size_t size) const {
+    if (size > max_bytes_)
+      throw ValueError("mpx: an item of " + std::to_string(size) +
+                       " bytes is larger than the managed queue's byte budget of " +
+                       std::to_string(max_bytes_) + " bytes");
+  }
+  std::string budget_message(std::size_t done, std::size_t total) const {
+    return "mpx: the managed queue holds " + std::to_string(bytes_) + " bytes, its byte budget is " +
+           std::to_string(max_bytes_) + " (" + std::to_string(done) + " of " + std::to_string(total) +
+           " items were put)";
+  }
   void push(Bytes b) {
+    bytes_ += b.size();
     items_.push_back(std::move(b));
     ++unfinished_;
   }
+  void pop_into(Writer& w) {
+    w.blob(items_.front());
+    bytes_ -= items_.front().size();
+    items_.pop_front();
+  }
   void write_items(Op op, std::uint64_t most, Writer& w) {
     if (op == Op::queue_get) {
-      w.blob(items_.front());
-      items_.pop_front();
+      pop_into(w);
       return;
     }
     std::uint64_t n = std::min<std::uint64_t>(most, items_.size());
     w.u64(n);
-    for (std::uint64_t i = 0; i < n; ++i) {
-      w.blob(items_.front());
-      items_.pop_front();
-    }
+    for (std::uint64_t i = 0; i < n; ++i) pop_into(w);
   }
   // Moves items to parked getters and parked putters' items into the queue until neither can.
   void pump() {
@@ -516,16 +539,20 @@ class QueueObj final : public Obj {
         g->complete_ok([&](Writer& w) { write_items(p->op, p->n, w); });
         progress = true;
       }
-      while (!putters_.empty() && has_room()) {
+      while (!putters_.empty()) {
         Conn* pc = putters_.front();
         Park* p = &pc->waiting();
-        progress = true;
         if (p->op == Op::queue_put) {
+          if (!has_room(p->item.size())) break;
           push(std::move(p->item));
         } else {
-          while (p->n < p->items.size() && has_room()) push(std::move(p->items[p->n++]));
+          while (p->n < p->items.size() && has_room(p->items[p->n].size())) {
+            push(std::move(p->items[p->n++]));
+            progress = true;
+          }
           if (p->n < p->items.size()) break;
         }
+        progress = true;
         putters_.pop();
         pc->complete_ok([](Writer&) {});
       }
@@ -533,92 +560,111 @@ class QueueObj final : public Obj {
   }
 
   std::uint64_t maxsize_;
+  std::size_t max_bytes_;
+  std::size_t bytes_ = 0;  // encoded bytes of the items in the queue
   std::deque<Bytes> items_;
   WaitList getters_, putters_, joiners_;
   std::uint64_t unfinished_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------
-// lock and rlock (owned by a connection: one client thread)
-
-class LockObj final : public Obj {
+// An object whose blocked requests wait in one list, in arrival order, and get `false` when
+// their time runs out (lock, rlock, semaphore, event).
+class WaitingObj : public Obj {
  public:
   using Obj::Obj;
+  void on_timeout(Conn& c) override {
+    waiters_.remove(&c);
+    reply_bool(c, false);
+  }
+  void drop_waiter(Conn& c) override { waiters_.remove(&c); }
+  void fail_waiters(const ErrorInfo& e) override { waiters_.fail_all(e); }
+
+ protected:
+  WaitList waiters_;
+};
+
+// ---------------------------------------------------------------------------------------
+// lock and rlock (owned by a connection: one client thread); a condition is an rlock with a
+// second wait list (below)
+
+class LockObj : public WaitingObj {
+ public:
+  using WaitingObj::WaitingObj;
 
   bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
     switch (op) {
       case Op::acquire: {
-        std::int64_t timeout = r.i64();
-        r.expect_end();
+        std::int64_t timeout = read_timeout(r);
         if (!owner_) {
-          take(&c);
-          w.boolean(true);
-        } else if (kind() == Kind::rlock && owner_ == &c) {
+          take(&c, 1);
+        } else if (kind() != Kind::lock && owner_ == &c) {
           ++depth_;
-          w.boolean(true);
         } else if (timeout == 0) {
           w.boolean(false);
+          return false;
         } else {
-          c.park(*this, op, timeout);
-          waiters_.push(&c);
-          return true;
+          return wait_in(waiters_, c, op, timeout);
         }
+        w.boolean(true);
         return false;
       }
       case Op::release:
         r.u32();
         r.expect_end();
-        if (owner_ != &c) throw StateError("mpx: release of a lock this thread does not hold");
+        check_owner(c, "release of");
         if (--depth_ == 0) hand_off();
         return false;
       default:
         bad_op(op, kind());
     }
   }
-  void on_timeout(Conn& c) override {
-    waiters_.remove(&c);
-    c.complete_ok([](Writer& w) { w.boolean(false); });
-  }
-  void drop_waiter(Conn& c) override { waiters_.remove(&c); }
   void release_held(Conn& c) override {
     if (owner_ == &c) hand_off();
   }
-  void fail_waiters(const ErrorInfo& e) override { waiters_.fail_all(e); }
 
- private:
-  void take(Conn* c) {
+ protected:
+  void check_owner(const Conn& c, const char* what) const {
+    if (owner_ != &c)
+      throw StateError("mpx: " + std::string(what) + (kind() == Kind::rlock ? " an " : " a ") +
+                       std::string(proto::kind_name(kind())) + " this thread does not hold");
+  }
+  void take(Conn* c, std::uint32_t depth) {
     owner_ = c;
-    depth_ = 1;
+    depth_ = depth;
     c->hold(id());
   }
+  // The first waiter gets the lock: a plain acquire at depth 1, a condition wait back at the
+  // depth it released (answering whether it was notified).
   void hand_off() {
     owner_ = nullptr;
     depth_ = 0;
     if (waiters_.empty()) return;
     Conn* next = waiters_.pop();
-    take(next);
-    next->complete_ok([](Writer& w) { w.boolean(true); });
+    const Park& p = next->waiting();
+    bool cond_wait = p.op == Op::cond_wait;
+    bool result = cond_wait ? p.result : true;
+    take(next, cond_wait ? p.saved : 1);
+    reply_bool(*next, result);
   }
 
   Conn* owner_ = nullptr;
   std::uint32_t depth_ = 0;
-  WaitList waiters_;
 };
 
 // ---------------------------------------------------------------------------------------
 // semaphore and bounded semaphore
 
-class SemaphoreObj final : public Obj {
+class SemaphoreObj final : public WaitingObj {
  public:
   SemaphoreObj(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name,
                std::uint32_t value)
-      : Obj(core, id, kind, std::move(tag), std::move(name)), value_(value), initial_(value) {}
+      : WaitingObj(core, id, kind, std::move(tag), std::move(name)), value_(value), initial_(value) {}
 
   bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
     switch (op) {
       case Op::acquire: {
-        std::int64_t timeout = r.i64();
-        r.expect_end();
+        std::int64_t timeout = read_timeout(r);
         if (value_ > 0 && waiters_.empty()) {
           take(&c);
           w.boolean(true);
@@ -628,9 +674,7 @@ class SemaphoreObj final : public Obj {
           w.boolean(false);
           return false;
         }
-        c.park(*this, op, timeout);
-        waiters_.push(&c);
-        return true;
+        return wait_in(waiters_, c, op, timeout);
       }
       case Op::release: {
         std::uint64_t n = r.u32();
@@ -653,11 +697,6 @@ class SemaphoreObj final : public Obj {
         bad_op(op, kind());
     }
   }
-  void on_timeout(Conn& c) override {
-    waiters_.remove(&c);
-    c.complete_ok([](Writer& w) { w.boolean(false); });
-  }
-  void drop_waiter(Conn& c) override { waiters_.remove(&c); }
   void release_held(Conn& c) override {
     auto it = held_.find(&c);
     if (it == held_.end()) return;
@@ -666,7 +705,6 @@ class SemaphoreObj final : public Obj {
     held_.erase(it);
     wake();
   }
-  void fail_waiters(const ErrorInfo& e) override { waiters_.fail_all(e); }
 
  private:
   void take(Conn* c) {
@@ -678,52 +716,26 @@ class SemaphoreObj final : public Obj {
     while (value_ > 0 && !waiters_.empty()) {
       Conn* c = waiters_.pop();
       take(c);
-      c->complete_ok([](Writer& w) { w.boolean(true); });
+      reply_bool(*c, true);
     }
   }
 
   std::uint64_t value_, initial_;
   std::unordered_map<Conn*, std::uint64_t> held_;
-  WaitList waiters_;
 };
 
 // ---------------------------------------------------------------------------------------
 // condition (over its own recursive lock, as Python's Condition())
 
-class ConditionObj final : public Obj {
+class ConditionObj final : public LockObj {
  public:
-  using Obj::Obj;
+  using LockObj::LockObj;
 
   bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
     switch (op) {
-      case Op::acquire: {
-        std::int64_t timeout = r.i64();
-        r.expect_end();
-        if (!owner_) {
-          take(&c, 1);
-        } else if (owner_ == &c) {
-          ++depth_;
-        } else if (timeout == 0) {
-          w.boolean(false);
-          return false;
-        } else {
-          c.park(*this, op, timeout);
-          lock_waiters_.push(&c);
-          return true;
-        }
-        w.boolean(true);
-        return false;
-      }
-      case Op::release:
-        r.u32();
-        r.expect_end();
-        if (owner_ != &c) throw StateError("mpx: release of a condition this thread does not hold");
-        if (--depth_ == 0) hand_off();
-        return false;
       case Op::cond_wait: {
-        std::int64_t timeout = r.i64();
-        r.expect_end();
-        if (owner_ != &c) throw StateError("mpx: wait() on a condition this thread has not acquired");
+        std::int64_t timeout = read_timeout(r);
+        check_owner(c, "wait() on");
         Park& p = c.park(*this, op, timeout);
         p.saved = depth_;
         p.result = true;
@@ -735,71 +747,49 @@ class ConditionObj final : public Obj {
       case Op::cond_notify_all: {
         std::uint64_t n = op == Op::cond_notify ? r.u32() : cond_waiters_.size();
         r.expect_end();
-        if (owner_ != &c) throw StateError("mpx: notify() on a condition this thread has not acquired");
-        for (; n > 0 && !cond_waiters_.empty(); --n) {
-          Conn* waiter = cond_waiters_.pop();
-          waiter->waiting().reacquiring = true;
-          waiter->rearm(-1);
-          lock_waiters_.push(waiter);
-        }
+        check_owner(c, "notify() on");
+        for (; n > 0 && !cond_waiters_.empty(); --n) reacquire(*cond_waiters_.pop());
         return false;
       }
       default:
-        bad_op(op, kind());
+        return LockObj::handle(c, op, r, w);
     }
   }
   void on_timeout(Conn& c) override {
-    Park* p = &c.waiting();
-    if (p->op == Op::acquire) {
-      lock_waiters_.remove(&c);
-      c.complete_ok([](Writer& w) { w.boolean(false); });
+    Park& p = c.waiting();
+    if (p.op == Op::acquire) {
+      LockObj::on_timeout(c);
       return;
     }
     // A timed-out wait still takes the lock back before it returns false (as in Python).
     cond_waiters_.remove(&c);
-    p->result = false;
-    p->reacquiring = true;
-    c.rearm(-1);
-    lock_waiters_.push(&c);
+    p.result = false;
+    reacquire(c);
     if (!owner_) hand_off();
   }
-  void drop_waiter(Conn& c) override { lock_waiters_.remove(&c) || cond_waiters_.remove(&c); }
-  void release_held(Conn& c) override {
-    if (owner_ == &c) hand_off();
-  }
+  void drop_waiter(Conn& c) override { waiters_.remove(&c) || cond_waiters_.remove(&c); }
   void fail_waiters(const ErrorInfo& e) override {
-    lock_waiters_.fail_all(e);
+    waiters_.fail_all(e);
     cond_waiters_.fail_all(e);
   }
 
  private:
-  void take(Conn* c, std::uint32_t depth) {
-    owner_ = c;
-    depth_ = depth;
-    c->hold(id());
-  }
-  void hand_off() {
-    owner_ = nullptr;
-    depth_ = 0;
-    if (lock_waiters_.empty()) return;
-    Conn* next = lock_waiters_.pop();
-    Park* p = &next->waiting();
-    bool result = p->op == Op::cond_wait ? p->result : true;
-    take(next, p->op == Op::cond_wait ? p->saved : 1);
-    next->complete_ok([result](Writer& w) { w.boolean(result); });
+  // A waiter that was notified (or timed out) now queues for the lock, with no time limit.
+  void reacquire(Conn& c) {
+    c.waiting().reacquiring = true;
+    c.rearm(-1);
+    waiters_.push(&c);
   }
 
-  Conn* owner_ = nullptr;
-  std::uint32_t depth_ = 0;
-  WaitList lock_waiters_, cond_waiters_;
+  WaitList cond_waiters_;
 };
 
 // ---------------------------------------------------------------------------------------
 // event
 
-class EventObj final : public Obj {
+class EventObj final : public WaitingObj {
  public:
-  using Obj::Obj;
+  using WaitingObj::WaitingObj;
 
   bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
     switch (op) {
@@ -810,37 +800,27 @@ class EventObj final : public Obj {
         flag_ = true;
         auto waiters = std::move(waiters_);
         waiters_ = {};
-        for (Conn* waiter : waiters) waiter->complete_ok([](Writer& ww) { ww.boolean(true); });
+        for (Conn* waiter : waiters) reply_bool(*waiter, true);
         return false;
       }
       case Op::event_clear:
         flag_ = false;
         return false;
       case Op::event_wait: {
-        std::int64_t timeout = r.i64();
-        r.expect_end();
+        std::int64_t timeout = read_timeout(r);
         if (flag_ || timeout == 0) {
           w.boolean(flag_);
           return false;
         }
-        c.park(*this, op, timeout);
-        waiters_.push(&c);
-        return true;
+        return wait_in(waiters_, c, op, timeout);
       }
       default:
         bad_op(op, kind());
     }
   }
-  void on_timeout(Conn& c) override {
-    waiters_.remove(&c);
-    c.complete_ok([](Writer& w) { w.boolean(false); });
-  }
-  void drop_waiter(Conn& c) override { waiters_.remove(&c); }
-  void fail_waiters(const ErrorInfo& e) override { waiters_.fail_all(e); }
 
  private:
   bool flag_ = false;
-  WaitList waiters_;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -855,8 +835,7 @@ class BarrierObj final : public Obj {
   bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
     switch (op) {
       case Op::barrier_wait: {
-        std::int64_t timeout = r.i64();
-        r.expect_end();
+        std::int64_t timeout = read_timeout(r);
         if (broken_) throw BrokenBarrierError("mpx: the barrier is broken");
         auto index = static_cast<std::uint32_t>(waiters_.size());
         if (index + 1 >= parties_) {
@@ -874,9 +853,7 @@ class BarrierObj final : public Obj {
           break_barrier();
           throw BrokenBarrierError("mpx: barrier wait timed out");
         }
-        c.park(*this, op, timeout);
-        waiters_.push(&c);
-        return true;
+        return wait_in(waiters_, c, op, timeout);
       }
       case Op::barrier_reset:
         waiters_.fail_all(broken_error());
@@ -950,8 +927,6 @@ class RegisteredObj final : public Obj {
     w.blob(result);
     return false;
   }
-  void drop_waiter(Conn&) override {}
-  void fail_waiters(const ErrorInfo&) override {}
 
  private:
   std::shared_ptr<const RegisteredType> type_;

@@ -14,11 +14,6 @@ namespace {
 
 using proto::ErrorCode;
 
-[[noreturn]] void bad_op(Op op, Kind kind) {
-  throw ProtocolError("mpx manager protocol: operation " + std::to_string(static_cast<int>(op)) +
-                      " does not apply to a " + std::string(proto::kind_name(kind)));
-}
-
 // How long a task whose worker vanished waits for the supervisor's report of the exit code.
 constexpr auto kExitReportGrace = std::chrono::seconds(2);
 
@@ -41,15 +36,14 @@ class MailboxObj final : public Obj {
   bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
     if (op != Op::task_wait) bad_op(op, kind());
     std::uint64_t most = r.u64();
-    std::int64_t timeout = r.i64();
-    r.expect_end();
+    std::int64_t timeout = read_timeout(r);
     if (most == 0) throw ValueError("mpx: task_wait for zero results");
     if (!results_.empty() || timeout == 0) {
       write(w, most);
       return false;
     }
-    c.park(*this, op, timeout).n = most;
-    waiters_.push(&c);
+    wait_in(waiters_, c, op, timeout);
+    c.waiting().n = most;
     return true;
   }
   void on_timeout(Conn& c) override {
@@ -120,8 +114,7 @@ class TaskQueueObj final : public Obj {
         return false;
       }
       case Op::task_next: {
-        std::int64_t timeout = r.i64();
-        r.expect_end();
+        std::int64_t timeout = read_timeout(r);
         auto it = workers_.find(&c);
         if (it == workers_.end()) throw StateError("mpx: task_next before task_serve");
         if (it->second.running) throw StateError("mpx: task_next while a task is still running here");
@@ -134,9 +127,7 @@ class TaskQueueObj final : public Obj {
           return false;
         }
         if (timeout == 0) throw Empty("mpx: no task is waiting");
-        c.park(*this, op, timeout);
-        idle_.push(&c);
-        return true;
+        return wait_in(idle_, c, op, timeout);
       }
       case Op::task_result: {
         std::uint64_t tid = r.u64();

@@ -96,18 +96,45 @@ struct ManagerState;
 
 }  // namespace detail
 
+namespace detail {
+
+// What every proxy is made of: the core (which object on which server), its transfer (the
+// receiver opens its own connection) and, on arrival, the check that the object is of the
+// proxy's type (Derived::check throws TypeMismatch otherwise).
+template <class Derived>
+class ProxyBase {
+ public:
+  ProxyBase() = default;
+  explicit ProxyBase(ProxyCore core) : core_(std::move(core)) {}
+
+  const ProxyCore& core() const noexcept { return core_; }
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(core_);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(core_);
+    Derived::check(core_);
+  }
+
+ protected:
+  ProxyCore core_;
+};
+
+}  // namespace detail
+
 // ---------------------------------------------------------------------------------------
 // Proxies. Copyable handles; default-constructed ones are empty (for decoding into).
 
 template <class K, class V>
-class DictProxy {
+class DictProxy : public detail::ProxyBase<DictProxy<K, V>> {
  public:
-  DictProxy() = default;
-  explicit DictProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  using detail::ProxyBase<DictProxy<K, V>>::ProxyBase;
   static std::string tag() { return detail::wire_type_tag<K>() + "|" + detail::wire_type_tag<V>(); }
 
   void set(const K& key, const V& value) {
-    detail::Request req(core_, proto::Op::dict_set);
+    detail::Request req(this->core_, proto::Op::dict_set);
     detail::put_value(req.w(), key);
     detail::put_value(req.w(), value);
     req.call();
@@ -118,7 +145,7 @@ class DictProxy {
     return std::move(*v);
   }
   std::optional<V> get(const K& key) const {
-    detail::Request req(core_, proto::Op::dict_get);
+    detail::Request req(this->core_, proto::Op::dict_get);
     detail::put_value(req.w(), key);
     auto r = req.call();
     return detail::decode_optional<V>(r);
@@ -131,31 +158,31 @@ class DictProxy {
   bool erase(const K& key) { return key_op(proto::Op::dict_erase, key); }
   // Removes and returns the value (nullopt when absent).
   std::optional<V> pop(const K& key) {
-    detail::Request req(core_, proto::Op::dict_pop);
+    detail::Request req(this->core_, proto::Op::dict_pop);
     detail::put_value(req.w(), key);
     auto r = req.call();
     return detail::decode_optional<V>(r);
   }
   std::size_t size() const {
-    detail::Request req(core_, proto::Op::dict_size);
+    detail::Request req(this->core_, proto::Op::dict_size);
     return static_cast<std::size_t>(req.call().u64());
   }
   std::vector<K> keys() const {
-    detail::Request req(core_, proto::Op::dict_keys);
+    detail::Request req(this->core_, proto::Op::dict_keys);
     auto r = req.call();
     std::vector<K> out(static_cast<std::size_t>(r.count(8)));
     for (auto& k : out) k = detail::get_value<K>(r);
     return out;
   }
   std::vector<V> values() const {
-    detail::Request req(core_, proto::Op::dict_values);
+    detail::Request req(this->core_, proto::Op::dict_values);
     auto r = req.call();
     std::vector<V> out(static_cast<std::size_t>(r.count(8)));
     for (auto& v : out) v = detail::get_value<V>(r);
     return out;
   }
   std::vector<std::pair<K, V>> items() const {
-    detail::Request req(core_, proto::Op::dict_items);
+    detail::Request req(this->core_, proto::Op::dict_items);
     auto r = req.call();
     std::vector<std::pair<K, V>> out(static_cast<std::size_t>(r.count(16)));
     for (auto& [k, v] : out) {
@@ -165,11 +192,11 @@ class DictProxy {
     return out;
   }
   void clear() {
-    detail::Request req(core_, proto::Op::dict_clear);
+    detail::Request req(this->core_, proto::Op::dict_clear);
     req.call();
   }
   void update(const std::vector<std::pair<K, V>>& items) {
-    detail::Request req(core_, proto::Op::dict_update);
+    detail::Request req(this->core_, proto::Op::dict_update);
     req.w().u64(items.size());
     for (auto& [k, v] : items) {
       detail::put_value(req.w(), k);
@@ -180,167 +207,130 @@ class DictProxy {
 
   // Pipelined forms.
   Deferred<void> set_async(const K& key, const V& value) {
-    detail::Request req(core_, proto::Op::dict_set);
+    detail::Request req(this->core_, proto::Op::dict_set);
     detail::put_value(req.w(), key);
     detail::put_value(req.w(), value);
     return detail::send_async<void>(req, &detail::decode_void);
   }
   Deferred<std::optional<V>> get_async(const K& key) const {
-    detail::Request req(core_, proto::Op::dict_get);
+    detail::Request req(this->core_, proto::Op::dict_get);
     detail::put_value(req.w(), key);
     return detail::send_async<std::optional<V>>(req, &detail::decode_optional<V>);
   }
 
-  const detail::ProxyCore& core() const noexcept { return core_; }
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(core_);
-  }
-  template <class Archive>
-  void load(Archive& ar) {
-    ar(core_);
-    core_.expect(proto::Kind::dict, tag());
-  }
+  static void check(const detail::ProxyCore& c) { c.expect(proto::Kind::dict, tag()); }
 
  private:
   bool key_op(proto::Op op, const K& key) const {
-    detail::Request req(core_, op);
+    detail::Request req(this->core_, op);
     detail::put_value(req.w(), key);
     return req.call().boolean();
   }
-  detail::ProxyCore core_;
 };
 
 template <class T>
-class ListProxy {
+class ListProxy : public detail::ProxyBase<ListProxy<T>> {
  public:
-  ListProxy() = default;
-  explicit ListProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  using detail::ProxyBase<ListProxy<T>>::ProxyBase;
   static std::string tag() { return detail::wire_type_tag<T>(); }
 
   void append(const T& v) {
-    detail::Request req(core_, proto::Op::list_append);
+    detail::Request req(this->core_, proto::Op::list_append);
     detail::put_value(req.w(), v);
     req.call();
   }
   void extend(const std::vector<T>& vs) {
-    detail::Request req(core_, proto::Op::list_extend);
+    detail::Request req(this->core_, proto::Op::list_extend);
     req.w().u64(vs.size());
     for (auto& v : vs) detail::put_value(req.w(), v);
     req.call();
   }
   // Indices count from the end when negative, as in Python; out of range: IndexError.
   T at(std::ptrdiff_t i) const {
-    detail::Request req(core_, proto::Op::list_at);
+    detail::Request req(this->core_, proto::Op::list_at);
     req.w().i64(i);
     auto r = req.call();
     return detail::get_value<T>(r);
   }
   void set(std::ptrdiff_t i, const T& v) {
-    detail::Request req(core_, proto::Op::list_set);
+    detail::Request req(this->core_, proto::Op::list_set);
     req.w().i64(i);
     detail::put_value(req.w(), v);
     req.call();
   }
   void insert(std::ptrdiff_t i, const T& v) {  // clamps like Python
-    detail::Request req(core_, proto::Op::list_insert);
+    detail::Request req(this->core_, proto::Op::list_insert);
     req.w().i64(i);
     detail::put_value(req.w(), v);
     req.call();
   }
   T pop(std::ptrdiff_t i = -1) {
-    detail::Request req(core_, proto::Op::list_pop);
+    detail::Request req(this->core_, proto::Op::list_pop);
     req.w().i64(i);
     auto r = req.call();
     return detail::get_value<T>(r);
   }
   void erase(std::ptrdiff_t i) {
-    detail::Request req(core_, proto::Op::list_erase);
+    detail::Request req(this->core_, proto::Op::list_erase);
     req.w().i64(i);
     req.call();
   }
   std::size_t size() const {
-    detail::Request req(core_, proto::Op::list_size);
+    detail::Request req(this->core_, proto::Op::list_size);
     return static_cast<std::size_t>(req.call().u64());
   }
   void clear() {
-    detail::Request req(core_, proto::Op::list_clear);
+    detail::Request req(this->core_, proto::Op::list_clear);
     req.call();
   }
   std::vector<T> snapshot() const {
-    detail::Request req(core_, proto::Op::list_snapshot);
+    detail::Request req(this->core_, proto::Op::list_snapshot);
     auto r = req.call();
     std::vector<T> out(static_cast<std::size_t>(r.count(8)));
     for (auto& v : out) v = detail::get_value<T>(r);
     return out;
   }
   Deferred<void> append_async(const T& v) {
-    detail::Request req(core_, proto::Op::list_append);
+    detail::Request req(this->core_, proto::Op::list_append);
     detail::put_value(req.w(), v);
     return detail::send_async<void>(req, &detail::decode_void);
   }
 
-  const detail::ProxyCore& core() const noexcept { return core_; }
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(core_);
-  }
-  template <class Archive>
-  void load(Archive& ar) {
-    ar(core_);
-    core_.expect(proto::Kind::list, tag());
-  }
-
- private:
-  detail::ProxyCore core_;
+  static void check(const detail::ProxyCore& c) { c.expect(proto::Kind::list, tag()); }
 };
 
 template <class T>
-class ValueProxy {
+class ValueProxy : public detail::ProxyBase<ValueProxy<T>> {
  public:
-  ValueProxy() = default;
-  explicit ValueProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  using detail::ProxyBase<ValueProxy<T>>::ProxyBase;
   static std::string tag() { return detail::wire_type_tag<T>(); }
 
   T get() const {
-    detail::Request req(core_, proto::Op::value_get);
+    detail::Request req(this->core_, proto::Op::value_get);
     auto r = req.call();
     return detail::get_value<T>(r);
   }
   void set(const T& v) {
-    detail::Request req(core_, proto::Op::value_set);
+    detail::Request req(this->core_, proto::Op::value_set);
     detail::put_value(req.w(), v);
     req.call();
   }
   Deferred<T> get_async() const {
-    detail::Request req(core_, proto::Op::value_get);
+    detail::Request req(this->core_, proto::Op::value_get);
     return detail::send_async<T>(req, &detail::decode_value<T>);
   }
   Deferred<void> set_async(const T& v) {
-    detail::Request req(core_, proto::Op::value_set);
+    detail::Request req(this->core_, proto::Op::value_set);
     detail::put_value(req.w(), v);
     return detail::send_async<void>(req, &detail::decode_void);
   }
 
-  const detail::ProxyCore& core() const noexcept { return core_; }
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(core_);
-  }
-  template <class Archive>
-  void load(Archive& ar) {
-    ar(core_);
-    core_.expect(proto::Kind::value, tag());
-  }
-
- private:
-  detail::ProxyCore core_;
+  static void check(const detail::ProxyCore& c) { c.expect(proto::Kind::value, tag()); }
 };
 
-class NamespaceProxy {
+class NamespaceProxy : public detail::ProxyBase<NamespaceProxy> {
  public:
-  NamespaceProxy() = default;
-  explicit NamespaceProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  using detail::ProxyBase<NamespaceProxy>::ProxyBase;
 
   template <class T>
   void set(std::string_view name, const T& value) {
@@ -362,38 +352,25 @@ class NamespaceProxy {
   bool contains(std::string_view name) const;
   bool erase(std::string_view name);
 
-  const detail::ProxyCore& core() const noexcept { return core_; }
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(core_);
-  }
-  template <class Archive>
-  void load(Archive& ar) {
-    ar(core_);
-    core_.expect(proto::Kind::namespace_, "");
-  }
-
- private:
-  detail::ProxyCore core_;
+  static void check(const detail::ProxyCore& c) { c.expect(proto::Kind::namespace_, ""); }
 };
 
 template <class T>
-class QueueProxy {
+class QueueProxy : public detail::ProxyBase<QueueProxy<T>> {
  public:
-  QueueProxy() = default;
-  explicit QueueProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  using detail::ProxyBase<QueueProxy<T>>::ProxyBase;
   static std::string tag() { return detail::wire_type_tag<T>(); }
 
   void put(const T& item, bool block = true, Timeout timeout = forever) {
     check_open();
-    detail::Request req(core_, proto::Op::queue_put);
+    detail::Request req(this->core_, proto::Op::queue_put);
     detail::put_value(req.w(), item);
     req.w().i64(detail::wire_timeout(block, timeout));
     req.call();
   }
   void put(const T& item, Timeout timeout) { put(item, true, timeout); }
   T get(bool block = true, Timeout timeout = forever) {
-    detail::Request req(core_, proto::Op::queue_get);
+    detail::Request req(this->core_, proto::Op::queue_get);
     req.w().i64(detail::wire_timeout(block, timeout));
     auto r = req.call();
     return detail::get_value<T>(r);
@@ -402,7 +379,7 @@ class QueueProxy {
   void put_nowait(const T& item) { put(item, false); }
   T get_nowait() { return get(false); }
   std::size_t qsize() const {
-    detail::Request req(core_, proto::Op::queue_size);
+    detail::Request req(this->core_, proto::Op::queue_size);
     return static_cast<std::size_t>(req.call().u64());
   }
   bool empty() const { return flag(proto::Op::queue_empty); }
@@ -414,7 +391,7 @@ class QueueProxy {
   // Full if the timeout runs out first, with the ones already in left there).
   void put_many(const std::vector<T>& items, bool block = true, Timeout timeout = forever) {
     check_open();
-    detail::Request req(core_, proto::Op::queue_put_many);
+    detail::Request req(this->core_, proto::Op::queue_put_many);
     req.w().u64(items.size());
     for (auto& item : items) detail::put_value(req.w(), item);
     req.w().i64(detail::wire_timeout(block, timeout));
@@ -422,7 +399,7 @@ class QueueProxy {
   }
   // Waits like get() for the first item, then takes up to `most` that are there.
   std::vector<T> get_many(std::size_t most, bool block = true, Timeout timeout = forever) {
-    detail::Request req(core_, proto::Op::queue_get_many);
+    detail::Request req(this->core_, proto::Op::queue_get_many);
     req.w().u64(most);
     req.w().i64(detail::wire_timeout(block, timeout));
     auto r = req.call();
@@ -432,38 +409,30 @@ class QueueProxy {
   }
   Deferred<void> put_async(const T& item, bool block = true, Timeout timeout = forever) {
     check_open();
-    detail::Request req(core_, proto::Op::queue_put);
+    detail::Request req(this->core_, proto::Op::queue_put);
     detail::put_value(req.w(), item);
     req.w().i64(detail::wire_timeout(block, timeout));
     return detail::send_async<void>(req, &detail::decode_void);
   }
   Deferred<T> get_async(bool block = true, Timeout timeout = forever) {
-    detail::Request req(core_, proto::Op::queue_get);
+    detail::Request req(this->core_, proto::Op::queue_get);
     req.w().i64(detail::wire_timeout(block, timeout));
     return detail::send_async<T>(req, &detail::decode_value<T>);
   }
 
-  const detail::ProxyCore& core() const noexcept { return core_; }
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(core_);
-  }
-  template <class Archive>
-  void load(Archive& ar) {
-    ar(core_);
-    if (core_.kind() != proto::Kind::joinable_queue) core_.expect(proto::Kind::queue, tag());
-    core_.expect(core_.kind(), tag());
+  // A plain queue proxy also takes a joinable queue (it has every plain queue operation).
+  static void check(const detail::ProxyCore& c) {
+    c.expect(c.kind() == proto::Kind::joinable_queue ? c.kind() : proto::Kind::queue, tag());
   }
 
  protected:
   bool flag(proto::Op op) const {
-    detail::Request req(core_, op);
+    detail::Request req(this->core_, op);
     return req.call().boolean();
   }
   void check_open() const {
     if (closed_) throw StateError("mpx: put() on a closed queue handle");
   }
-  detail::ProxyCore core_;
   bool closed_ = false;
 };
 
@@ -491,10 +460,9 @@ class JoinableQueueProxy : public QueueProxy<T> {
 namespace detail {
 
 // Shared by the lock-like proxies: acquire/release and the Lockable spellings.
-class LockableProxy {
+class LockableProxy : public ProxyBase<LockableProxy> {
  public:
-  LockableProxy() = default;
-  explicit LockableProxy(ProxyCore core) : core_(std::move(core)) {}
+  using ProxyBase::ProxyBase;
 
   bool acquire(bool block = true, Timeout timeout = forever);
   bool acquire(Timeout timeout) { return acquire(true, timeout); }
@@ -510,20 +478,18 @@ class LockableProxy {
     return try_lock_for(t - Clock::now());
   }
   void release();
+  // Pipelined forms: e.g. acquire_async(), then the guarded calls' *_async forms, then
+  // release_async() — a whole critical section in one round trip (the server runs a
+  // connection's requests in order, so the calls after the acquire wait for the lock; a
+  // timed acquire that fails lets them run unguarded, so check its result before using theirs).
+  Deferred<bool> acquire_async(bool block = true, Timeout timeout = forever);
+  Deferred<void> release_async();
 
-  const ProxyCore& core() const noexcept { return core_; }
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(core_);
-  }
-  template <class Archive>
-  void load(Archive& ar) {
-    ar(core_);
-  }
+  // Any of the lock family (each handles acquire and release).
+  static void check(const ProxyCore& c);
 
  protected:
   void release_n(std::uint32_t n);
-  ProxyCore core_;
 };
 
 }  // namespace detail
@@ -569,32 +535,19 @@ class ConditionProxy : public detail::LockableProxy {
   void notify_all();
 };
 
-class EventProxy {
+class EventProxy : public detail::ProxyBase<EventProxy> {
  public:
-  EventProxy() = default;
-  explicit EventProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  using detail::ProxyBase<EventProxy>::ProxyBase;
   bool is_set() const;
   void set();
   void clear();
   bool wait(Timeout timeout = forever);
-  const detail::ProxyCore& core() const noexcept { return core_; }
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(core_);
-  }
-  template <class Archive>
-  void load(Archive& ar) {
-    ar(core_);
-  }
-
- private:
-  detail::ProxyCore core_;
+  static void check(const detail::ProxyCore& c) { c.expect(proto::Kind::event, ""); }
 };
 
-class BarrierProxy {
+class BarrierProxy : public detail::ProxyBase<BarrierProxy> {
  public:
-  BarrierProxy() = default;
-  explicit BarrierProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  using detail::ProxyBase<BarrierProxy>::ProxyBase;
   // 0..parties-1 in order of arrival; a wait that times out breaks the barrier (BrokenBarrierError).
   unsigned wait(Timeout timeout = forever);
   void reset();
@@ -602,32 +555,20 @@ class BarrierProxy {
   unsigned parties() const;
   unsigned n_waiting() const;
   bool broken() const;
-  const detail::ProxyCore& core() const noexcept { return core_; }
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(core_);
-  }
-  template <class Archive>
-  void load(Archive& ar) {
-    ar(core_);
-  }
-
- private:
-  detail::ProxyCore core_;
+  static void check(const detail::ProxyCore& c) { c.expect(proto::Kind::barrier, ""); }
 };
 
 // An object of a registered type (Server::register_type / mpx::register_type).
 template <class T>
-class ObjectProxy {
+class ObjectProxy : public detail::ProxyBase<ObjectProxy<T>> {
  public:
-  ObjectProxy() = default;
-  explicit ObjectProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  using detail::ProxyBase<ObjectProxy<T>>::ProxyBase;
 
   // Calls a registered method; TypeMismatch if no method of that name takes exactly these
   // (decayed) argument types and returns R. An exception in the method: RemoteError.
   template <class R, class... Args>
   R call(std::string_view method, Args&&... args) {
-    detail::Request req(core_, proto::Op::object_call);
+    detail::Request req(this->core_, proto::Op::object_call);
     req.w().str(method);
     req.w().str(detail::wire_type_tags<std::decay_t<Args>...>());
     req.w().str(detail::wire_type_tag<R>());
@@ -640,18 +581,13 @@ class ObjectProxy {
     }
   }
 
-  const detail::ProxyCore& core() const noexcept { return core_; }
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(core_);
+  // The tag is "<registered name>|<C++ type>"; the registered name is not known here.
+  static void check(const detail::ProxyCore& c) {
+    const std::string cpp = "|" + detail::wire_type_tag<T>();
+    const std::string& tag = c.tag();
+    bool same = tag.size() > cpp.size() && tag.compare(tag.size() - cpp.size(), cpp.size(), cpp) == 0;
+    c.expect(proto::Kind::object, same ? tag : "<registered type>" + cpp);
   }
-  template <class Archive>
-  void load(Archive& ar) {
-    ar(core_);
-  }
-
- private:
-  detail::ProxyCore core_;
 };
 
 namespace detail {
@@ -664,10 +600,9 @@ void complete_task(ResultStateBase& state, std::span<const std::byte> result) {
 
 // A named task queue on a manager: tasks go in by name, processes running serve_tasks()
 // (in this binary or another one that registered the same names) run them.
-class TaskQueueProxy {
+class TaskQueueProxy : public detail::ProxyBase<TaskQueueProxy> {
  public:
-  TaskQueueProxy() = default;
-  explicit TaskQueueProxy(detail::ProxyCore core) : core_(std::move(core)) {}
+  using detail::ProxyBase<TaskQueueProxy>::ProxyBase;
 
   // Submits a call of the task registered as `task` with these (transferable) arguments;
   // R must be its result type. The result: the value; RemoteError if the task threw;
@@ -690,19 +625,7 @@ class TaskQueueProxy {
   }
 
   const std::string& name() const noexcept { return core_.name(); }
-  const detail::ProxyCore& core() const noexcept { return core_; }
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(core_);
-  }
-  template <class Archive>
-  void load(Archive& ar) {
-    ar(core_);
-    core_.expect(proto::Kind::task_queue, "");
-  }
-
- private:
-  detail::ProxyCore core_;
+  static void check(const detail::ProxyCore& c) { c.expect(proto::Kind::task_queue, ""); }
 };
 
 // Registers `f` as the task `name` in this process (do it in every binary that serves or
@@ -810,6 +733,10 @@ class Server {
   detail::TypeRegistration<T> register_type(std::string name) {
     return detail::TypeRegistration<T>(types_->add(std::move(name), detail::wire_type_tag<T>()));
   }
+  // The most bytes (encoded items) any one queue may hold, 1 GiB unless set (before
+  // serve_forever()). Past it an unbounded queue's put throws Full at once and a bounded
+  // one waits for room; an item larger than the whole budget is a ValueError.
+  void set_queue_max_bytes(std::size_t bytes);
   // Serves until shutdown() (from any thread or a signal handler-free context) or
   // SIGTERM/SIGINT; then closes every connection and removes the socket file.
   void serve_forever();
