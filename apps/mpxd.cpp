@@ -4,6 +4,8 @@
 #include <mpx/managers.hpp>
 #include <mpx/proto/manager.hpp>
 
+#include "authkey_file.hpp"
+
 #include <fcntl.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
@@ -43,43 +45,6 @@ constexpr const char* kExitHelp =
     "  3  the authkey file is missing, unreadable, empty, or accessible by group or others\n"
     "  4  cannot listen on the address (in use by a live server, no permission ...)\n";
 
-struct KeyError {
-  std::string message;
-};
-
-// The key is the file's bytes, one trailing newline stripped. The file must be private.
-std::string read_authkey(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) throw KeyError{"cannot open authkey file " + path + ": " + std::strerror(errno)};
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw KeyError{"authkey file " + path + " is not a regular file"};
-  }
-  if (st.st_mode & 077) {
-    ::close(fd);
-    throw KeyError{"authkey file " + path + " is accessible by group or others (mode " +
-                   fmt::format("{:04o}", st.st_mode & 07777) + "); run: chmod 600 " + path};
-  }
-  std::string key;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int err = errno;
-      ::close(fd);
-      throw KeyError{"cannot read authkey file " + path + ": " + std::strerror(err)};
-    }
-    if (n == 0) break;
-    key.append(buf, static_cast<std::size_t>(n));
-  }
-  ::close(fd);
-  if (!key.empty() && key.back() == '\n') key.pop_back();
-  if (key.empty()) throw KeyError{"authkey file " + path + " is empty"};
-  return key;
-}
-
 // A socket file left by a server that died without cleaning up: nobody accepts on it.
 bool stale_socket(const mpx::Address& address) {
   if (address.kind() != mpx::Address::Kind::unix_path) return false;
@@ -108,6 +73,12 @@ int main(int argc, char** argv) {
   app.add_option("--authkey-file", keyfile,
                  "file holding the authkey (its bytes, one trailing newline stripped); mode 0600 or stricter")
       ->required();
+  std::size_t queue_max_bytes = std::size_t{1} << 30;
+  app.add_option("--queue-max-bytes", queue_max_bytes,
+                 "the most bytes of items one queue may hold; past it an unbounded queue's put fails "
+                 "with Full")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--log-level", level, "trace, debug, info, warn, error, critical or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();
@@ -137,9 +108,9 @@ int main(int argc, char** argv) {
   }
   std::string key;
   try {
-    key = read_authkey(keyfile);
-  } catch (const KeyError& e) {
-    log->error("{}", e.message);
+    key = mpx::apps::read_authkey_file(keyfile);
+  } catch (const mpx::apps::AuthkeyFileError& e) {
+    log->error("{}", e.what());
     return kAuthkey;
   }
 
@@ -158,6 +129,7 @@ int main(int argc, char** argv) {
     return kAddress;
   }
 
+  server->set_queue_max_bytes(queue_max_bytes);
   try {
     log->info("mpxd {} serving on {} (pid {})", MPX_VERSION, server->address().str(), ::getpid());
     server->serve_forever();

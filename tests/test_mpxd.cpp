@@ -1,5 +1,6 @@
 // mpxd, the built daemon: command line, authkey file checks, serving C++ and Python
-// clients, SIGTERM/SIGINT shutdown, socket file handling, exit codes.
+// clients, SIGTERM/SIGINT shutdown, socket file handling, exit codes; and the example
+// programs that use it (manager_client, task_worker) run as real processes.
 #include <mpx/managers.hpp>
 #include <mpx/process.hpp>
 
@@ -36,6 +37,9 @@ namespace {
 
 const std::string kMpxd = std::string(MPX_BINARY_DIR) + "/apps/mpxd";
 const std::string kPythonClient = std::string(MPX_SOURCE_DIR) + "/apps/python/manager_dict.py";
+const std::string kClient = std::string(MPX_BINARY_DIR) + "/apps/manager_client";
+const std::string kWorker = std::string(MPX_BINARY_DIR) + "/apps/task_worker";
+const std::string kCustom = std::string(MPX_BINARY_DIR) + "/apps/custom_server";
 
 // A scratch directory removed at the end of each test.
 struct TempDir {
@@ -298,4 +302,98 @@ TEST_CASE("mpxd: SIGINT, TCP, a stale socket file is reclaimed, a live one is no
     CHECK(d.wait(30s) == 0);
     CHECK_FALSE(fs::exists(sock));
   }
+}
+
+TEST_CASE(
+    "example programs: manager_client instances share a dict and a queue; task_worker runs their tasks") {
+  TempDir dir;
+  REQUIRE(fs::exists(kClient));
+  REQUIRE(fs::exists(kWorker));
+  std::string sock = dir / "mpxd.sock";
+  auto key_file = write_key(dir, "example key\n", 0600);
+  auto addr = mpx::Address::unix_path(sock);
+  Proc d({kMpxd, "--address", "unix:" + sock, "--authkey-file", key_file}, dir / "d.log");
+  auto m = connect_when_ready(addr, "example key", d);
+  REQUIRE(m);
+  auto with_server = [&](std::string program, std::vector<std::string> rest) {
+    std::vector<std::string> args{std::move(program), "--address", "unix:" + sock, "--authkey-file",
+                                  key_file};
+    args.insert(args.end(), rest.begin(), rest.end());
+    return args;
+  };
+  Proc worker(with_server(kWorker, {"--processes", "2"}), dir / "worker.log");
+
+  // The consumer starts first and waits on the queue the producer then fills.
+  Proc consumer(with_server(kClient, {"consumer"}), dir / "consumer.log");
+  Proc producer(with_server(kClient, {"producer", "--count", "1000"}), dir / "producer.log");
+  CHECK(producer.wait(60s) == 0);
+  CHECK(consumer.wait(60s) == 0);
+  CHECK(producer.output() == "producer: put 1000 items on queue 'jobs'\n");
+  CHECK(consumer.output() == "consumer: got 1000 items from queue 'jobs', sum 500500\n");
+
+  Proc submit(with_server(kClient, {"submit", "--count", "10"}), dir / "submit.log");
+  CHECK(submit.wait(60s) == 0);
+  auto out = submit.output();
+  CHECK(out.find("submit: square(1..10) = 1 4 9 16 25 36 49 64 81 100\n") != std::string::npos);
+  CHECK(out.find("submit: sum of squares = 385\n") != std::string::npos);
+  CHECK(out.find("submit: word_count = 9\n") != std::string::npos);
+  CHECK(out.find("submit: shout = HELLO FROM MPX!\n") != std::string::npos);
+  CHECK(out.find("submit: isqrt(-4) failed: RemoteError(") != std::string::npos);
+  CHECK(out.find("submit: no_such_task failed: ValueError\n") != std::string::npos);
+
+  // What the clients left in the shared dict, seen from here, from `show` and from Python.
+  auto demo = m->dict<std::string, std::string>("demo");
+  CHECK(demo.at("producer.items") == "1000");
+  CHECK(demo.at("consumer.items") == "1000");
+  CHECK(demo.at("consumer.sum") == "500500");
+  CHECK(demo.at("submit.sum_of_squares") == "385");
+  Proc show(with_server(kClient, {"show"}), dir / "show.log");
+  CHECK(show.wait(60s) == 0);
+  CHECK(show.output().find("consumer.sum=500500\n") != std::string::npos);
+  auto [rc, py_out] = shell("python3 " + kPythonClient + " --address unix:" + sock + " --authkey-file " +
+                            key_file + " --name demo get submit.sum_of_squares");
+  CHECK(rc == 0);
+  CHECK(py_out == "385\n");
+
+  // A wrong key file is refused before anything is sent.
+  auto open_key = write_key(dir, "example key", 0644, "open");
+  Proc refused({kClient, "--address", "unix:" + sock, "--authkey-file", open_key, "show"},
+               dir / "refused.log");
+  CHECK(refused.wait(60s) == 1);
+  CHECK(refused.output().find("chmod 600") != std::string::npos);
+
+  // Stopping the daemon stops the workers too.
+  m.reset();
+  d.signal(SIGTERM);
+  CHECK(d.wait(30s) == 0);
+  CHECK(worker.wait(30s) == 0);
+  CHECK(worker.output().find("task_worker: stopped") != std::string::npos);
+}
+
+TEST_CASE("example programs: custom_server hosts a registered type that clients call by name") {
+  TempDir dir;
+  REQUIRE(fs::exists(kCustom));
+  std::string sock = dir / "custom.sock";
+  auto key_file = write_key(dir, "custom key", 0600);
+  auto addr = mpx::Address::unix_path(sock);
+  Proc server({kCustom, "serve", "--address", "unix:" + sock, "--authkey-file", key_file},
+              dir / "server.log");
+  auto m = connect_when_ready(addr, "custom key", server);
+  REQUIRE(m);
+  auto client = [&](const std::string& add, const std::string& log) {
+    Proc c({kCustom, "client", "--address", "unix:" + sock, "--authkey-file", key_file, "--add", add},
+           dir / log);
+    REQUIRE(c.wait(60s) == 0);
+    return c.output();
+  };
+  CHECK(client("5", "c1.log") == "visits 'counter': added 5, total 5\n");
+  CHECK(client("7", "c2.log") == "visits 'counter': added 7, total 12\n");
+  // The built-in kinds are there too, and the counter's name is taken.
+  CHECK_THROWS_AS((m->dict<int, int>("counter")), mpx::TypeMismatch);
+  m->list<int>("l").append(1);
+  m.reset();
+  server.signal(SIGTERM);
+  CHECK(server.wait(30s) == 0);
+  CHECK(server.output().find("custom_server: stopped") != std::string::npos);
+  CHECK_FALSE(fs::exists(sock));
 }
