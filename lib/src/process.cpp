@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio_ext.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -83,6 +84,7 @@ struct ForkRequest {
   sigset_t mask;
   pid_t parent;
   int pipe_read;
+  Globals* child_globals;
   pid_t pid = -1;
   int err = 0;
   bool done = false;
@@ -90,6 +92,7 @@ struct ForkRequest {
 
 // The thread that forks die-with-parent children for threads other than the main one: it lives
 // until the process ends, so PDEATHSIG (tied to the forking thread) means "the process died".
+// Made on first use, so a child that never needs one pays nothing for it.
 struct Forker {
   std::mutex m;
   std::condition_variable cv;
@@ -99,33 +102,39 @@ struct Forker {
 };
 
 std::atomic<Forker*> g_forker{nullptr};
+// A forked child starts without a Forker (the parent's thread is not there) but keeps the
+// parent's copy reachable, so leak checkers do not flag it.
+Forker* g_abandoned_forker = nullptr;
 
 Forker& forker() {
-  static Forker* first = [] {
-    auto* f = new Forker;
-    g_forker.store(f, std::memory_order_release);
-    return f;
-  }();
-  (void)first;
-  return *g_forker.load(std::memory_order_acquire);
+  Forker* f = g_forker.load(std::memory_order_acquire);
+  if (f) return *f;
+  auto* fresh = new Forker;
+  if (g_forker.compare_exchange_strong(f, fresh, std::memory_order_acq_rel)) return *fresh;
+  delete fresh;
+  return *f;
 }
 
-// In the child, before any user code: start from a clean slate for everything mpx keeps.
-void after_fork_in_child(const ForkOptions& options, pid_t parent_pid) {
-  reset_logger_after_fork();
-
+// What the child's Globals will be, made in the parent: allocating and copying strings in the
+// child would fault in heap pages (copy-on-write) and code the child otherwise never touches.
+Globals* prepare_child_globals(const ForkOptions& options) {
   Globals& old = globals();
   auto* g = new Globals;
   g->abandoned = &old;
-  g->parent = ProcessInfo{old.current.name, parent_pid, old.current.daemon};
+  g->parent = ProcessInfo{old.current.name, ::getpid(), old.current.daemon};
   g->current = ProcessInfo{options.name.empty() ? old.current.name : options.name, 0, options.daemon};
   g->identity = options.identity;
-  g_globals.store(g, std::memory_order_release);
+  return g;
+}
 
-  Forker& old_forker = forker();
-  auto* f = new Forker;
-  f->abandoned = &old_forker;
-  g_forker.store(f, std::memory_order_release);
+// In the child, before any user code: start from a clean slate for everything mpx keeps.
+void after_fork_in_child(Globals* prepared) {
+  reset_logger_after_fork();
+  g_globals.store(prepared, std::memory_order_release);
+  if (Forker* old = g_forker.exchange(nullptr, std::memory_order_acq_rel)) {
+    old->abandoned = g_abandoned_forker;
+    g_abandoned_forker = old;
+  }
 }
 
 void report_exception(const std::string& header) noexcept {
@@ -148,25 +157,72 @@ void report_exception(const std::string& header) noexcept {
   }
 }
 
+// Anything written but still buffered: iostreams keep their own buffers only when not synced
+// with stdio, and stdout is the only standard FILE that buffers. Checking first keeps the child
+// from touching stdio's locks and code when it printed nothing.
+template <class Stream>
+bool has_pending_output(Stream& stream) {
+  struct Peek : std::remove_reference_t<decltype(*stream.rdbuf())> {
+    static bool pending(std::basic_streambuf<typename Stream::char_type, typename Stream::traits_type>* b) {
+      auto pbase = &Peek::pbase;  // protected members, reached through a derived class
+      auto pptr = &Peek::pptr;
+      return b && (b->*pptr)() != (b->*pbase)();
+    }
+  };
+  return Peek::pending(stream.rdbuf());
+}
+
+void flush_child_output() noexcept {
+  try {
+    if (has_pending_output(std::cout)) std::cout.flush();
+    if (has_pending_output(std::cerr)) std::cerr.flush();
+    if (has_pending_output(std::clog)) std::clog.flush();
+    if (has_pending_output(std::wcout)) std::wcout.flush();
+    if (has_pending_output(std::wcerr)) std::wcerr.flush();
+    if (has_pending_output(std::wclog)) std::wclog.flush();
+  } catch (...) {
+  }
+  if (::__fpending(stdout) != 0) std::fflush(stdout);
+  if (::__fpending(stderr) != 0) std::fflush(stderr);
+}
+
+// Lazy binding is paid per process: a function the parent never called costs each child a
+// symbol lookup that faults in the hash tables of every loaded library (tens of microseconds).
+// So the parent calls, once, what the child's start and exit paths call, and what mpx's own
+// waits (queues, locks) call when a child blocks: the clock. The logger is made here too, so a
+// child replacing it does not have to make the first one as well.
+void bind_what_children_call() {
+  static const bool bound = [] {
+    (void)::__fpending(stdout);
+    (void)std::chrono::steady_clock::now();
+    (void)logger();
+    return true;
+  }();
+  (void)bound;
+}
+
+// The child calls only what the parent has already called through the same PLT slots (syscall,
+// pthread_sigmask, __fpending; see bind_what_children_call).
 [[noreturn]] void child_main(const ForkRequest& req) {
   const ForkOptions& options = *req.options;
   if (options.die_with_parent) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    ::syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0L, 0L, 0L);
     // The parent may have died between fork and prctl: then nobody will send the signal.
-    if (::getppid() != req.parent) ::raise(SIGKILL);
+    if (::syscall(SYS_getppid) != req.parent) ::raise(SIGKILL);
   }
   ::pthread_sigmask(SIG_SETMASK, &req.mask, nullptr);
   if (req.pipe_read >= 0) ::close(req.pipe_read);
   int status = 1;
   try {
-    after_fork_in_child(options, req.parent);
+    after_fork_in_child(req.child_globals);
     status = req.fn(req.ctx);
   } catch (...) {
     report_exception("mpx child " + options.name + ":");
     status = 1;
   }
-  flush_std_streams();
-  ::_exit(status);
+  flush_child_output();
+  ::syscall(SYS_exit_group, status);  // _exit(2), without its first-call binding
+  __builtin_unreachable();
 }
 
 void do_fork(ForkRequest& req) {
@@ -234,9 +290,12 @@ std::shared_ptr<ChildProcess> fork_child_raw(const ForkOptions& options, ChildFn
   int pipe_fds[2] = {-1, -1};
   if (!have_pidfd() && ::pipe2(pipe_fds, O_CLOEXEC) != 0)
     throw Error("cannot start a child: pipe: " + errno_text(errno));
-  ForkRequest req{&options, fn, ctx, {}, ::getpid(), pipe_fds[0]};
+  ForkRequest req{&options, fn, ctx, {}, ::getpid(), pipe_fds[0], nullptr};
+  std::unique_ptr<Globals> child_globals(prepare_child_globals(options));
+  req.child_globals = child_globals.get();
   ::pthread_sigmask(SIG_SETMASK, nullptr, &req.mask);
   flush_std_streams();
+  bind_what_children_call();
   // The main thread lives as long as the process; any other thread may exit first, and would
   // take PDEATHSIG children with it, so those forks go through the long-lived internal thread.
   if (options.die_with_parent && ::gettid() != ::getpid())

@@ -2,8 +2,9 @@
 //
 // A Process runs any callable (capturing lambdas included) with its arguments in a forked child.
 // Exit codes follow Python: 0 after a normal return, 1 when the target throws, n for exit(n),
-// -N when killed by signal N. The child ends with _exit after flushing stdio, so it never runs
-// the parent's static destructors or atexit handlers.
+// -N when killed by signal N. The child ends with _exit after flushing what it left buffered in
+// stdout/stderr and the standard iostreams (other FILEs it opened are its to fclose, as with
+// Python's os._exit), so it never runs the parent's static destructors or atexit handlers.
 //
 // Reaping: every child is waited for by pid (never waitpid(-1)), so mpx never steals the status of
 // a child that other code started. The sentinel is a pidfd (pidfd_open), or on kernels without it
@@ -53,7 +54,7 @@ namespace detail {
 //   child->wait(5s); child->signal(SIGTERM); child->exitcode();
 //
 // The body runs in the child and returns its exit status; an exception escaping it is printed
-// to stderr and gives status 1. The child then flushes stdio and _exits. Before the body runs,
+// to stderr and gives status 1. The child then flushes the standard streams and _exits. Before the body runs,
 // the child has already: set PDEATHSIG (die_with_parent), restored the caller's signal mask,
 // replaced the library logger, and forgotten the parent's children, threads and locks that
 // mpx keeps (so it may start its own Processes and pools). The caller's copy of everything the
