@@ -15,10 +15,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -125,6 +128,34 @@ pid_t fork_child(F&& fn) {
     ::_exit(code);
   }
   return pid;
+}
+
+// Writes all n bytes to a socket or pipe; throws on error.
+inline void write_all(int fd, const void* p, std::size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n) {
+    ssize_t r = ::write(fd, c, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw std::runtime_error(std::string("write: ") + std::strerror(errno));
+    c += r;
+    n -= static_cast<std::size_t>(r);
+  }
+}
+
+// Reads exactly n bytes; false when the peer is gone first (end of file or reset), throws on
+// any other error.
+[[nodiscard]] inline bool read_all(int fd, void* p, std::size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n) {
+    ssize_t r = ::read(fd, c, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno == ECONNRESET) return false;
+    if (r < 0) throw std::runtime_error(std::string("read: ") + std::strerror(errno));
+    if (r == 0) return false;
+    c += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
 }
 
 // Waits for a child from fork_child; true if it exited cleanly.

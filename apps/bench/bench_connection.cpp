@@ -11,37 +11,14 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <stdexcept>
 
 namespace {
 
 using mpx::Bytes;
 using mpx::bench::Clock;
-
-void write_all(int fd, const void* p, std::size_t n) {
-  const char* c = static_cast<const char*>(p);
-  while (n) {
-    ssize_t r = ::write(fd, c, n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) throw std::runtime_error(std::string("write: ") + std::strerror(errno));
-    c += r;
-    n -= static_cast<std::size_t>(r);
-  }
-}
-
-// false when the peer is gone
-bool read_all(int fd, void* p, std::size_t n) {
-  char* c = static_cast<char*>(p);
-  while (n) {
-    ssize_t r = ::read(fd, c, n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0 && errno == ECONNRESET) return false;
-    if (r < 0) throw std::runtime_error(std::string("read: ") + std::strerror(errno));
-    if (r == 0) return false;
-    c += r;
-    n -= static_cast<std::size_t>(r);
-  }
-  return true;
-}
+using mpx::bench::read_all;
+using mpx::bench::write_all;
 
 struct RawPair {
   int parent = -1, child = -1;
@@ -69,7 +46,7 @@ std::vector<double> pingpong_raw(long n) {
   for (long i = -n / 10; i < n; ++i) {  // the first tenth warms up
     auto t0 = Clock::now();
     write_all(p.parent, b, 8);
-    read_all(p.parent, b, 8);
+    if (!read_all(p.parent, b, 8)) throw std::runtime_error("read: the echo peer went away");
     if (i >= 0) us.push_back(mpx::bench::seconds(Clock::now() - t0) * 1e6);
   }
   ::close(p.parent);
@@ -121,7 +98,7 @@ double stream_raw(long n, std::size_t size) {
   auto t0 = Clock::now();
   for (long i = 0; i < n; ++i) write_all(p.parent, msg.data(), size);
   char ack;
-  read_all(p.parent, &ack, 1);
+  if (!read_all(p.parent, &ack, 1)) throw std::runtime_error("read: the peer went away");
   double s = mpx::bench::seconds(Clock::now() - t0);
   ::close(p.parent);
   mpx::bench::join_child(pid);

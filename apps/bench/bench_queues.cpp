@@ -25,32 +25,12 @@
 namespace {
 
 using mpx::bench::Clock;
+using mpx::bench::read_all;
 using mpx::bench::report;
 using mpx::bench::report_ratio;
+using mpx::bench::write_all;
 
 constexpr std::size_t kBig = 1 << 20;
-
-void write_all(int fd, const void* p, std::size_t n) {
-  const char* c = static_cast<const char*>(p);
-  while (n) {
-    ssize_t r = ::write(fd, c, n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) throw std::runtime_error(std::string("write: ") + std::strerror(errno));
-    c += r;
-    n -= static_cast<std::size_t>(r);
-  }
-}
-
-void read_all(int fd, void* p, std::size_t n) {
-  char* c = static_cast<char*>(p);
-  while (n) {
-    ssize_t r = ::read(fd, c, n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) throw std::runtime_error("read: socket closed early");
-    c += r;
-    n -= static_cast<std::size_t>(r);
-  }
-}
 
 // One producer process puts `n` items, this process gets them: items/s from fork to last get.
 double queue_small(long n, std::size_t maxsize) {
@@ -84,7 +64,7 @@ double raw_small(long n) {
   std::uint64_t sum = 0;
   for (long i = 0; i < n; ++i) {
     std::uint64_t v;
-    read_all(sv[0], &v, sizeof v);
+    if (!read_all(sv[0], &v, sizeof v)) throw std::runtime_error("read: socket closed early");
     sum += v;
   }
   double s = mpx::bench::seconds(Clock::now() - t0);
@@ -122,7 +102,8 @@ double raw_big(long n) {
   });
   ::close(sv[1]);
   std::vector<std::byte> buf(kBig);
-  for (long i = 0; i < n; ++i) read_all(sv[0], buf.data(), buf.size());
+  for (long i = 0; i < n; ++i)
+    if (!read_all(sv[0], buf.data(), buf.size())) throw std::runtime_error("read: socket closed early");
   double s = mpx::bench::seconds(Clock::now() - t0);
   ::close(sv[0]);
   if (!mpx::bench::join_child(pid)) throw std::runtime_error("socket producer failed");
