@@ -32,7 +32,8 @@ struct Harness {
   Harness() : core(io, options()) {}
   static mpx::detail::ServerOptions options() {
     mpx::detail::ServerOptions o;
-    o.max_message = 1 << 16;  // small, so oversized frames are reachable
+    o.max_message = 1 << 16;      // small, so oversized frames are reachable
+    o.queue_max_bytes = 1 << 12;  // and so are full queue budgets
     o.types = std::make_shared<mpx::detail::TypeRegistry>();
     return o;
   }
