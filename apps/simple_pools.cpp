@@ -13,10 +13,14 @@
 #include <mpx/process.hpp>
 #include <mpx/queues.hpp>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <fmt/core.h>
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -112,9 +116,56 @@ class SimpleThreadPool {
   int size_;
 };
 
-class SimpleProcessPool {
+// How SimpleProcessPool runs its workers: mpx::Process, as the tutorial has it.
+class MpxWorkers {
  public:
-  explicit SimpleProcessPool(int size) : size_(size) {}
+  template <class Worker>
+  void start(Worker worker) {
+    procs_.emplace_back(std::move(worker));
+    procs_.back().start();
+  }
+  void join_all() {
+    for (auto& p : procs_) {
+      p.join();
+      if (p.exitcode() != 0) throw std::runtime_error("a SimpleProcessPool worker failed");
+    }
+  }
+
+ private:
+  std::vector<mpx::Process> procs_;
+};
+
+// Not a way to run anything: bare fork()/_exit()/waitpid(), for ForkFloorPool below.
+class BareForkWorkers {
+ public:
+  template <class Worker>
+  void start(Worker worker) {
+    pid_t pid = ::fork();
+    if (pid < 0) throw std::runtime_error("fork failed");
+    if (pid == 0) {
+      worker();
+      ::_exit(0);
+    }
+    pids_.push_back(pid);
+  }
+  void join_all() {
+    for (pid_t pid : pids_) {
+      int status = 0;
+      while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        throw std::runtime_error("a fork-floor worker failed");
+    }
+  }
+
+ private:
+  std::vector<pid_t> pids_;
+};
+
+template <class Workers>
+class ProcessPool {
+ public:
+  explicit ProcessPool(int size) : size_(size) {}
 
   template <class F, class T>
   std::vector<MapResult<F, T>> map(F f, const std::vector<T>& seq) {
@@ -122,9 +173,9 @@ class SimpleProcessPool {
     mpx::JoinableQueue<std::pair<std::int64_t, T>> inqueue;
     mpx::Queue<std::pair<std::int64_t, R>> outqueue;
     for (std::size_t i = 0; i < seq.size(); ++i) inqueue.put({static_cast<std::int64_t>(i), seq[i]});
-    std::vector<mpx::Process> workers;
+    Workers workers;
     for (int i = 0; i < size_; ++i)
-      workers.emplace_back([f, inqueue, outqueue]() mutable {
+      workers.start([f, inqueue, outqueue]() mutable {
         for (;;) {
           auto [pos, x] = inqueue.get();
           if (pos == kStop) return;
@@ -132,13 +183,9 @@ class SimpleProcessPool {
           inqueue.task_done();
         }
       });
-    for (auto& w : workers) w.start();
     inqueue.join();
     for (int i = 0; i < size_; ++i) inqueue.put({kStop, T{}});
-    for (auto& w : workers) {
-      w.join();
-      if (w.exitcode() != 0) throw std::runtime_error("a SimpleProcessPool worker failed");
-    }
+    workers.join_all();
     std::vector<std::pair<std::int64_t, R>> results;
     for (std::size_t i = 0; i < seq.size(); ++i) results.push_back(outqueue.get());
     return in_input_order(std::move(results));
@@ -147,6 +194,13 @@ class SimpleProcessPool {
  private:
   int size_;
 };
+
+using SimpleProcessPool = ProcessPool<MpxWorkers>;
+// Not a pool to use: SimpleProcessPool with bare fork/_exit/waitpid in place of mpx::Process,
+// over the same queues. It measures what the kernel charges for starting, running and reaping
+// `size` processes on this machine, so the report can tell mpx's share of the process pool's
+// overhead from fork's.
+using ForkFloorPool = ProcessPool<BareForkWorkers>;
 
 int empty_function(int x) { return x; }
 
@@ -179,6 +233,7 @@ int main(int argc, char** argv) {
 
   SimpleThreadPool threads(size);
   SimpleProcessPool processes(size);
+  ForkFloorPool floor(size);
 
   auto square = [](long x) { return x * x; };
   std::vector<long> small{0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
@@ -195,12 +250,14 @@ int main(int argc, char** argv) {
   const std::vector<int> none;
   // Whole map() calls, and map() over nothing (starting and stopping the workers), alternating
   // pools so both see the same machine load.
-  std::vector<double> thread_full, thread_empty, process_full, process_empty;
+  std::vector<double> thread_full, thread_empty, process_full, process_empty, floor_full, floor_empty;
   for (int r = 0; r < repeat; ++r) {
     thread_full.push_back(map_seconds(threads, seq));
     process_full.push_back(map_seconds(processes, seq));
+    floor_full.push_back(map_seconds(floor, seq));
     thread_empty.push_back(map_seconds(threads, none));
     process_empty.push_back(map_seconds(processes, none));
+    floor_empty.push_back(map_seconds(floor, none));
   }
   const double n = items;
   const double t_full = median(thread_full) * 1e6, p_full = median(process_full) * 1e6;
@@ -217,5 +274,11 @@ int main(int argc, char** argv) {
   fmt::print("simple_process_pool.per_item_communication: {:.3f} us\n", p_item);
   fmt::print("process_vs_thread.per_item_communication_ratio: {:.2f} x\n",
              t_item > 0 ? p_item / t_item : 0.0);
+  // The floor: what bare fork/_exit/waitpid cost in the same design, and what mpx adds on top.
+  const double f_full = median(floor_full) * 1e6, f_start = median(floor_empty) * 1e6;
+  fmt::print("fork_floor.per_item_overhead: {:.3f} us\n", f_full / n);
+  fmt::print("fork_floor.worker_start_stop: {:.1f} us\n", f_start);
+  fmt::print("fork_floor_vs_thread.per_item_overhead_ratio: {:.2f} x\n", f_full / t_full);
+  fmt::print("process_vs_fork_floor.per_item_overhead_ratio: {:.2f} x\n", p_full / f_full);
   return 0;
 }
