@@ -10,6 +10,12 @@
 
 #include <mpx/pool.hpp>
 
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -21,15 +27,61 @@ namespace wl = mpx::workloads;
 // A wrong answer makes every figure meaningless: stop the run.
 [[noreturn]] void fail(const std::string& what) { throw std::runtime_error("workloads bench: " + what); }
 
-// Serial and pool times (medians), then `<name>.speedup: x`.
+// CPU seconds (user + system) used so far by this process and all its live descendants: the
+// pool's server and workers. Wall-clock speedup needs idle cores; on a shared, busy machine this
+// still shows what the pool costs in extra work.
+double tree_cpu_seconds() {
+  std::map<long, std::pair<long, double>> procs;  // pid -> (parent, cpu seconds)
+  const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream f(e.path() / "stat");
+    std::string line;
+    if (!std::getline(f, line)) continue;
+    const auto close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 2));  // fields from 3 (state) on
+    std::vector<std::string> field;
+    for (std::string t; rest >> t && field.size() < 13;) field.push_back(t);
+    if (field.size() < 13) continue;
+    procs[std::stol(name)] = {std::stol(field[1]), (std::stod(field[11]) + std::stod(field[12])) / tick};
+  }
+  double total = 0;
+  std::vector<long> todo{static_cast<long>(::getpid())};
+  while (!todo.empty()) {
+    const long pid = todo.back();
+    todo.pop_back();
+    if (auto it = procs.find(pid); it != procs.end()) total += it->second.second;
+    for (const auto& [child, info] : procs)
+      if (info.first == pid) todo.push_back(child);
+  }
+  return total;
+}
+
+// Serial and pool times (medians), `<name>.speedup: x`, and the pool's CPU seconds (all its
+// processes) over the serial run's, `<name>.cpu_ratio: x` (1.00 = no extra work).
 template <class Serial, class Parallel>
 void compare(mpx::bench::Context& ctx, const std::string& name, Serial&& serial, Parallel&& parallel) {
   const int runs = ctx.runs(3);
-  const double ts = mpx::bench::median_of(runs, [&] { return mpx::bench::time_seconds(serial); });
-  const double tp = mpx::bench::median_of(runs, [&] { return mpx::bench::time_seconds(parallel); });
+  std::vector<double> cs, cp;
+  const double ts = mpx::bench::median_of(runs, [&] {
+    const double c0 = tree_cpu_seconds();
+    const double t = mpx::bench::time_seconds(serial);
+    cs.push_back(tree_cpu_seconds() - c0);
+    return t;
+  });
+  const double tp = mpx::bench::median_of(runs, [&] {
+    const double c0 = tree_cpu_seconds();
+    const double t = mpx::bench::time_seconds(parallel);
+    cp.push_back(tree_cpu_seconds() - c0);
+    return t;
+  });
   mpx::bench::report(name + ".serial", ts, "s");
   mpx::bench::report(name + ".pool2", tp, "s");
   mpx::bench::report_ratio(name + ".speedup", ts, tp);
+  mpx::bench::report_ratio(name + ".cpu_ratio", mpx::bench::median(cp), mpx::bench::median(cs));
 }
 
 }  // namespace
