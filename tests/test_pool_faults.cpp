@@ -6,10 +6,12 @@
 #include <mpx/process.hpp>
 
 #include <dirent.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -288,6 +290,66 @@ TEST_CASE("lifecycle: close, terminate and join in every order") {
   }
 }
 
+TEST_CASE("close, terminate and join: every order of every subset, with a task running") {
+  // What each order must do, worked out from the rules: join() before close()/terminate() is a
+  // StateError; a terminate() before a successful join() fails the task; otherwise it finishes
+  // (the destructor closes and joins when neither was asked for).
+  enum Op { kClose, kTerminate, kJoin };
+  std::vector<std::vector<Op>> orders;
+  std::vector<Op> ops{kClose, kTerminate, kJoin};
+  for (unsigned mask = 0; mask < 8; ++mask) {
+    std::vector<Op> sub;
+    for (unsigned i = 0; i < 3; ++i)
+      if (mask & (1u << i)) sub.push_back(ops[i]);
+    std::sort(sub.begin(), sub.end());
+    do orders.push_back(sub);
+    while (std::next_permutation(sub.begin(), sub.end()));
+  }
+  orders.push_back({kClose, kClose, kJoin, kJoin, kTerminate, kTerminate});
+  orders.push_back({kTerminate, kTerminate, kJoin, kClose, kJoin});
+  for (const auto& order : orders) {
+    bool closed = false, terminated = false, joined = false, terminate_first = false;
+    std::vector<bool> join_throws;
+    for (Op op : order) {
+      if (op == kClose) closed = true;
+      if (op == kTerminate && !joined) terminated = terminate_first = true;
+      if (op == kJoin) {
+        join_throws.push_back(!closed && !terminated);
+        if (closed || terminated) joined = true;
+      }
+    }
+    std::string name;
+    for (Op op : order) name += op == kClose ? "close " : op == kTerminate ? "terminate " : "join ";
+    CAPTURE(name);
+    mpx::AsyncResult<int> r;
+    auto t0 = std::chrono::steady_clock::now();
+    {
+      mpx::Pool p(2);
+      r = p.apply_async(sleep_ms, terminate_first ? 30000 : 100);
+      auto other = p.apply_async(square, 5);
+      CHECK(other.get(kLong) == 25);
+      std::size_t j = 0;
+      for (Op op : order) {
+        if (op == kClose) p.close();
+        if (op == kTerminate) p.terminate();
+        if (op == kJoin) {
+          if (join_throws[j++])
+            CHECK_THROWS_AS(p.join(), mpx::StateError);
+          else
+            p.join();
+        }
+      }
+      if (closed || terminated) CHECK_THROWS_AS(p.apply(square, 1), mpx::StateError);
+    }
+    CHECK(std::chrono::steady_clock::now() - t0 < 20s);  // a terminated 30 s task is not waited for
+    REQUIRE(r.wait(kLong));
+    if (terminate_first)
+      CHECK_THROWS_AS(r.get(), mpx::StateError);
+    else
+      CHECK(r.get() == 100);
+  }
+}
+
 TEST_CASE("two pools at once, used from two threads") {
   mpx::Pool a(2), b(2);
   std::atomic<long> sum_b{0};
@@ -388,6 +450,68 @@ TEST_CASE("workers ignore SIGINT; the pool's process dying takes every worker wi
     for (int w : workers) CHECK(gone(w, 5s));
     CHECK(gone(server, 5s));
   }
+}
+
+namespace {
+// Reports its pid on the inherited pipe, then works for a long time.
+int announce_and_sleep(int fd) {
+  int pid = static_cast<int>(::getpid());
+  if (::write(fd, &pid, sizeof pid) != static_cast<ssize_t>(sizeof pid)) return -1;
+  std::this_thread::sleep_for(60s);
+  return pid;
+}
+}  // namespace
+
+TEST_CASE("SIGINT while tasks run: the owner, blocked in map(), stops at once and takes the pool along") {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  mpx::Process owner([&fds] {
+    ::signal(SIGINT, SIG_DFL);  // what a program has (the test framework installs its own)
+    ::close(fds[0]);
+    mpx::Pool pool(2);
+    auto r = pool.map(announce_and_sleep, std::vector<int>{fds[1], fds[1]}, 1);  // blocks for 60 s
+    std::_Exit(r.size() == 2 ? 0 : 1);
+  });
+  owner.start();
+  ::close(fds[1]);
+  std::vector<pid_t> workers;
+  for (int i = 0; i < 2; ++i) {
+    pollfd p{fds[0], POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 60000) == 1);
+    int pid = 0;
+    REQUIRE(::read(fds[0], &pid, sizeof pid) == static_cast<ssize_t>(sizeof pid));
+    workers.push_back(pid);
+  }
+  ::close(fds[0]);
+  // Both workers are inside their tasks and the owner's main thread waits on them.
+  pid_t server = parent_of(workers[0]);
+  CHECK(server == parent_of(workers[1]));
+  CHECK(server != owner.pid());
+  ::kill(owner.pid(), SIGINT);
+  CHECK(owner.join(10s));
+  CHECK(owner.exitcode() == -SIGINT);
+  for (pid_t w : workers) CHECK(gone(w, 5s));
+  CHECK(gone(server, 5s));
+}
+
+TEST_CASE("a second pool made while the first one's threads are busy") {
+  mpx::Pool first(2);
+  std::atomic<int> callbacks{0};
+  std::vector<mpx::AsyncResult<int>> busy;
+  for (int i = 0; i < 2000; ++i)
+    busy.push_back(first.apply_async(square, i).then([&](const int&) { ++callbacks; }));
+  std::thread driver([&] {  // another thread leads the first pool's I/O meanwhile
+    for (int i = 0; i < 50; ++i) CHECK(first.apply(square, i) == i * i);
+  });
+  for (int k = 0; k < 3; ++k) {
+    mpx::Pool second(2);
+    CHECK(second.map(square, std::vector<int>(100, k), 7)[99] == k * k);
+  }
+  driver.join();
+  for (int i = 0; i < 2000; ++i) CHECK(busy[static_cast<std::size_t>(i)].get(kLong) == i * i);
+  first.close();
+  first.join();
+  CHECK(callbacks == 2000);
 }
 
 TEST_CASE("no fds or children left behind by this file's pools") {

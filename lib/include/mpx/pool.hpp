@@ -136,9 +136,9 @@ struct map_traits {
 class Pool {
  public:
   struct Options {
-    unsigned processes = 0;             // 0 = cpu_count()
-    std::function<void()> initializer;  // runs once in every worker, before its first task
-    unsigned maxtasksperchild = 0;      // 0 = unlimited; else a worker is replaced after n tasks
+    unsigned processes = 0;               // 0 = cpu_count()
+    std::function<void()> initializer{};  // runs once in every worker, before its first task
+    unsigned maxtasksperchild = 0;        // 0 = unlimited; else a worker is replaced after n tasks
   };
 
   explicit Pool(unsigned processes = 0);
