@@ -10,6 +10,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
+
 namespace mpx::detail {
 
 ServerCore::ServerCore(boost::asio::io_context& io, ServerOptions options)
@@ -325,10 +327,30 @@ void Conn::end_frame(std::size_t start) {
 void Conn::flush() {
   if (closed_) return;
   if (write_in_flight_) return;
-  if (out_.empty()) {
+  // Replies almost always fit the socket buffer: send them now, which spares the asynchronous
+  // write's completion and the scheduler round it costs on every request. Only what the
+  // socket does not take waits for it to become writable.
+  std::size_t sent = 0;
+  while (sent < out_.size()) {
+    ssize_t n =
+        ::send(socket_.native_handle(), out_.data() + sent, out_.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += static_cast<std::size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      break;
+    } else {
+      close_now();
+      return;
+    }
+  }
+  if (sent == out_.size()) {
+    out_.clear();
     if (closing_) close_now();
     return;
   }
+  out_.erase(out_.begin(), out_.begin() + static_cast<std::ptrdiff_t>(sent));
   std::swap(out_, writing_);
   out_.clear();
   write_in_flight_ = true;
