@@ -1,0 +1,288 @@
+// mpx::Manager (a private server process, proxies over a Unix socket) against a raw socketpair
+// ping-pong in the same run and, when python3 is on PATH, against Python's
+// multiprocessing.Manager (apps/bench/python/manager_bench.py):
+//   - dict set and get, one round trip per call: median latency next to the raw round trip;
+//   - dict ops per second: one call per op as Python does it, and pipelined (set_async);
+//   - queue items per second from a producer process to this one: one put/get per item, and
+//     batched (put_many / get_many);
+//   - Value increments under a manager Lock from two processes at once: acquire, get, set,
+//     release per increment, plainly and pipelined (one round trip per increment).
+// Raw and manager rounds alternate so both see the same machine load.
+#include <mpx/managers.hpp>
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <filesystem>
+#include <initializer_list>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bench.hpp"
+
+namespace {
+
+using mpx::bench::Clock;
+using mpx::bench::report;
+using mpx::bench::report_ratio;
+
+// ---- the floor: 16 bytes each way over a socketpair between two processes
+
+bool transfer(int fd, char* b, std::size_t n, bool out) {
+  for (std::size_t done = 0; done < n;) {
+    ssize_t r = out ? ::send(fd, b + done, n - done, MSG_NOSIGNAL) : ::recv(fd, b + done, n - done, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    done += static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+std::vector<double> socketpair_rtt_us(long n) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) throw std::runtime_error("socketpair");
+  pid_t echo = mpx::bench::fork_child([&] {
+    ::close(sv[0]);
+    char b[16];
+    while (transfer(sv[1], b, sizeof b, false) && transfer(sv[1], b, sizeof b, true)) {
+    }
+  });
+  ::close(sv[1]);
+  char b[16] = {};
+  std::vector<double> us;
+  for (long i = -n / 10; i < n; ++i) {
+    auto t0 = Clock::now();
+    if (!transfer(sv[0], b, sizeof b, true) || !transfer(sv[0], b, sizeof b, false))
+      throw std::runtime_error("socketpair echo ended early");
+    if (i >= 0) us.push_back(mpx::bench::seconds(Clock::now() - t0) * 1e6);
+  }
+  ::close(sv[0]);
+  mpx::bench::join_child(echo);
+  return us;
+}
+
+// ---- dict
+
+std::vector<double> dict_call_us(mpx::DictProxy<int, long>& d, long n) {
+  std::vector<double> us;
+  for (long i = -n / 10; i < n; ++i) {
+    auto t0 = Clock::now();
+    d.set(7, i);
+    auto t1 = Clock::now();
+    long back = d.get(7).value_or(-1);
+    auto t2 = Clock::now();
+    if (back != i) throw std::runtime_error("dict: wrong value back");
+    if (i >= 0) {
+      us.push_back(mpx::bench::seconds(t1 - t0) * 1e6);
+      us.push_back(mpx::bench::seconds(t2 - t1) * 1e6);
+    }
+  }
+  return us;
+}
+
+double dict_sequential_ops_per_s(mpx::DictProxy<int, long>& d, long n) {
+  double s = mpx::bench::time_seconds([&] {
+    for (long i = 0; i < n; ++i) d.set(static_cast<int>(i & 1023), i);
+  });
+  return static_cast<double>(n) / s;
+}
+
+double dict_pipelined_ops_per_s(mpx::Manager& m, mpx::DictProxy<int, long>& d, long n) {
+  double s = mpx::bench::time_seconds([&] {
+    for (long i = 0; i < n; ++i) d.set_async(static_cast<int>(i & 1023), i);
+    m.flush();
+  });
+  if (d.get(static_cast<int>((n - 1) & 1023)) != n - 1)
+    throw std::runtime_error("dict: lost a pipelined set");
+  return static_cast<double>(n) / s;
+}
+
+// ---- queue: a producer process puts 0..n-1, this process takes them
+
+// A pipe the children wait on, so that connecting is not part of the timed span.
+struct StartGate {
+  int fd[2];
+  StartGate() {
+    if (::pipe(fd) != 0) throw std::runtime_error("pipe");
+  }
+  ~StartGate() {
+    ::close(fd[0]);
+    ::close(fd[1]);
+  }
+  void wait() {
+    char c;
+    while (::read(fd[0], &c, 1) < 0 && errno == EINTR) {
+    }
+  }
+  void open(int parties) {
+    std::string go(static_cast<std::size_t>(parties), 'g');
+    if (::write(fd[1], go.data(), go.size()) != static_cast<ssize_t>(go.size()))
+      throw std::runtime_error("start gate");
+  }
+};
+
+double queue_items_per_s(mpx::Manager& m, long n, bool batched) {
+  auto q = m.queue<long>();
+  StartGate gate;
+  pid_t producer = mpx::bench::fork_child([&] {
+    q.qsize();  // this process's own connection, made before the clock starts
+    gate.wait();
+    if (batched) {
+      std::vector<long> batch;
+      for (long i = 0; i < n; ++i) {
+        batch.push_back(i);
+        if (batch.size() == 512 || i == n - 1) {
+          q.put_many(batch);
+          batch.clear();
+        }
+      }
+    } else {
+      for (long i = 0; i < n; ++i) q.put(i);
+    }
+  });
+  auto t0 = Clock::now();
+  gate.open(1);
+  long expect = 0;
+  while (expect < n) {
+    if (batched) {
+      for (long v : q.get_many(4096))
+        if (v != expect++) throw std::runtime_error("queue: items out of order");
+    } else if (q.get() != expect++) {
+      throw std::runtime_error("queue: items out of order");
+    }
+  }
+  double s = mpx::bench::seconds(Clock::now() - t0);
+  if (!mpx::bench::join_child(producer)) throw std::runtime_error("queue: the producer failed");
+  return static_cast<double>(n) / s;
+}
+
+// ---- Value increments under a Lock, two processes
+
+double locked_increments_per_s(mpx::Manager& m, long per_process, bool pipelined) {
+  auto lock = m.lock();
+  auto v = m.value<long>(0);
+  StartGate gate;
+  std::vector<pid_t> workers;
+  for (int w = 0; w < 2; ++w)
+    workers.push_back(mpx::bench::fork_child([&] {
+      v.get();  // connect before the clock starts
+      gate.wait();
+      if (pipelined) {
+        for (long i = 0; i < per_process; ++i) {
+          lock.acquire_async();
+          auto now = v.get_async();
+          v.set_async(now.get() + 1);  // the get sends the acquire with it and waits for both
+          lock.release_async();        // goes out with the next acquire
+        }
+        m.flush();
+      } else {
+        for (long i = 0; i < per_process; ++i) {
+          lock.acquire();
+          v.set(v.get() + 1);
+          lock.release();
+        }
+      }
+    }));
+  auto t0 = Clock::now();
+  gate.open(2);
+  bool ok = true;
+  for (pid_t w : workers) ok = mpx::bench::join_child(w) && ok;
+  double s = mpx::bench::seconds(Clock::now() - t0);
+  if (!ok) throw std::runtime_error("lock: a worker failed");
+  if (v.get() != 2 * per_process) throw std::runtime_error("lock: increments were lost");
+  return static_cast<double>(2 * per_process) / s;
+}
+
+// Python's figures, `python.managers.<name>: value unit` lines from the script next to this file.
+std::map<std::string, double> python_figures(bool quick, int runs) {
+  std::map<std::string, double> out;
+  auto script = std::filesystem::path(__FILE__).parent_path() / "python" / "manager_bench.py";
+  if (!std::filesystem::exists(script)) return out;
+  std::string cmd = "python3 '" + script.string() + "' " + std::to_string(runs) + (quick ? " --quick" : "") +
+                    " 2>/dev/null";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char line[512];
+  while (std::fgets(line, sizeof line, p)) {
+    char name[256];
+    double value;
+    if (std::sscanf(line, "%255[^:]: %lf", name, &value) == 2) out[name] = value;
+  }
+  ::pclose(p);
+  return out;
+}
+
+}  // namespace
+
+MPX_BENCH_GROUP(managers, "managers",
+                "mpx::Manager vs Python's multiprocessing.Manager and a raw socketpair round trip: dict "
+                "call latency, dict ops/s (plain and pipelined), queue items/s between two processes "
+                "(plain and batched), Value increments under a Lock from two processes") {
+  using mpx::bench::median;
+  const int runs = ctx.runs(5);
+  const long calls = ctx.iterations(20000);
+  const long ops = ctx.iterations(400000);
+  const long queue_plain = ctx.iterations(40000), queue_batched = ctx.iterations(1000000);
+  const long increments = ctx.iterations(20000);
+
+  std::vector<double> call_us, raw_us, seq_rate, pipe_rate, q_plain, q_batched, inc_plain, inc_pipe;
+  {
+    mpx::Manager m;
+    auto d = m.dict<int, long>();
+    dict_call_us(d, 1000);  // warm-up
+    for (int r = 0; r < runs; ++r) {
+      auto c = dict_call_us(d, calls / runs + 1);
+      call_us.insert(call_us.end(), c.begin(), c.end());
+      auto raw = socketpair_rtt_us(calls / runs + 1);
+      raw_us.insert(raw_us.end(), raw.begin(), raw.end());
+      seq_rate.push_back(dict_sequential_ops_per_s(d, calls));
+      pipe_rate.push_back(dict_pipelined_ops_per_s(m, d, ops));
+      q_plain.push_back(queue_items_per_s(m, queue_plain, false));
+      q_batched.push_back(queue_items_per_s(m, queue_batched, true));
+      inc_plain.push_back(locked_increments_per_s(m, increments / 2, false));
+      inc_pipe.push_back(locked_increments_per_s(m, increments, true));
+    }
+  }
+  const double m_call = median(call_us), m_raw = median(raw_us);
+  report("managers.dict.call_median", m_call, "us");
+  report("raw.socketpair_pingpong16.rtt_median", m_raw, "us");
+  report_ratio("managers.dict.call_ratio_vs_raw", m_call, m_raw);
+  report("managers.dict.sequential.ops_per_s", median(seq_rate), "ops/s");
+  report("managers.dict.pipelined.ops_per_s", median(pipe_rate), "ops/s");
+  report("managers.queue.plain.items_per_s", median(q_plain), "items/s");
+  report("managers.queue.batched.items_per_s", median(q_batched), "items/s");
+  report("managers.lock_value.plain.increments_per_s", median(inc_plain), "increments/s");
+  report("managers.lock_value.pipelined.increments_per_s", median(inc_pipe), "increments/s");
+
+  auto py = python_figures(ctx.quick, ctx.quick ? 1 : 3);
+  // Python's figure once, then each of ours against it (a ratio > 1: mpx is faster).
+  auto compare = [&](const char* py_name, const char* unit,
+                     std::initializer_list<std::pair<const char*, double>> ours, bool lower_is_better) {
+    auto it = py.find(py_name);
+    if (it == py.end()) return;
+    report(py_name, it->second, unit);
+    for (auto [ratio_name, value] : ours)
+      if (lower_is_better)
+        report_ratio(ratio_name, it->second, value);
+      else
+        report_ratio(ratio_name, value, it->second);
+  };
+  compare("python.managers.dict.call_median", "us", {{"managers.dict.call.speedup_vs_python", m_call}}, true);
+  compare("python.managers.dict.ops_per_s", "ops/s",
+          {{"managers.dict.sequential.speedup_vs_python", median(seq_rate)},
+           {"managers.dict.pipelined.speedup_vs_python", median(pipe_rate)}},
+          false);
+  compare("python.managers.queue.items_per_s", "items/s",
+          {{"managers.queue.plain.speedup_vs_python", median(q_plain)},
+           {"managers.queue.batched.speedup_vs_python", median(q_batched)}},
+          false);
+  compare("python.managers.lock_value.increments_per_s", "increments/s",
+          {{"managers.lock_value.plain.speedup_vs_python", median(inc_plain)},
+           {"managers.lock_value.pipelined.speedup_vs_python", median(inc_pipe)}},
+          false);
+}
