@@ -1,6 +1,7 @@
 // Managers, part 1: the private server, dict/list/value/namespace proxies, sharing across
 // processes and threads, names and types, transfer, pipelining, cleanup.
 #include <mpx/managers.hpp>
+#include <mpx/pool.hpp>
 #include <mpx/process.hpp>
 
 #include <dirent.h>
@@ -21,6 +22,12 @@
 using namespace std::chrono_literals;
 
 namespace {
+
+// A Pool task that gets a proxy as an argument: the worker reaches the manager by itself.
+int record_square(mpx::DictProxy<int, int> squares, int k) {
+  squares.set(k, k * k);
+  return static_cast<int>(::getpid());
+}
 
 int count_fds() {
   int n = 0;
@@ -339,6 +346,20 @@ TEST_CASE("proxies are transferable: encode/decode, type checked") {
   static_assert(mpx::transferable<mpx::DictProxy<int, int>>);
   static_assert(mpx::transferable<mpx::QueueProxy<int>>);
   static_assert(mpx::transferable<mpx::LockProxy>);
+}
+
+TEST_CASE("proxies as Pool task arguments: each worker opens its own connection") {
+  mpx::Manager m;
+  auto squares = m.dict<int, int>();
+  {
+    mpx::Pool pool(2);
+    std::vector<mpx::AsyncResult<int>> results;
+    for (int k = 0; k < 20; ++k) results.push_back(pool.apply_async(record_square, squares, k));
+    for (auto& r : results) CHECK(r.get(60s) != ::getpid());
+  }
+  CHECK(squares.size() == 20);
+  CHECK(squares.at(7) == 49);
+  CHECK(squares.at(19) == 361);
 }
 
 TEST_CASE("pipelined calls: Deferred results, flush, errors") {
