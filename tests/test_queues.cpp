@@ -244,6 +244,27 @@ TEST_CASE("a bounded queue with a small budget waits for bytes, not only for ite
   CHECK(consumer.exitcode() == 0);
 }
 
+// Python's pitfall: a child whose feeder thread still holds unflushed items cannot be joined
+// until someone drains the queue. Here put() has finished copying when it returns.
+TEST_CASE("a producer that put more than any pipe holds can be joined before anything is drained") {
+  Queue<std::vector<std::uint64_t>> q;
+  constexpr std::uint64_t kItems = 64;
+  constexpr std::size_t kWords = 64 * 1024;  // 512 KiB each, 32 MiB in all: no consumer yet
+  mpx::Process producer([q]() mutable {
+    for (std::uint64_t i = 0; i < kItems; ++i) q.put(pattern(i, kWords));  // unbounded: never waits
+  });
+  producer.start();
+  REQUIRE(producer.join(kLong));
+  CHECK(producer.exitcode() == 0);
+  CHECK(q.qsize() == kItems);
+  for (std::uint64_t i = 0; i < kItems; ++i) {
+    auto item = q.get_nowait();
+    REQUIRE(item.size() == kWords);
+    REQUIRE(is_pattern(item, i));
+  }
+  CHECK(q.empty());
+}
+
 TEST_CASE("JoinableQueue: task_done/join, also when used through Queue&") {
   mpx::JoinableQueue<int> jq;
   Queue<int>& plain = jq;

@@ -95,6 +95,24 @@ struct alignas(128) Side {  // one lock and the state only its holder touches
   State state() const { return slot[current.load(std::memory_order_relaxed)]; }
 };
 
+// The commit of one side (see "Committing" above): the new bookkeeping goes to the spare slot,
+// the store of the published count makes the call happen, and only then does the selector move.
+template <class State>
+void commit(Side<State>& side, const State& st, u64& published) {
+  std::uint32_t spare = 1 - side.current.load(std::memory_order_relaxed);
+  side.slot[spare] = st;
+  published.store(st.count, std::memory_order_seq_cst);
+  side.current.store(spare, std::memory_order_relaxed);
+}
+
+// After a holder died inside commit(): if its count was published, its call happened, so the
+// selector moves as the dead process would have moved it.
+template <class State>
+void complete_dead_commit(Side<State>& side, const u64& published) {
+  std::uint32_t spare = 1 - side.current.load(std::memory_order_relaxed);
+  if (side.slot[spare].count == published.load(std::memory_order_relaxed)) side.current.store(spare);
+}
+
 struct alignas(128) Waiters {
   u32 epoch{0};
   u32 sleepers{0};
@@ -218,6 +236,28 @@ bool looks_locked(pthread_mutex_t* m) {
 #endif
 }
 
+// pthread_mutex_lock with a deadline on the monotonic clock. pthread_mutex_clocklock would do it
+// in one call, but it is recent (glibc 2.30) and thread sanitizers do not intercept it, so they
+// would miss the lock and report races on everything it guards. pthread_mutex_timedlock takes a
+// wall-clock time instead: waiting in short slices bounds what a jump of that clock can distort.
+int timed_lock(pthread_mutex_t* m, Until until) {
+  constexpr std::int64_t kSlice = 50'000'000;  // ns
+  for (;;) {
+    const std::int64_t left = until.ns - now_ns();
+    if (left <= 0) {
+      int rc = pthread_mutex_trylock(m);
+      return rc == EBUSY ? ETIMEDOUT : rc;
+    }
+    timespec wall;
+    ::clock_gettime(CLOCK_REALTIME, &wall);
+    const std::int64_t at = wall.tv_nsec + std::min(left, kSlice);
+    wall.tv_sec += static_cast<time_t>(at / 1'000'000'000);
+    wall.tv_nsec = static_cast<long>(at % 1'000'000'000);
+    int rc = pthread_mutex_timedlock(m, &wall);
+    if (rc != ETIMEDOUT) return rc;
+  }
+}
+
 // The lock of one side; learning that its last holder died, it completes or drops that
 // holder's call (see the top of this file) before anyone else looks.
 class SideLock {
@@ -245,8 +285,7 @@ class SideLock {
       if (until.never()) {
         rc = pthread_mutex_lock(m);
       } else {
-        timespec ts = until.to_timespec();
-        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+        rc = timed_lock(m, until);
       }
     }
     if (rc == ETIMEDOUT) return false;
@@ -265,14 +304,10 @@ class SideLock {
 
   void repair() {
     if (producers_) {
-      auto& side = s_.put;
-      std::uint32_t spare = 1 - side.current.load(std::memory_order_relaxed);
-      if (side.slot[spare].count == s_.put_count.load(std::memory_order_relaxed)) side.current.store(spare);
+      complete_dead_commit(s_.put, s_.put_count);
     } else {
-      auto& side = s_.get;
-      std::uint32_t spare = 1 - side.current.load(std::memory_order_relaxed);
-      if (side.slot[spare].count == s_.get_count.load(std::memory_order_relaxed)) side.current.store(spare);
-      s_.recycled.store(side.state().recycled, std::memory_order_seq_cst);
+      complete_dead_commit(s_.get, s_.get_count);
+      s_.recycled.store(s_.get.state().recycled, std::memory_order_seq_cst);
     }
     logger().warn("mpx queue: a process died inside {}(); its call was {}", producers_ ? "put" : "get",
                   "completed or dropped whole");
@@ -362,10 +397,7 @@ void QueueCore::put(const std::byte* item, std::size_t n, bool block, const Time
         }
         st.off = round8(st.off);
         st.count += 1;
-        std::uint32_t spare = 1 - me.current.load(std::memory_order_relaxed);
-        me.slot[spare] = st;
-        s.put_count.store(st.count, std::memory_order_seq_cst);  // the commit
-        me.current.store(spare, std::memory_order_relaxed);
+        commit(me, st, s.put_count);
         notify(s.data);
         return;
       }
@@ -412,10 +444,7 @@ void QueueCore::get(Sink sink, void* ctx, bool block, const Timeout& timeout) co
         }
         st.off = round8(st.off);
         st.count += 1;
-        std::uint32_t spare = 1 - me.current.load(std::memory_order_relaxed);
-        me.slot[spare] = st;
-        s.get_count.store(st.count, std::memory_order_seq_cst);  // the commit
-        me.current.store(spare, std::memory_order_relaxed);
+        commit(me, st, s.get_count);
         s.recycled.store(st.recycled, std::memory_order_seq_cst);
         notify(s.room);
         return;
