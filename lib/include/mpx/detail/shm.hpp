@@ -28,22 +28,30 @@ inline void* map_shared(std::size_t bytes, bool lazy = false) {
 
 inline void unmap_shared(void* p, std::size_t bytes) noexcept { ::munmap(p, bytes); }
 
-// Constructs a T in its own shared mapping (plus `extra` trailing bytes). The returned handle
-// unmaps this process's view when its last copy goes; ~T never runs, because other processes
-// may still be using the object — so T must not own process-local resources.
-template <class T, class... Args>
-std::shared_ptr<T> make_shared_object_with_extra(std::size_t extra, Args&&... args) {
+// Constructs a T in its own shared mapping (plus `extra` trailing bytes). When this process's
+// last copy of the handle goes, `release(T*, bytes)` gives up this process's view; ~T never
+// runs, because other processes may still be using the object — so T must not own
+// process-local resources.
+template <class T, class Release, class... Args>
+std::shared_ptr<T> make_shared_object_releasing(std::size_t extra, Release release, Args&&... args) {
   static_assert(std::is_trivially_destructible_v<T>,
                 "objects in shared memory outlive any one process: keep them trivially destructible");
   std::size_t bytes = sizeof(T) + extra;
   void* p = map_shared(bytes, extra > (std::size_t{1} << 20));
   try {
     T* obj = ::new (p) T(std::forward<Args>(args)...);
-    return std::shared_ptr<T>(obj, [bytes](T* o) { unmap_shared(o, bytes); });
+    return std::shared_ptr<T>(obj, [bytes, release](T* o) { release(o, bytes); });
   } catch (...) {
     unmap_shared(p, bytes);
     throw;
   }
+}
+
+// The same, unmapping this process's view at the end.
+template <class T, class... Args>
+std::shared_ptr<T> make_shared_object_with_extra(std::size_t extra, Args&&... args) {
+  return make_shared_object_releasing<T>(
+      extra, [](T* o, std::size_t bytes) { unmap_shared(o, bytes); }, std::forward<Args>(args)...);
 }
 
 template <class T, class... Args>

@@ -64,22 +64,15 @@ void release_locked_mapping(void* p, std::size_t bytes, const LockState& lock) n
 // Like make_shared_object_with_extra, for a LockState or a T whose member `lock` is one.
 template <class T, class... Args>
 std::shared_ptr<T> make_locked_object(std::size_t extra, Args&&... args) {
-  static_assert(std::is_trivially_destructible_v<T>,
-                "objects in shared memory outlive any one process: keep them trivially destructible");
-  std::size_t bytes = sizeof(T) + extra;
-  void* p = map_shared(bytes, extra > (std::size_t{1} << 20));
-  try {
-    T* obj = ::new (p) T(std::forward<Args>(args)...);
-    return std::shared_ptr<T>(obj, [bytes](T* o) {
-      if constexpr (std::is_same_v<T, LockState>)
-        release_locked_mapping(o, bytes, *o);
-      else
-        release_locked_mapping(o, bytes, o->lock);
-    });
-  } catch (...) {
-    unmap_shared(p, bytes);
-    throw;
-  }
+  return make_shared_object_releasing<T>(
+      extra,
+      [](T* o, std::size_t bytes) {
+        if constexpr (std::is_same_v<T, LockState>)
+          release_locked_mapping(o, bytes, *o);
+        else
+          release_locked_mapping(o, bytes, o->lock);
+      },
+      std::forward<Args>(args)...);
 }
 
 }  // namespace mpx::detail
