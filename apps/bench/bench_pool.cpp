@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -109,6 +110,8 @@ MPX_BENCH_GROUP(pool, "pool",
   const long async_n = ctx.iterations(20000);
   const long rtt_n = ctx.iterations(20000);
   const long imap_n = ctx.quick ? 20000 : 200000;
+  std::uint64_t imap_sum = 0;
+  for (long i = 0; i < imap_n; ++i) imap_sum += static_cast<unsigned>(square(static_cast<int>(i)));
 
   std::vector<double> map_s, async_rate, imap_rate, rtt, raw;
   std::vector<int> xs(static_cast<std::size_t>(map_n));
@@ -130,9 +133,12 @@ MPX_BENCH_GROUP(pool, "pool",
       async_rate.push_back(static_cast<double>(async_n) / s);
       s = mpx::bench::time_seconds([&] {
         long count = 0;
-        for (int v : pool.imap_unordered(square, std::views::iota(0, static_cast<int>(imap_n)), 1))
-          count += v >= 0;
-        if (count != imap_n) throw std::runtime_error("imap_unordered: lost items");
+        std::uint64_t sum = 0;  // of the results as unsigned: squares past 46340 wrap negative
+        for (int v : pool.imap_unordered(square, std::views::iota(0, static_cast<int>(imap_n)), 1)) {
+          ++count;
+          sum += static_cast<unsigned>(v);
+        }
+        if (count != imap_n || sum != imap_sum) throw std::runtime_error("imap_unordered: wrong results");
       });
       imap_rate.push_back(static_cast<double>(imap_n) / s);
       // round trips, alternating with the raw baseline so both see the same machine load
