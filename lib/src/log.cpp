@@ -29,17 +29,19 @@ Retired* retired = nullptr;
 }  // namespace
 
 spdlog::logger& logger() {
-  static const bool made = [] {
-    current.store(make_logger(), std::memory_order_release);
-    return true;
-  }();
-  (void)made;
-  return *current.load(std::memory_order_acquire);
+  spdlog::logger* l = current.load(std::memory_order_acquire);
+  if (l) return *l;
+  spdlog::logger* fresh = make_logger();
+  if (current.compare_exchange_strong(l, fresh, std::memory_order_acq_rel)) return *fresh;
+  delete fresh;  // another thread made one first
+  return *l;
 }
 
+// Cheap on purpose (every forked child calls it): the next logger() call makes the new logger,
+// so a child that never logs never builds one.
 void reset_logger_after_fork() {
-  retired = new Retired{&logger(), retired};
-  current.store(make_logger(), std::memory_order_release);
+  if (spdlog::logger* old = current.exchange(nullptr, std::memory_order_acq_rel))
+    retired = new Retired{old, retired};
 }
 
 }  // namespace mpx::detail
