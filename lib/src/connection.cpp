@@ -875,15 +875,14 @@ Connection Listener::accept(Timeout timeout) {
   state->fd = fd;
   Connection conn(state);
   if (s_->authkey && !s_->authkey->empty()) {
-    Timeout limit = deadline.remaining();
-    if (s_->handshake_timeout && (!limit || *s_->handshake_timeout < *limit)) limit = s_->handshake_timeout;
-    Deadline handshake_deadline(limit);
+    // accept()'s timeout bounds the wait for a peer; once one has connected, only the handshake
+    // timeout applies, so a server polling accept() with a short timeout never drops a slow peer.
+    Deadline handshake_deadline(s_->handshake_timeout);
     detail::TimedChannel channel{*state, handshake_deadline};
     try {
       proto::deliver_challenge(channel, *s_->authkey);
       proto::answer_challenge(channel, *s_->authkey);
     } catch (const TimeoutError&) {
-      if (deadline.expired()) throw TimeoutError("mpx: accept() timed out during the authkey handshake");
       throw AuthenticationError("mpx: the peer did not complete the authkey handshake in time");
     }
   }

@@ -171,7 +171,8 @@ class Listener {
   Listener& operator=(const Listener&) = delete;
   ~Listener();
 
-  // The next peer. TimeoutError when `timeout` runs out; for a peer that fails the
+  // The next peer. TimeoutError when no peer connects within `timeout` (a peer that has
+  // connected gets handshake_timeout(), however short `timeout` is); for a peer that fails the
   // handshake: AuthenticationError (wrong key, garbage, or it stalls past
   // handshake_timeout()), ProtocolError (frame over 256 bytes), ConnectionClosed (it left).
   // The listener keeps working after any of them.

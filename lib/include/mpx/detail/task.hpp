@@ -247,8 +247,8 @@ std::tuple<A...> decode_args(std::span<const std::byte> bytes) {
     InputArchive ar(bytes);
     try {
       std::apply([&](auto&... x) { ar(x...); }, t);
-    } catch (const ProtocolError&) {
-      throw;
+    } catch (const Error&) {
+      throw;  // e.g. TypeMismatch from a proxy argument: as meaningful as the caller's own decode
     } catch (const std::exception& e) {
       throw_decode_error(e.what());
     }
