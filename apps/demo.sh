@@ -1,5 +1,5 @@
 #!/bin/sh
-# The main job: runs the example programs from a build tree (default: build).
+# The main job: runs the example programs and the three workloads from a build tree (default: build).
 # Usage: sh apps/demo.sh [BUILD_DIR]
 set -eu
 build=${1:-build}
@@ -37,3 +37,16 @@ fi
 
 echo; echo "== the tutorial's simple thread and process pools, per-item overhead side by side"
 "$bin/simple_pools"
+
+echo; echo "== the manager daemon mpxd, its socket clients and named task queue"
+sh "$here/mpxd_demo.sh" "$build"
+
+echo; echo "== workload: primes (the tutorial's driver; known answers checked)"
+"$bin/primes" --count-below 1e8 --no-progress
+
+echo; echo "== workload: random matrices (GOE spacings against the Wigner surmise)"
+"$bin/matrices" --no-progress --svg matrices.svg
+echo "(histogram picture written to $(pwd)/matrices.svg)"
+
+echo; echo "== workload: options pricing (Monte Carlo against Black-Scholes)"
+"$bin/options"
