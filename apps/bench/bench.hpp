@@ -21,6 +21,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <filesystem>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -80,6 +82,26 @@ inline void report(std::string_view name, double value, std::string_view unit) {
 inline void report_ratio(std::string_view name, double candidate, double baseline) {
   fmt::print("{}: {:.2f} x\n", name, baseline == 0 ? 0.0 : candidate / baseline);
   std::fflush(stdout);
+}
+
+// A Python baseline's figures: the `name: value unit` lines printed by apps/bench/python/<script>
+// (empty when the script or python3 is missing).
+inline std::map<std::string, double> python_figures(const std::string& script_name, bool quick, int runs) {
+  std::map<std::string, double> out;
+  auto script = std::filesystem::path(__FILE__).parent_path() / "python" / script_name;
+  if (!std::filesystem::exists(script)) return out;
+  std::string cmd = "python3 '" + script.string() + "' " + std::to_string(runs) + (quick ? " --quick" : "") +
+                    " 2>/dev/null";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char line[512];
+  while (std::fgets(line, sizeof line, p)) {
+    char name[256];
+    double value;
+    if (std::sscanf(line, "%255[^:]: %lf", name, &value) == 2) out[name] = value;
+  }
+  ::pclose(p);
+  return out;
 }
 
 inline double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }

@@ -198,25 +198,6 @@ double locked_increments_per_s(mpx::Manager& m, long per_process, bool pipelined
   return static_cast<double>(2 * per_process) / s;
 }
 
-// Python's figures, `python.managers.<name>: value unit` lines from the script next to this file.
-std::map<std::string, double> python_figures(bool quick, int runs) {
-  std::map<std::string, double> out;
-  auto script = std::filesystem::path(__FILE__).parent_path() / "python" / "manager_bench.py";
-  if (!std::filesystem::exists(script)) return out;
-  std::string cmd = "python3 '" + script.string() + "' " + std::to_string(runs) + (quick ? " --quick" : "") +
-                    " 2>/dev/null";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char line[512];
-  while (std::fgets(line, sizeof line, p)) {
-    char name[256];
-    double value;
-    if (std::sscanf(line, "%255[^:]: %lf", name, &value) == 2) out[name] = value;
-  }
-  ::pclose(p);
-  return out;
-}
-
 }  // namespace
 
 MPX_BENCH_GROUP(managers, "managers",
@@ -259,7 +240,7 @@ MPX_BENCH_GROUP(managers, "managers",
   report("managers.lock_value.plain.increments_per_s", median(inc_plain), "increments/s");
   report("managers.lock_value.pipelined.increments_per_s", median(inc_pipe), "increments/s");
 
-  auto py = python_figures(ctx.quick, ctx.quick ? 1 : 3);
+  auto py = mpx::bench::python_figures("manager_bench.py", ctx.quick, ctx.quick ? 1 : 3);
   // Python's figure once, then each of ours against it (a ratio > 1: mpx is faster).
   auto compare = [&](const char* py_name, const char* unit,
                      std::initializer_list<std::pair<const char*, double>> ours, bool lower_is_better) {

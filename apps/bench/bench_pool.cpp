@@ -74,25 +74,6 @@ std::vector<double> apply_rtt_us(mpx::Pool& pool, long n) {
   return us;
 }
 
-// Python's figures, `python.pool.<name>: value unit` lines from the script next to this file.
-std::map<std::string, double> python_figures(bool quick, int runs) {
-  std::map<std::string, double> out;
-  auto script = std::filesystem::path(__FILE__).parent_path() / "python" / "pool_bench.py";
-  if (!std::filesystem::exists(script)) return out;
-  std::string cmd = "python3 '" + script.string() + "' " + std::to_string(runs) + (quick ? " --quick" : "") +
-                    " 2>/dev/null";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char line[512];
-  while (std::fgets(line, sizeof line, p)) {
-    char name[256];
-    double v;
-    if (std::sscanf(line, "%255[^:]: %lf", name, &v) == 2) out[name] = v;
-  }
-  ::pclose(p);
-  return out;
-}
-
 void append(std::vector<double>& to, const std::vector<double>& from) {
   to.insert(to.end(), from.begin(), from.end());
 }
@@ -160,7 +141,7 @@ MPX_BENCH_GROUP(pool, "pool",
   report("pool.imap_unordered_200k.items_per_s", m_imap, "items/s");
   report("pool.start_shutdown.median", m_start, "ms");
 
-  auto py = python_figures(ctx.quick, ctx.quick ? 1 : 3);
+  auto py = mpx::bench::python_figures("pool_bench.py", ctx.quick, ctx.quick ? 1 : 3);
   auto has = [&](const char* k) { return py.count(k) > 0; };
   if (has("python.pool.map_x2_1M.seconds")) {
     report("python.pool.map_x2_1M.seconds", py["python.pool.map_x2_1M.seconds"], "s");
