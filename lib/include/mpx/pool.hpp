@@ -39,6 +39,7 @@
 
 #include <mpx/detail/async_result.hpp>
 #include <mpx/detail/pool.hpp>
+#include <mpx/detail/pool_api.hpp>
 #include <mpx/detail/task.hpp>
 #include <mpx/errors.hpp>
 #include <mpx/serialize.hpp>
@@ -67,71 +68,6 @@ std::uint64_t task_index() noexcept;
 // A generator for the current task item, seeded from (seed, task_index()) only: independent
 // streams for different items, the same stream for the same item whichever worker runs it.
 std::mt19937_64 task_rng(std::uint64_t seed);
-
-namespace detail {
-
-template <bool Ok, class D, class... A>
-struct lazy_call_result {
-  using type = void;
-};
-template <class D, class... A>
-struct lazy_call_result<true, D, A...> {
-  using type = call_result_t<D, A...>;
-};
-template <bool Ok, class D, class Item, bool Star>
-struct lazy_item_result {
-  using type = int;
-};
-template <class D, class Item, bool Star>
-struct lazy_item_result<true, D, Item, Star> {
-  using type = item_result_t<D, Item, Star>;
-};
-
-template <class F, class... Args>
-struct apply_traits {
-  using D = std::decay_t<F>;
-  static constexpr bool fn_ok = check_task_function<F>();
-  static constexpr bool args_ok = (transferable<std::decay_t<Args>> && ...);
-  static constexpr bool callable =
-      std::is_invocable_v<D&, std::decay_t<Args>&&...> || std::is_invocable_v<D&, std::decay_t<Args>&...>;
-  static_assert(args_ok,
-                "mpx::Pool: every task argument must be transferable (serializable with cereal, or opted in "
-                "to Boost.Serialization with mpx::use_boost_serialization)");
-  static_assert(!fn_ok || callable, "mpx::Pool: the task function cannot be called with these arguments");
-  static constexpr bool ok = fn_ok && args_ok && callable;
-  using result = typename lazy_call_result<ok, D, std::decay_t<Args>...>::type;
-  static_assert(std::is_void_v<result> || transferable<result>,
-                "mpx::Pool: the task function's result must be transferable (or void)");
-};
-
-template <class F, class Range, bool Star>
-struct map_traits {
-  static_assert(std::ranges::input_range<Range>, "mpx::Pool: the input must be a std::ranges::input_range");
-  using D = std::decay_t<F>;
-  using Item = std::ranges::range_value_t<Range>;
-  static constexpr bool fn_ok = check_task_function<F>();
-  static_assert(transferable<Item>,
-                "mpx::Pool: the input's items must be transferable (serializable with cereal, or opted in "
-                "to Boost.Serialization)");
-  static constexpr bool callable = [] {
-    if constexpr (Star) return requires(D & f, Item & x) {
-        std::apply(f, x);
-      };
-    else
-      return std::is_invocable_v<D&, Item&&> || std::is_invocable_v<D&, Item&>;
-  }();
-  static_assert(!fn_ok || callable || !Star,
-                "mpx::Pool::starmap: the function cannot be called with the elements of an item");
-  static_assert(!fn_ok || callable || Star,
-                "mpx::Pool: the function cannot be called with an item of the input");
-  static constexpr bool ok = fn_ok && callable && transferable<Item>;
-  using result = typename lazy_item_result<ok, D, Item, Star>::type;
-  static_assert(!std::is_void_v<result>, "mpx::Pool: map/starmap/imap need a function that returns a value");
-  static_assert(std::is_void_v<result> || transferable<result>,
-                "mpx::Pool: the task function's result must be transferable");
-};
-
-}  // namespace detail
 
 class Pool {
  public:
