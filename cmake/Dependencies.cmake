@@ -24,6 +24,16 @@ mpx_require(fmt_FOUND "fmt" "libfmt-dev")
 find_package(spdlog CONFIG QUIET)
 mpx_require(spdlog_FOUND "spdlog" "libspdlog-dev")
 
+if(MPX_MPI)
+  find_package(MPI QUIET COMPONENTS CXX)
+  find_package(Boost 1.74 QUIET COMPONENTS mpi)
+  if(NOT MPI_CXX_FOUND OR NOT TARGET Boost::mpi)
+    message(FATAL_ERROR "mpx::mpi (the pool on MPI ranks) needs Open MPI and Boost.MPI: install them with "
+                        "'apt-get install libopenmpi-dev openmpi-bin libboost-mpi-dev', or configure with "
+                        "-DMPX_MPI=OFF to build without it")
+  endif()
+endif()
+
 if(MPX_BUILD_TESTS)
   find_package(doctest CONFIG QUIET)
   mpx_require(doctest_FOUND "doctest" "doctest-dev")

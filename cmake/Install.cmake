@@ -2,7 +2,11 @@
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
-install(TARGETS mpx EXPORT mpxTargets
+set(mpx_installed_targets mpx)
+if(MPX_MPI)
+  list(APPEND mpx_installed_targets mpx_mpi)
+endif()
+install(TARGETS ${mpx_installed_targets} EXPORT mpxTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})

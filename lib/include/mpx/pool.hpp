@@ -69,7 +69,7 @@ std::uint64_t task_index() noexcept;
 // streams for different items, the same stream for the same item whichever worker runs it.
 std::mt19937_64 task_rng(std::uint64_t seed);
 
-class Pool {
+class Pool : public detail::PoolApi<detail::PoolCore> {
  public:
   struct Options {
     unsigned processes = 0;               // 0 = cpu_count()
@@ -83,144 +83,26 @@ class Pool {
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
 
-  template <class F, class... Args>
-  auto apply(F f, Args&&... args) -> typename detail::apply_traits<F, Args...>::result {
-    using R = typename detail::apply_traits<F, Args...>::result;
-    auto st = submit_call<R>(true, f, args...);
-    AsyncResult<R> r(st);
-    if constexpr (std::is_void_v<R>) {
-      r.get();
-    } else {
-      r.get();
-      return std::move(st->mutable_value());
-    }
-  }
-
-  template <class F, class... Args>
-  auto apply_async(F f, Args&&... args) -> AsyncResult<typename detail::apply_traits<F, Args...>::result> {
-    using R = typename detail::apply_traits<F, Args...>::result;
-    return AsyncResult<R>(submit_call<R>(false, f, args...));
-  }
-
-  // chunksize 0: Python's rule, ceil(len / (4 * processes())).
-  template <class F, class Range>
-  auto map(F f, Range&& xs, std::size_t chunksize = 0)
-      -> std::vector<typename detail::map_traits<F, Range, false>::result> {
-    return run_map<false>(f, std::forward<Range>(xs), chunksize);
-  }
-  template <class F, class Range>
-  auto map_async(F f, Range&& xs, std::size_t chunksize = 0)
-      -> AsyncResult<std::vector<typename detail::map_traits<F, Range, false>::result>> {
-    using R = typename detail::map_traits<F, Range, false>::result;
-    return AsyncResult<std::vector<R>>(submit_map<false, R>(f, std::forward<Range>(xs), chunksize, false));
-  }
-  template <class F, class Range>
-  auto starmap(F f, Range&& tuples, std::size_t chunksize = 0)
-      -> std::vector<typename detail::map_traits<F, Range, true>::result> {
-    return run_map<true>(f, std::forward<Range>(tuples), chunksize);
-  }
-  template <class F, class Range>
-  auto starmap_async(F f, Range&& tuples, std::size_t chunksize = 0)
-      -> AsyncResult<std::vector<typename detail::map_traits<F, Range, true>::result>> {
-    using R = typename detail::map_traits<F, Range, true>::result;
-    return AsyncResult<std::vector<R>>(submit_map<true, R>(f, std::forward<Range>(tuples), chunksize, false));
-  }
-
-  // Lazy: input is read by the iterating thread, with a bounded number of tasks in flight. An
-  // rvalue range is kept alive by the result. A failed item rethrows from operator*; iteration
-  // may go on (a WorkerLost fails every item of its chunk). Feeding goes on after close(); after
-  // join()/terminate()/~Pool the first item that could not be sent throws StateError and the
-  // range ends there. The result must not outlive the pool.
-  template <class F, class Range>
-  auto imap(F f, Range&& xs, std::size_t chunksize = 1) {
-    return make_imap<true>(f, std::forward<Range>(xs), chunksize);
-  }
-  template <class F, class Range>
-  auto imap_unordered(F f, Range&& xs, std::size_t chunksize = 1) {
-    return make_imap<false>(f, std::forward<Range>(xs), chunksize);
-  }
+  // From PoolApi (<mpx/detail/pool_api.hpp>), with the same rules as Python's Pool:
+  //   apply(f, args...)                 -> f's result (blocks)
+  //   apply_async(f, args...)           -> AsyncResult<R>
+  //   map / starmap(f, range, chunksize = 0)        -> std::vector<R>, in input order
+  //   map_async / starmap_async(f, range, chunksize = 0) -> AsyncResult<std::vector<R>>
+  //   imap / imap_unordered(f, range, chunksize = 1)     -> a lazy input range of R
+  //   processes()
+  // chunksize 0 is Python's rule, ceil(len / (4 * processes())). imap* read the input lazily in
+  // the iterating thread with a bounded number of tasks in flight; an rvalue range is kept alive
+  // by the result, which must not outlive the pool. A failed item rethrows from operator* and
+  // iteration may go on (a WorkerLost fails every item of its chunk). Feeding goes on after
+  // close(); after join()/terminate()/~Pool the first item that could not be sent throws
+  // StateError and the range ends there.
 
   void close();      // no more submissions (StateError after)
   void terminate();  // stop the workers now; pending results fail with StateError
   void join();       // after close() or terminate() (else StateError): wait for the workers to exit
-  unsigned processes() const noexcept { return processes_; }
 
  private:
-  template <class R, class F, class... Args>
-  std::shared_ptr<detail::CallState<R>> submit_call(bool caller_waits, const F& f, const Args&... args) {
-    auto st = std::make_shared<detail::CallState<R>>(detail::pool_driver(*core_));
-    detail::TaskSubmission t{detail::new_task_frame(), st, 0};
-    detail::encode_call_task(t.frame, f, detail::pool_next_apply_index(*core_), args...);
-    detail::pool_submit_one(*core_, std::move(t), caller_waits);
-    return st;
-  }
-
-  template <bool Star, class R, class F, class Range>
-  std::shared_ptr<detail::ResultState<std::vector<R>>> submit_map(const F& f, Range&& xs,
-                                                                  std::size_t chunksize, bool caller_waits) {
-    using Item = typename detail::map_traits<F, Range, Star>::Item;
-    using D = std::decay_t<F>;
-    if constexpr (std::ranges::sized_range<Range> && std::ranges::forward_range<Range>) {
-      return submit_chunks<Star, R, Item, D>(f, std::ranges::begin(xs), std::ranges::size(xs), chunksize,
-                                             caller_waits);
-    } else {
-      std::vector<Item> all;  // the length decides the chunk size, as in Python
-      for (auto&& x : xs) all.push_back(static_cast<Item>(std::forward<decltype(x)>(x)));
-      return submit_chunks<Star, R, Item, D>(f, all.begin(), all.size(), chunksize, caller_waits);
-    }
-  }
-
-  template <bool Star, class R, class Item, class D, class It>
-  std::shared_ptr<detail::ResultState<std::vector<R>>> submit_chunks(const D& f, It first, std::size_t n,
-                                                                     std::size_t chunksize,
-                                                                     bool caller_waits) {
-    if (chunksize == 0) {
-      std::size_t per = std::size_t{4} * processes_;
-      chunksize = std::max<std::size_t>(1, (n + per - 1) / per);
-    }
-    std::vector<std::size_t> starts;
-    for (std::size_t s = 0; s < n; s += chunksize) starts.push_back(s);
-    auto st = std::make_shared<detail::MapState<R>>(detail::pool_driver(*core_), n, starts);
-    if (n == 0) {
-      check_open();
-      st->set_value({});
-      return st;
-    }
-    std::vector<detail::TaskSubmission> tasks;
-    tasks.reserve(starts.size());
-    for (std::size_t k = 0; k < starts.size(); ++k) {
-      std::size_t count = std::min(chunksize, n - starts[k]);
-      detail::TaskSubmission t{detail::pool_frame(*core_, count * sizeof(Item) + 64), st, k};
-      detail::encode_chunk_task<D, Item, Star>(t.frame, f, starts[k], first, count);
-      std::advance(first, static_cast<std::ptrdiff_t>(count));
-      tasks.push_back(std::move(t));
-    }
-    detail::pool_submit(*core_, std::move(tasks), caller_waits);
-    return st;
-  }
-
-  template <bool Star, class F, class Range>
-  auto run_map(const F& f, Range&& xs, std::size_t chunksize) {
-    using R = typename detail::map_traits<F, Range, Star>::result;
-    auto st = submit_map<Star, R>(f, std::forward<Range>(xs), chunksize, true);
-    AsyncResult<std::vector<R>> r(st);
-    r.get();
-    return std::move(st->mutable_value());
-  }
-
-  template <bool Ordered, class F, class Range>
-  auto make_imap(const F& f, Range&& xs, std::size_t chunksize) {
-    using T = detail::map_traits<F, Range, false>;
-    using R = typename T::result;
-    check_open();
-    return detail::ImapRange<R, Range&&, std::decay_t<F>, typename T::Item, false>(
-        core_, std::forward<Range>(xs), f, chunksize, Ordered);
-  }
-
   void check_open() const;
-
-  std::shared_ptr<detail::PoolCore> core_;
-  unsigned processes_ = 0;
 };
 
 }  // namespace mpx

@@ -201,7 +201,7 @@ class PoolApi {
       std::size_t count = std::min(chunksize, n - starts[k]);
       TaskSubmission t{pool_frame(*core_, count * sizeof(Item) + 64), st, k};
       encode_chunk_task<D, Item, Star>(t.frame, f, starts[k], first, count);
-      std::advance(first, static_cast<std::ptrdiff_t>(count));
+      std::ranges::advance(first, static_cast<std::iter_difference_t<It>>(count));
       tasks.push_back(std::move(t));
     }
     pool_submit(*core_, std::move(tasks), caller_waits);

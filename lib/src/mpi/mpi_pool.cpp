@@ -1,0 +1,560 @@
+// mpx::mpi::Pool: the pool's tasks on MPI ranks. The root keeps one dispatch thread that owns
+// every MPI call of the pool: it batches queued tasks to the workers (at most kDepth batches in
+// flight per worker, so a worker finds its next batch waiting), collects result batches,
+// settles the results and runs their callbacks. A worker rank runs batches in a loop. The
+// messages (on a private duplicate of the user's communicator, so they never meet the user's):
+//   tasks   root -> worker   u32 n, then n x (u64 seq, u64 length, task body)
+//   results worker -> root   u32 n, then n x (u64 seq, u64 length, result encoding)
+//   exit    root -> worker   empty: finish, answer bye, leave run_pool
+//   bye     worker -> root   empty
+// Task bodies and result encodings are the pool's (proto/pool.md), so a task means the same here.
+#include <mpx/mpi.hpp>
+#include <mpx/timeout.hpp>
+
+#include <mpi.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <limits>
+#include <list>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+
+namespace mpx {
+namespace detail {
+namespace {
+
+constexpr int kTagTasks = 1, kTagResults = 2, kTagExit = 3, kTagBye = 4;
+constexpr unsigned kDepth = 2;                        // batches in flight per worker
+constexpr std::size_t kMaxBatchTasks = 256;           // tasks per batch message
+constexpr std::size_t kMaxBatchBytes = 8u << 20;      // bytes per batch message (soft)
+constexpr std::size_t kMaxMessage = std::numeric_limits<int>::max();  // MPI counts are ints
+
+// Polling without burning a core: spin a little (sched_yield lets co-located ranks run), then
+// sleep in steps growing from 10 us to 1 ms. Reset on every bit of progress.
+class Backoff {
+ public:
+  void reset() noexcept { idle_ = 0; }
+  // How long to sleep before polling again; zero while still spinning.
+  std::chrono::microseconds next() noexcept {
+    unsigned i = idle_++;
+    if (i < kSpins) return std::chrono::microseconds(0);
+    return std::chrono::microseconds(std::min(1000L, 10L << std::min(i - kSpins, 7u)));
+  }
+  void pause() {
+    auto d = next();
+    if (d.count() == 0)
+      ::sched_yield();
+    else
+      std::this_thread::sleep_for(d);
+  }
+
+ private:
+  static constexpr unsigned kSpins = 64;
+  unsigned idle_ = 0;
+};
+
+void check_mpi(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, text, &len);
+  throw Error(std::string("mpx::mpi: ") + what + ": " + std::string(text, static_cast<std::size_t>(len)));
+}
+
+void put_record(Bytes& out, std::uint64_t seq, std::span<const std::byte> bytes) {
+  put_le<std::uint64_t>(out, seq);
+  put_le<std::uint64_t>(out, bytes.size());
+  out.insert(out.end(), bytes.begin(), bytes.end());
+}
+
+// Reads one batch message: calls f(seq, bytes) per record. ProtocolError on a malformed one.
+template <class F>
+void for_each_record(std::span<const std::byte> msg, F&& f) {
+  ByteReader in(msg);
+  std::uint32_t n = in.u32();
+  for (std::uint32_t i = 0; i < n; ++i) {
+    std::uint64_t seq = in.u64();
+    std::uint64_t len = in.u64();
+    if (len > in.remaining()) throw ProtocolError("mpx::mpi: truncated batch message");
+    f(seq, in.take(static_cast<std::size_t>(len)));
+  }
+}
+
+// Receives the message `status` announced, whole.
+Bytes receive(MPI_Comm comm, const MPI_Status& status) {
+  int count = 0;
+  MPI_Get_count(&status, MPI_BYTE, &count);
+  Bytes buf(static_cast<std::size_t>(count));
+  check_mpi(MPI_Recv(buf.data(), count, MPI_BYTE, status.MPI_SOURCE, status.MPI_TAG, comm, MPI_STATUS_IGNORE),
+            "receive");
+  return buf;
+}
+
+}  // namespace
+
+class MpiPoolCore final : public Driver {
+ public:
+  MpiPoolCore(MPI_Comm comm, int root) : comm_(comm), root_(root) {
+    MPI_Comm_size(comm_, &size_);
+    for (int r = 0; r < size_; ++r)
+      if (r != root_) workers_.push_back(Worker{r, 0, {}});
+    thread_ = std::thread([this] { run(); });
+  }
+  ~MpiPoolCore() override {
+    if (!thread_.joinable()) return;
+    terminate();
+    try {
+      join();
+    } catch (...) {
+    }
+  }
+
+  unsigned processes() const noexcept { return static_cast<unsigned>(workers_.size()); }
+
+  // ---- Driver ----
+  bool wait(const Waitable& w, const Deadline& d) override {
+    if (w.is_ready()) return true;
+    if (on_callback_thread())
+      throw StateError("mpx::mpi::Pool: waiting for a pool result inside a pool callback would deadlock");
+    std::unique_lock lk(wait_m_);
+    auto ready = [&] { return w.is_ready(); };
+    if (d.infinite()) {
+      wait_cv_.wait(lk, ready);
+      return true;
+    }
+    return wait_cv_.wait_until(lk, *d.at(), ready);
+  }
+  bool on_callback_thread() const noexcept override { return std::this_thread::get_id() == thread_id_.load(); }
+  void schedule_callbacks(std::shared_ptr<ResultStateBase> s) override {
+    {
+      std::lock_guard lk(m_);
+      callbacks_.push_back(std::move(s));
+    }
+    cv_.notify_one();
+  }
+
+  // ---- submissions ----
+  std::uint64_t next_apply_index() noexcept { return apply_index_.fetch_add(1, std::memory_order_relaxed); }
+  void check_open() {
+    std::lock_guard lk(m_);
+    if (!accepting_) throw StateError("mpx::mpi::Pool: the pool is closed");
+  }
+  void submit(std::vector<TaskSubmission>&& tasks) {
+    {
+      std::lock_guard lk(m_);
+      if (!accepting_) throw StateError("mpx::mpi::Pool: the pool is closed");
+      for (auto& t : tasks) incoming_.push_back(std::move(t));
+    }
+    cv_.notify_one();
+  }
+  bool feed(std::vector<TaskSubmission>&& tasks) {
+    {
+      std::lock_guard lk(m_);
+      if (join_requested_ || terminated_) return false;
+      for (auto& t : tasks) incoming_.push_back(std::move(t));
+    }
+    cv_.notify_one();
+    return true;
+  }
+  std::size_t inflight_hint() const noexcept { return workers_.size() * kDepth * 8; }
+
+  // ---- lifecycle ----
+  void close() {
+    std::lock_guard lk(m_);
+    accepting_ = false;
+  }
+  void terminate() {
+    {
+      std::lock_guard lk(m_);
+      accepting_ = false;
+      terminated_ = true;
+    }
+    cv_.notify_one();
+  }
+  void request_join() {
+    {
+      std::lock_guard lk(m_);
+      if (accepting_) throw StateError("mpx::mpi::Pool: join() before close() or terminate()");
+      join_requested_ = true;
+    }
+    cv_.notify_one();
+    join();
+  }
+
+ private:
+  struct Worker {
+    int rank;
+    unsigned batches;  // in flight
+    std::deque<std::vector<std::uint64_t>> seqs;  // per batch in flight, oldest first
+  };
+  struct InFlight {
+    std::shared_ptr<TaskSink> sink;
+    std::uint64_t tag;
+  };
+  struct Send {
+    MPI_Request request;
+    Bytes buffer;
+  };
+
+  void join() {
+    std::lock_guard lk(join_m_);
+    if (thread_.joinable()) thread_.join();
+    if (error_) {
+      auto e = std::exchange(error_, nullptr);
+      std::rethrow_exception(e);
+    }
+  }
+
+  void run() {
+    thread_id_.store(std::this_thread::get_id());
+    try {
+      dispatch_loop();
+      release_workers();
+    } catch (...) {
+      error_ = std::current_exception();
+      fail_everything(error_);
+      // The workers cannot be released reliably after an MPI failure: end the job instead of
+      // leaving them waiting forever.
+      MPI_Abort(comm_, 70);
+    }
+  }
+
+  void dispatch_loop() {
+    Backoff backoff;
+    std::chrono::microseconds idle_wait{0};
+    for (;;) {
+      std::vector<std::shared_ptr<ResultStateBase>> callbacks;
+      bool terminated = false, join_requested = false;
+      {
+        std::unique_lock lk(m_);
+        auto has_work = [&] { return !incoming_.empty() || !callbacks_.empty() || terminated_ || join_requested_; };
+        if (inflight_.empty() && sends_.empty() && pending_.empty())
+          cv_.wait(lk, has_work);  // nothing to poll MPI for
+        else if (idle_wait.count() > 0 && !has_work())
+          cv_.wait_for(lk, idle_wait);
+        for (auto& t : incoming_) pending_.push_back(std::move(t));
+        incoming_.clear();
+        callbacks.swap(callbacks_);
+        terminated = terminated_;
+        join_requested = join_requested_;
+      }
+      for (auto& s : callbacks) s->run_callbacks();
+      if (terminated) {
+        fail_everything(std::make_exception_ptr(
+            StateError("mpx::mpi::Pool: the pool was terminated before this task finished")));
+        return;
+      }
+      bool progressed = !callbacks.empty();
+      progressed |= send_batches();
+      progressed |= collect_results();
+      progressed |= reap_sends();
+      if (progressed) {
+        backoff.reset();
+        idle_wait = std::chrono::microseconds(0);
+        notify_waiters();
+      } else {
+        idle_wait = backoff.next();
+        if (idle_wait.count() == 0) ::sched_yield();
+      }
+      if (join_requested && pending_.empty() && inflight_.empty()) return;
+    }
+  }
+
+  bool send_batches() {
+    bool sent = false;
+    while (!pending_.empty()) {
+      Worker* w = nullptr;
+      for (auto& c : workers_)
+        if (c.batches < kDepth && (!w || c.batches < w->batches)) w = &c;
+      if (!w) break;
+      // Spread what is queued over every free slot rather than giving it all to one worker.
+      std::size_t share = std::max<std::size_t>(1, pending_.size() / (workers_.size() * kDepth));
+      share = std::min(share, kMaxBatchTasks);
+      Bytes msg;
+      put_le<std::uint32_t>(msg, 0);
+      std::vector<std::uint64_t> seqs;
+      while (!pending_.empty() && seqs.size() < share) {
+        auto& t = pending_.front();
+        auto body = std::span<const std::byte>(t.frame).subspan(kTaskPrefix);
+        if (!seqs.empty() && msg.size() + body.size() > kMaxBatchBytes) break;
+        if (body.size() + 32 > kMaxMessage) {
+          t.sink->on_failure(t.tag, std::make_exception_ptr(
+                                        ValueError("mpx::mpi::Pool: a task larger than 2 GiB cannot be sent")));
+          pending_.pop_front();
+          continue;
+        }
+        std::uint64_t seq = next_seq_++;
+        put_record(msg, seq, body);
+        inflight_.emplace(seq, InFlight{std::move(t.sink), t.tag});
+        seqs.push_back(seq);
+        pending_.pop_front();
+      }
+      if (seqs.empty()) continue;
+      patch_le<std::uint32_t>(msg, 0, static_cast<std::uint32_t>(seqs.size()));
+      auto& s = sends_.emplace_back(Send{MPI_REQUEST_NULL, std::move(msg)});
+      check_mpi(MPI_Isend(s.buffer.data(), static_cast<int>(s.buffer.size()), MPI_BYTE, w->rank, kTagTasks, comm_,
+                          &s.request),
+                "send tasks");
+      ++w->batches;
+      w->seqs.push_back(std::move(seqs));
+      sent = true;
+    }
+    return sent;
+  }
+
+  bool collect_results() {
+    bool got = false;
+    for (;;) {
+      int flag = 0;
+      MPI_Status status;
+      check_mpi(MPI_Iprobe(MPI_ANY_SOURCE, kTagResults, comm_, &flag, &status), "probe");
+      if (!flag) return got;
+      got = true;
+      Bytes msg = receive(comm_, status);
+      Worker* w = worker(status.MPI_SOURCE);
+      for_each_record(msg, [&](std::uint64_t seq, std::span<const std::byte> result) {
+        auto it = inflight_.find(seq);
+        if (it == inflight_.end()) throw ProtocolError("mpx::mpi: a result for a task that was not sent");
+        InFlight f = std::move(it->second);
+        inflight_.erase(it);
+        f.sink->on_result(f.tag, result);
+      });
+      // A worker answers a batch with one message unless its results overflow one; the batch
+      // is done when all its tasks are.
+      while (w && !w->seqs.empty() &&
+             std::none_of(w->seqs.front().begin(), w->seqs.front().end(),
+                          [&](std::uint64_t s) { return inflight_.count(s) != 0; })) {
+        w->seqs.pop_front();
+        --w->batches;
+      }
+    }
+  }
+
+  bool reap_sends() {
+    bool any = false;
+    for (auto it = sends_.begin(); it != sends_.end();) {
+      int done = 0;
+      check_mpi(MPI_Test(&it->request, &done, MPI_STATUS_IGNORE), "send");
+      if (done) {
+        it = sends_.erase(it);
+        any = true;
+      } else {
+        ++it;
+      }
+    }
+    return any;
+  }
+
+  // Tells every worker to leave and waits for each one's bye, throwing away results that still
+  // arrive (after terminate()).
+  void release_workers() {
+    std::vector<MPI_Request> exits(workers_.size(), MPI_REQUEST_NULL);
+    for (std::size_t i = 0; i < workers_.size(); ++i)
+      check_mpi(MPI_Isend(nullptr, 0, MPI_BYTE, workers_[i].rank, kTagExit, comm_, &exits[i]), "send exit");
+    std::size_t byes = 0;
+    Backoff backoff;
+    while (byes < workers_.size()) {
+      int flag = 0;
+      MPI_Status status;
+      check_mpi(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &status), "probe");
+      if (!flag) {
+        reap_sends();
+        backoff.pause();
+        continue;
+      }
+      backoff.reset();
+      receive(comm_, status);
+      if (status.MPI_TAG == kTagBye) ++byes;
+    }
+    check_mpi(MPI_Waitall(static_cast<int>(exits.size()), exits.data(), MPI_STATUSES_IGNORE), "send exit");
+    for (auto& s : sends_) MPI_Wait(&s.request, MPI_STATUS_IGNORE);
+    sends_.clear();
+  }
+
+  void fail_everything(const std::exception_ptr& e) {
+    std::deque<TaskSubmission> pending;
+    {
+      std::lock_guard lk(m_);
+      accepting_ = false;
+      for (auto& t : incoming_) pending_.push_back(std::move(t));
+      incoming_.clear();
+    }
+    pending.swap(pending_);
+    for (auto& t : pending) t.sink->on_failure(t.tag, e);
+    auto inflight = std::move(inflight_);
+    inflight_.clear();
+    for (auto& [seq, f] : inflight) f.sink->on_failure(f.tag, e);
+    for (auto& w : workers_) {
+      w.batches = 0;
+      w.seqs.clear();
+    }
+    notify_waiters();
+  }
+
+  void notify_waiters() {
+    { std::lock_guard lk(wait_m_); }
+    wait_cv_.notify_all();
+  }
+
+  Worker* worker(int rank) {
+    for (auto& w : workers_)
+      if (w.rank == rank) return &w;
+    return nullptr;
+  }
+
+  MPI_Comm comm_;
+  int root_;
+  int size_ = 0;
+  std::vector<Worker> workers_;
+
+  // Shared with the submitting threads.
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::vector<TaskSubmission> incoming_;
+  std::vector<std::shared_ptr<ResultStateBase>> callbacks_;
+  bool accepting_ = true, terminated_ = false, join_requested_ = false;
+  std::atomic<std::uint64_t> apply_index_{0};
+
+  // The dispatch thread's own.
+  std::deque<TaskSubmission> pending_;
+  std::unordered_map<std::uint64_t, InFlight> inflight_;
+  std::list<Send> sends_;
+  std::uint64_t next_seq_ = 1;
+
+  std::mutex wait_m_;
+  std::condition_variable wait_cv_;
+  std::mutex join_m_;
+  std::thread thread_;
+  std::atomic<std::thread::id> thread_id_{};
+  std::exception_ptr error_;
+};
+
+Driver* pool_driver(MpiPoolCore& core) noexcept { return &core; }
+std::uint64_t pool_next_apply_index(MpiPoolCore& core) noexcept { return core.next_apply_index(); }
+Bytes pool_frame(MpiPoolCore&, std::size_t reserve) { return new_task_frame(reserve); }
+void pool_check_open(MpiPoolCore& core) { core.check_open(); }
+void pool_submit(MpiPoolCore& core, std::vector<TaskSubmission>&& tasks, bool) { core.submit(std::move(tasks)); }
+void pool_submit_one(MpiPoolCore& core, TaskSubmission&& task, bool) {
+  std::vector<TaskSubmission> one;
+  one.push_back(std::move(task));
+  core.submit(std::move(one));
+}
+bool pool_feed(MpiPoolCore& core, std::vector<TaskSubmission>&& tasks) { return core.feed(std::move(tasks)); }
+std::size_t pool_inflight_hint(const MpiPoolCore& core) noexcept { return core.inflight_hint(); }
+
+namespace {
+
+// A worker rank: batches in, result batches out, until the root says exit.
+void serve(MPI_Comm comm, int root) {
+  disable_module_rescan();
+  Backoff backoff;
+  Bytes out;
+  for (;;) {
+    int flag = 0;
+    MPI_Status status;
+    check_mpi(MPI_Iprobe(root, MPI_ANY_TAG, comm, &flag, &status), "probe");
+    if (!flag) {
+      backoff.pause();
+      continue;
+    }
+    backoff.reset();
+    Bytes msg = receive(comm, status);
+    if (status.MPI_TAG == kTagExit) break;
+    if (status.MPI_TAG != kTagTasks) throw ProtocolError("mpx::mpi: unexpected message from the root");
+    out.clear();
+    put_le<std::uint32_t>(out, 0);
+    std::uint32_t n = 0;
+    auto flush = [&] {
+      if (n == 0) return;
+      patch_le<std::uint32_t>(out, 0, n);
+      check_mpi(MPI_Send(out.data(), static_cast<int>(out.size()), MPI_BYTE, root, kTagResults, comm),
+                "send results");
+      out.clear();
+      put_le<std::uint32_t>(out, 0);
+      n = 0;
+    };
+    Bytes result;
+    for_each_record(msg, [&](std::uint64_t seq, std::span<const std::byte> body) {
+      result.clear();
+      run_task(body, result);
+      if (result.size() + 32 > kMaxMessage) {
+        result.clear();
+        encode_raised(result, std::make_exception_ptr(
+                                  ValueError("mpx::mpi::Pool: a result larger than 2 GiB cannot be sent")));
+      }
+      if (out.size() + result.size() + 16 > kMaxMessage) flush();
+      put_record(out, seq, result);
+      ++n;
+    });
+    flush();
+  }
+  check_mpi(MPI_Send(nullptr, 0, MPI_BYTE, root, kTagBye, comm), "send bye");
+}
+
+}  // namespace
+}  // namespace detail
+
+namespace mpi {
+
+Pool::Pool(const boost::mpi::communicator& comm, const Options& options) : comm_(comm) {
+  core_ = std::make_shared<detail::MpiPoolCore>(static_cast<MPI_Comm>(comm_), options.root);
+  processes_ = core_->processes();
+}
+
+Pool::~Pool() {
+  try {
+    core_->close();
+    core_->request_join();
+  } catch (...) {
+    detail::report_callback_exception(std::current_exception());
+  }
+}
+
+void Pool::close() { core_->close(); }
+void Pool::terminate() { core_->terminate(); }
+void Pool::join() { core_->request_join(); }
+
+int run_pool(const boost::mpi::communicator& comm, const std::function<int(Pool&)>& main, Options options) {
+  if (comm.size() < 2)
+    throw ValueError("mpx::mpi::run_pool: the communicator needs at least two ranks (a root and a worker); "
+                     "start the program with mpirun -n 2 or more");
+  if (options.root < 0 || options.root >= comm.size())
+    throw ValueError("mpx::mpi::run_pool: root " + std::to_string(options.root) + " is not a rank of the " +
+                     std::to_string(comm.size()) + "-rank communicator");
+  int level = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&level);
+  if (level < MPI_THREAD_SERIALIZED)
+    throw StateError("mpx::mpi::run_pool: MPI must be initialised with at least MPI_THREAD_SERIALIZED, e.g. "
+                     "boost::mpi::environment env(argc, argv, boost::mpi::threading::serialized)");
+  // Collective: a private communicator keeps the pool's messages apart from the user's.
+  boost::mpi::communicator own(comm, boost::mpi::comm_duplicate);
+  if (own.rank() != options.root) {
+    if (options.initializer) options.initializer();
+    detail::prepare_code_refs();
+    detail::serve(static_cast<MPI_Comm>(own), options.root);
+    return 0;
+  }
+  detail::prepare_code_refs();
+  Pool pool(own, options);
+  try {
+    return main(pool);
+  } catch (...) {
+    pool.terminate();
+    try {
+      pool.join();
+    } catch (...) {
+    }
+    throw;
+  }
+}
+
+}  // namespace mpi
+}  // namespace mpx
