@@ -50,3 +50,10 @@ echo "(histogram picture written to $(pwd)/matrices.svg)"
 
 echo; echo "== workload: options pricing (Monte Carlo against Black-Scholes)"
 "$bin/options"
+
+if [ -x "$bin/mpi_primes" ] && command -v mpirun >/dev/null 2>&1; then
+  echo; echo "== the same pool on MPI ranks: primes with mpx::mpi::Pool under mpirun (1 root + 2 workers)"
+  # One host: the isolated launcher needs no ssh; Open MPI runs as root only when told to.
+  OMPI_MCA_plm=isolated OMPI_MCA_btl=self,vader OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+    mpirun -n 3 --oversubscribe "$bin/mpi_primes" --count-below 1e8
+fi
