@@ -74,6 +74,19 @@ std::vector<double> apply_rtt_us(mpx::Pool& pool, long n) {
   return us;
 }
 
+// The kernel's part of Pool(2) start + shutdown: fork two children that exit at once, reap both.
+double fork_floor_us() {
+  auto t0 = Clock::now();
+  pid_t pids[2];
+  for (pid_t& p : pids) {
+    p = ::fork();
+    if (p == 0) ::_exit(0);
+    if (p < 0) throw std::runtime_error("fork");
+  }
+  for (pid_t p : pids) mpx::bench::join_child(p);
+  return mpx::bench::seconds(Clock::now() - t0) * 1e6;
+}
+
 void append(std::vector<double>& to, const std::vector<double>& from) {
   to.insert(to.end(), from.begin(), from.end());
 }
@@ -127,9 +140,12 @@ MPX_BENCH_GROUP(pool, "pool",
       append(raw, raw_pingpong_us(rtt_n / runs + 1));
     }
   }
-  std::vector<double> start_ms;
-  for (int i = 0; i < runs * 5; ++i)
+  // Alternating with the fork floor, in the same process (same size, so the same fork cost).
+  std::vector<double> start_ms, floor_us;
+  for (int i = 0; i < runs * 5; ++i) {
     start_ms.push_back(1e3 * mpx::bench::time_seconds([] { mpx::Pool p(2); }));
+    floor_us.push_back(fork_floor_us());
+  }
 
   const double m_map = median(map_s), m_async = median(async_rate), m_imap = median(imap_rate);
   const double m_rtt = median(rtt), m_raw = median(raw), m_start = median(start_ms);
@@ -140,6 +156,8 @@ MPX_BENCH_GROUP(pool, "pool",
   report_ratio("pool.apply.rtt_ratio_vs_raw", m_rtt, m_raw);
   report("pool.imap_unordered_200k.items_per_s", m_imap, "items/s");
   report("pool.start_shutdown.median", m_start, "ms");
+  report("pool_start_floor", median(floor_us), "us");
+  report_ratio("pool.start_shutdown.ratio_vs_floor", m_start * 1e3, median(floor_us));
 
   auto py = mpx::bench::python_figures("pool_bench.py", ctx.quick, ctx.quick ? 1 : 3);
   auto has = [&](const char* k) { return py.count(k) > 0; };
