@@ -13,9 +13,11 @@
 #include <mpx/process.hpp>
 #include <mpx/proto/frame.hpp>
 
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -28,6 +30,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 #pragma GCC diagnostic pop
 
@@ -78,6 +81,10 @@ struct Worker {
   explicit Worker(asio::io_context& io) : sock(io) {}
   std::uint32_t index = 0, gen = 0;
   Socket sock;
+  // A worker forked by the pool's process itself (not by the process server): its process, and
+  // a watch on (a duplicate of) its exit sentinel.
+  std::shared_ptr<ChildProcess> proc;
+  std::unique_ptr<asio::posix::stream_descriptor> exit_watch;
   // Under the pool mutex:
   pid_t pid = 0;
   std::deque<TaskPtr> inflight;  // sent or about to be, unanswered, in send order
@@ -123,6 +130,26 @@ Bytes small_frame(std::uint8_t type) {
   put_u8(f, type);
   end_frame(f, at);
   return f;
+}
+
+// Forking the workers from the pool's process is only safe while it has no other thread (one
+// could hold a lock the workers need); then it saves the process server's fork on the way.
+bool only_thread() {
+  int fd = ::open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[1024];
+  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  buf[n] = 0;
+  // Fields after the command name (which may hold spaces and parentheses): state is field 3,
+  // num_threads field 20.
+  const char* p = std::strrchr(buf, ')');
+  if (!p) return false;
+  int field = 2;
+  for (; *p && field < 20; ++p)
+    if (*p == ' ') ++field;
+  return field == 20 && std::strtol(p, nullptr, 10) == 1;
 }
 
 bool send_all_raw(int fd, std::span<const std::byte> data) {
@@ -217,9 +244,17 @@ class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCo
   void wake_leader() {
     asio::post(io_, [] {});
   }
+  // A leader reading one worker's socket directly (direct_wait) sleeps in ppoll, not in the
+  // reactor: whatever would wake the reactor wakes it too.
+  void wake_direct_locked() {
+    if (!direct_active_) return;
+    std::uint64_t one = 1;
+    [[maybe_unused]] ssize_t r = ::write(wake_fd_, &one, sizeof one);
+  }
   void notify_followers() {
     std::lock_guard lk(m_);
     if (followers_) lead_cv_.notify_all();
+    wake_direct_locked();
   }
   void rt_main();
   // I/O, on the leader.
@@ -228,13 +263,20 @@ class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCo
   void start_write(const WorkerPtr& w);
   void continue_write(const WorkerPtr& w);
   void end_write(const WorkerPtr& w, bool ok);
+  bool direct_wait(const Waitable& w, const Deadline& d);
   void start_read(const WorkerPtr& w);
-  void on_read(const WorkerPtr& w, const boost::system::error_code& ec, std::size_t n);
+  void on_readable(const WorkerPtr& w, const boost::system::error_code& ec);
+  bool read_available(const WorkerPtr& w);
   void process_frames(const WorkerPtr& w);
   void start_ctl_read();
   void on_ctl_read(const boost::system::error_code& ec, std::size_t n);
   void handle_exit(std::uint32_t index, std::uint32_t gen, int code, bool spawn_failed);
-  void spawn_worker(std::uint32_t index);
+  void spawn_worker(std::uint32_t index, bool direct);
+  std::vector<int> fds_children_drop();
+  void start_server(int also_drop = -1);
+  bool ensure_server(int also_drop);
+  void watch_exit(const WorkerPtr& w);
+  void wait_children();
   void retire(const WorkerPtr& w);
   void ctl_send(const Bytes& frame, int fd = -1);
   void signal_worker(std::uint32_t index, int sig);
@@ -254,12 +296,15 @@ class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCo
   Socket ctl_;
   std::mutex ctl_mutex_;
   ReadBuffer ctl_buf_;
-  std::shared_ptr<ChildProcess> server_;
+  std::shared_ptr<ChildProcess> server_;  // set under m_; none until a worker is forked there
+  ServerConfig sc_;
   Slot* slots_ = nullptr;
   std::size_t slots_bytes_ = 0;
+  int wake_fd_ = -1;  // eventfd: wakes a leader in direct_wait
+  unsigned spawned_ = 0;
 
   std::mutex m_;
-  std::condition_variable lead_cv_, rt_cv_;
+  std::condition_variable lead_cv_, rt_cv_, callbacks_done_cv_;
   std::vector<WorkerPtr> workers_;  // by index: the current generation
   std::vector<WorkerPtr> retired_;  // done with maxtasksperchild, exit not reported yet
   std::deque<TaskPtr> pending_;
@@ -271,6 +316,7 @@ class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCo
   std::exception_ptr broken_;  // set when no task can run any more (failed initializer, lost server)
   unsigned spawn_failures_ = 0;
   bool leader_active_ = false;
+  bool direct_active_ = false;
   bool rt_leads_ = false;
   unsigned followers_ = 0;
   bool kick_pending_ = false;
@@ -279,6 +325,7 @@ class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCo
   std::thread* rt_ = nullptr;  // a raw pointer: a forked copy of this object must never destroy it
   std::atomic<std::thread::id> rt_id_{};
   bool rt_stop_ = false;
+  bool rt_in_callbacks_ = false;
   std::atomic<bool> rt_stop_flag_{false};
   double avg_ns_ = 0;
   bool have_avg_ = false;
@@ -306,18 +353,52 @@ void PoolCore::start() {
   slots_bytes_ = sizeof(Slot) * processes_;
   slots_ = static_cast<Slot*>(map_shared(slots_bytes_));
   for (unsigned i = 0; i < processes_; ++i) ::new (&slots_[i]) Slot;
+  sc_ = ServerConfig{slots_, &cfg_.initializer, cfg_.maxtasksperchild, 0};
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) throw Error(std::string("mpx::Pool: eventfd: ") + std::strerror(errno));
+  workers_.resize(processes_);
+  // With no other thread here, the workers are forked right away (no process server forked first
+  // and asked to fork them: one fork fewer on the way); the server comes when a worker must be
+  // replaced. With threads, the server is forked now and forks every worker.
+  bool direct = only_thread();
+  if (!direct) start_server();
+  for (unsigned i = 0; i < processes_; ++i) spawn_worker(i, direct);
+}
 
+// Every fd of this pool a child must not keep: copies would hold the workers' channels open
+// past their end, and the pool's own ends are no business of a child.
+std::vector<int> PoolCore::fds_children_drop() {
+  std::vector<int> fds{wake_fd_};
+  std::lock_guard lk(m_);
+  auto add = [&](const WorkerPtr& w) {
+    if (!w) return;
+    if (w->sock.is_open()) fds.push_back(w->sock.native_handle());
+    if (w->exit_watch && w->exit_watch->is_open()) fds.push_back(w->exit_watch->native_handle());
+    if (w->proc && w->proc->sentinel() >= 0) fds.push_back(w->proc->sentinel());
+  };
+  for (auto& w : workers_) add(w);
+  for (auto& w : retired_) add(w);
+  if (ctl_.is_open()) fds.push_back(ctl_.native_handle());
+  return fds;
+}
+
+void PoolCore::start_server(int also_drop) {
   int ctl[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
     throw Error(std::string("mpx::Pool: socketpair: ") + std::strerror(errno));
-  ServerConfig sc{slots_, &cfg_.initializer, cfg_.maxtasksperchild};
+  std::vector<int> drop = fds_children_drop();
+  if (also_drop >= 0) drop.push_back(also_drop);
+  ServerConfig sc = sc_;
+  sc.spawned = spawned_;
   ForkOptions fo;
   fo.name = "PoolServer";
   fo.daemon = true;
   fo.die_with_parent = true;
+  std::shared_ptr<ChildProcess> server;
   try {
-    server_ = fork_child(fo, [&]() -> int {
+    server = fork_child(fo, [&]() -> int {
       ::close(ctl[0]);
+      for (int fd : drop) ::close(fd);
       return server_main(ctl[1], sc);
     });
   } catch (...) {
@@ -326,10 +407,77 @@ void PoolCore::start() {
     throw;
   }
   ::close(ctl[1]);
-  ctl_.assign(asio::local::stream_protocol(), ctl[0]);
-  workers_.resize(processes_);
-  for (unsigned i = 0; i < processes_; ++i) spawn_worker(i);
+  {
+    std::lock_guard lk(ctl_mutex_);
+    ctl_.assign(asio::local::stream_protocol(), ctl[0]);
+  }
+  {
+    std::lock_guard lk(m_);
+    server_ = std::move(server);
+  }
   start_ctl_read();
+}
+
+// The process server, forked on first need once the pool runs. False when it cannot be had:
+// then no worker can be replaced, and the pool is broken.
+bool PoolCore::ensure_server(int also_drop) {
+  {
+    std::lock_guard lk(m_);
+    if (server_) return !server_gone_;
+  }
+  try {
+    start_server(also_drop);
+    return true;
+  } catch (const std::exception& e) {
+    logger().error("mpx::Pool: cannot start the process server: {}", e.what());
+    std::vector<TaskPtr> failed;
+    {
+      std::lock_guard lk(m_);
+      server_gone_ = true;
+      if (!broken_)
+        break_pool_locked(
+            std::make_exception_ptr(Error(std::string("mpx::Pool: cannot replace a worker: ") + e.what())),
+            failed);
+    }
+    fail_all(failed, broken_);
+    notify_followers();
+    return false;
+  }
+}
+
+void PoolCore::watch_exit(const WorkerPtr& w) {
+  int fd = w->proc->sentinel();
+  if (fd < 0) return;  // no sentinel at all: the end of its channel tells (on_readable)
+  int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return;
+  w->exit_watch = std::make_unique<asio::posix::stream_descriptor>(io_, dup);
+  w->exit_watch->async_wait(asio::posix::stream_descriptor::wait_read,
+                            [this, w](const boost::system::error_code& ec) {
+                              if (ec) return;
+                              // A pipe sentinel reads as closed a moment before the child can be reaped.
+                              if (!w->proc->poll() && !w->proc->wait(std::chrono::seconds(1))) {
+                                watch_exit(w);
+                                return;
+                              }
+                              boost::system::error_code ignored;
+                              w->exit_watch->close(ignored);
+                              handle_exit(w->index, w->gen, w->proc->exitcode().value_or(-SIGKILL), false);
+                            });
+}
+
+// Every process of this pool that runs: the workers it forked itself, and the process server
+// (which exits after its own workers).
+void PoolCore::wait_children() {
+  std::vector<std::shared_ptr<ChildProcess>> procs;
+  {
+    std::lock_guard lk(m_);
+    for (auto& w : workers_)
+      if (w && w->proc) procs.push_back(w->proc);
+    for (auto& w : retired_)
+      if (w->proc) procs.push_back(w->proc);
+    if (server_) procs.push_back(server_);
+  }
+  for (auto& p : procs) p->wait();
 }
 
 PoolCore::~PoolCore() {
@@ -347,11 +495,17 @@ PoolCore::~PoolCore() {
     delete rt_;
   }
   boost::system::error_code ec;
-  for (auto& w : workers_)
-    if (w) w->sock.close(ec);
-  for (auto& w : retired_) w->sock.close(ec);
+  auto close_worker = [&](const WorkerPtr& w) {
+    if (!w) return;
+    w->sock.close(ec);
+    if (w->exit_watch) w->exit_watch->close(ec);
+    w->proc.reset();  // kills and reaps it if it still runs (a failed start)
+  };
+  for (auto& w : workers_) close_worker(w);
+  for (auto& w : retired_) close_worker(w);
   ctl_.close(ec);
   server_.reset();  // kills and reaps the server if it still runs (a failed start)
+  if (wake_fd_ >= 0) ::close(wake_fd_);
   if (slots_) unmap_shared(slots_, slots_bytes_);
 }
 
@@ -387,17 +541,17 @@ void PoolCore::terminate() {
   bool server_alive;
   {
     std::lock_guard lk(m_);
-    server_alive = !server_gone_;
+    server_alive = server_ && !server_gone_;
   }
+  signal_worker(kAllWorkers, SIGKILL);
   if (server_alive) {
     try {
-      signal_worker(kAllWorkers, SIGKILL);
       ctl_send(small_frame(kQuit));
     } catch (const std::exception& e) {
       logger().warn("mpx::Pool::terminate: {}", e.what());
     }
   }
-  server_->wait();
+  wait_children();
 }
 
 void PoolCore::join() {
@@ -426,7 +580,7 @@ void PoolCore::join() {
       joining_ = true;
       for (auto& w : workers_)
         if (w && !w->dead) live.push_back(w);
-      server_alive = !server_gone_;
+      server_alive = server_ && !server_gone_;
     }
     Bytes bye = small_frame(kExit);
     for (auto& w : live) send_all_raw(w->sock.native_handle(), bye);
@@ -438,8 +592,11 @@ void PoolCore::join() {
       }
     }
   }
-  server_->wait();
-  std::lock_guard lk(m_);
+  wait_children();
+  std::unique_lock lk(m_);
+  // As in Python, callbacks have run once join() returns (unless it is called from one).
+  if (!on_callback_thread())
+    callbacks_done_cv_.wait(lk, [&] { return (callbacks_.empty() && !rt_in_callbacks_) || !rt_; });
   joined_ = true;
 }
 
@@ -521,7 +678,10 @@ bool PoolCore::submit(TaskSubmission* tasks, std::size_t n, bool caller_waits, b
       if (leader_active_) {
         // Tasks already waiting mean every worker's window is full (results will make room
         // and the leader dispatches then) or a kick is on its way: no need to wake it.
-        if (!kick_pending_ && pending_.size() == n) kick_pending_ = post = true;
+        if (!kick_pending_ && pending_.size() == n) {
+          kick_pending_ = post = true;
+          wake_direct_locked();
+        }
       } else if (!caller_waits) {
         wake_rt_locked();
       }
@@ -580,6 +740,8 @@ void PoolCore::lead(const Waitable* w, const Deadline& d, bool rt) {
   for (;;) {
     if (w && w->is_ready()) return;
     if (rt && (outstanding_.load() == 0 || callbacks_pending_.load() || rt_stop_flag_.load())) return;
+    if (d.expired()) return;
+    if (w && direct_wait(*w, d)) continue;
     if (d.infinite()) {
       io_.run_one();
     } else {
@@ -627,12 +789,18 @@ void PoolCore::rt_main() {
       auto batch = std::move(callbacks_);
       callbacks_.clear();
       callbacks_pending_ = false;
+      rt_in_callbacks_ = true;
       lk.unlock();
       for (auto& s : batch) s->run_callbacks();
       batch.clear();
       lk.lock();
+      rt_in_callbacks_ = false;
+      if (callbacks_.empty()) callbacks_done_cv_.notify_all();
       if (followers_) lead_cv_.notify_all();
-      if (leader_active_) wake_leader();  // its result may be one that just settled
+      if (leader_active_) {  // its result may be one that just settled
+        wake_leader();
+        wake_direct_locked();
+      }
       continue;
     }
     if (rt_stop_) return;
@@ -773,37 +941,103 @@ void PoolCore::end_write(const WorkerPtr& w, bool ok) {
   if (more) start_write(w);
 }
 
-void PoolCore::start_read(const WorkerPtr& w) {
-  if (w->dead) return;
-  std::size_t need = kReadChunk / 4;
-  auto avail = w->rbuf.data();
-  try {
-    if (auto h = proto::decode_header(avail)) {
-      std::uint64_t total = h->header_size + h->length;
-      if (total > avail.size())
-        need = std::max<std::size_t>(need, static_cast<std::size_t>(total - avail.size()));
+// A caller waiting for a result while only one worker has tasks in flight, nothing waits to be
+// sent and no write is pending, reads that worker's socket itself: one ppoll and one recv per
+// answer instead of a reactor round (epoll_wait, completion queue, possibly a speculative read).
+// It also wakes for the wake eventfd (new tasks, callbacks, terminate) and for the worker's exit
+// (its pidfd, or the process server's reports), and leaves those to the reactor. True when it
+// waited (the caller re-checks its result), false when the reactor must run.
+bool PoolCore::direct_wait(const Waitable& w, const Deadline& d) {
+  WorkerPtr x;
+  int exit_fd = -1;
+  {
+    std::lock_guard lk(m_);
+    if (!pending_.empty() || kick_pending_ || terminated_ || broken_) return false;
+    for (auto& k : workers_) {
+      if (!k || k->inflight.empty()) continue;
+      if (x) return false;
+      x = k;
     }
-  } catch (const ProtocolError&) {
-    logger().error("mpx::Pool: garbage from worker {}; stopping it", w->pid);
-    signal_worker(w->index, SIGKILL);
-    return;
+    for (auto& k : retired_)
+      if (!k->inflight.empty()) return false;
+    if (!x || !x->usable || x->dead || x->writing || x->write_scheduled || !x->queued.empty()) return false;
+    if (x->exit_watch)
+      exit_fd = x->exit_watch->native_handle();
+    else if (server_ && !server_gone_)
+      exit_fd = ctl_.native_handle();
+    if (w.is_ready()) return true;
+    direct_active_ = true;
   }
-  auto room = w->rbuf.prepare(need);
-  w->sock.async_read_some(
-      asio::buffer(room.data(), room.size()),
-      [this, w](const boost::system::error_code& ec, std::size_t n) { on_read(w, ec, n); });
+  pollfd p[3] = {{x->sock.native_handle(), POLLIN, 0}, {wake_fd_, POLLIN, 0}, {exit_fd, POLLIN, 0}};
+  timespec ts{};
+  if (auto left = d.remaining()) {
+    ts.tv_sec = static_cast<time_t>(left->count() / 1000000000);
+    ts.tv_nsec = static_cast<long>(left->count() % 1000000000);
+  }
+  int r = ::ppoll(p, exit_fd >= 0 ? 3 : 2, d.infinite() ? nullptr : &ts, nullptr);
+  {
+    std::lock_guard lk(m_);
+    direct_active_ = false;
+  }
+  if (r <= 0) return true;  // timeout or signal: the caller checks its deadline
+  if (p[1].revents) {
+    std::uint64_t v;
+    [[maybe_unused]] ssize_t n = ::read(wake_fd_, &v, sizeof v);
+  }
+  if (p[0].revents && !read_available(x)) {
+    std::lock_guard lk(m_);  // EOF or error: the exit report follows
+    x->usable = false;
+  }
+  return !p[1].revents && !p[2].revents;
 }
 
-void PoolCore::on_read(const WorkerPtr& w, const boost::system::error_code& ec, std::size_t n) {
-  if (ec) {
-    if (ec == asio::error::operation_aborted) return;
-    std::lock_guard lk(m_);  // EOF or error: the exit report follows
-    w->usable = false;
+// The reactor only reports readability; the read itself is ours, so a direct_wait may read the
+// same socket in between without a reactor operation holding a buffer into rbuf.
+void PoolCore::start_read(const WorkerPtr& w) {
+  if (w->dead) return;
+  w->sock.async_wait(Socket::wait_read,
+                     [this, w](const boost::system::error_code& ec) { on_readable(w, ec); });
+}
+
+void PoolCore::on_readable(const WorkerPtr& w, const boost::system::error_code& ec) {
+  if (ec == asio::error::operation_aborted) return;
+  if (!ec && read_available(w)) return start_read(w);
+  if (w->proc && !w->exit_watch && w->proc->wait(std::chrono::seconds(1))) {
+    // No sentinel to watch: the end of its channel is all that tells the worker's exit.
+    handle_exit(w->index, w->gen, w->proc->exitcode().value_or(-SIGKILL), false);
     return;
   }
-  w->rbuf.commit(n);
-  process_frames(w);
-  start_read(w);
+  std::lock_guard lk(m_);  // EOF or error: the exit report follows
+  w->usable = false;
+}
+
+// Reads what the socket holds (the reactor is edge-triggered: until a short read) and handles
+// every complete frame. False at EOF or on an error.
+bool PoolCore::read_available(const WorkerPtr& w) {
+  int fd = w->sock.native_handle();
+  for (;;) {
+    std::size_t need = kReadChunk / 4;
+    auto avail = w->rbuf.data();
+    try {
+      if (auto h = proto::decode_header(avail)) {
+        std::uint64_t total = h->header_size + h->length;
+        if (total > avail.size())
+          need = std::max<std::size_t>(need, static_cast<std::size_t>(total - avail.size()));
+      }
+    } catch (const ProtocolError&) {
+      logger().error("mpx::Pool: garbage from worker {}; stopping it", w->pid);
+      signal_worker(w->index, SIGKILL);
+      return false;
+    }
+    auto room = w->rbuf.prepare(need);
+    ssize_t n = ::recv(fd, room.data(), room.size(), MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+    if (n <= 0) return false;
+    w->rbuf.commit(static_cast<std::size_t>(n));
+    process_frames(w);
+    if (static_cast<std::size_t>(n) < room.size()) return true;
+  }
 }
 
 void PoolCore::update_window_locked(std::uint64_t ns) {
@@ -852,6 +1086,7 @@ void PoolCore::process_frames(const WorkerPtr& w) {
   std::vector<WorkerPtr> start;
   std::vector<TaskPtr> failed;
   bool retiring = false;
+  std::size_t finished = 0;
   {
     std::lock_guard lk(m_);
     for (auto& a : answers_) {
@@ -860,7 +1095,7 @@ void PoolCore::process_frames(const WorkerPtr& w) {
       w->inflight.pop_front();
       w->inflight_bytes -= rec->frame.size();
       ++w->answered;
-      outstanding_.fetch_sub(1);
+      ++finished;
       update_window_locked(a.ns);
       completed_.emplace_back(std::move(rec), a.result);
     }
@@ -881,6 +1116,8 @@ void PoolCore::process_frames(const WorkerPtr& w) {
     if (rec.use_count() == 1) recycle(std::move(rec->frame));
   }
   completed_.clear();
+  // Counted out only once delivered: join() then knows every callback has been scheduled.
+  if (finished) outstanding_.fetch_sub(finished);
   if (!failed.empty()) fail_all(failed, broken_);
   w->rbuf.consume(pos);
   if (any) notify_followers();
@@ -909,11 +1146,13 @@ void PoolCore::retire(const WorkerPtr& w) {
     if (workers_[w->index] != w) return;
     retired_.push_back(w);
   }
-  spawn_worker(w->index);
+  spawn_worker(w->index, false);
   dispatch_and_write();  // the fresh worker has room for what waits
 }
 
-void PoolCore::spawn_worker(std::uint32_t index) {
+// direct: fork it here (only while the pool's process has no other thread); else the process
+// server forks it.
+void PoolCore::spawn_worker(std::uint32_t index, bool direct) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
     logger().error("mpx::Pool: socketpair: {}", std::strerror(errno));
@@ -943,18 +1182,49 @@ void PoolCore::spawn_worker(std::uint32_t index) {
     slots_[index].running.store(0, std::memory_order_relaxed);
     workers_[index] = w;
   }
-  Bytes f;
-  std::size_t at = begin_frame(f);
-  put_u8(f, kSpawn);
-  put_le<std::uint32_t>(f, index);
-  put_le<std::uint32_t>(f, w->gen);
-  end_frame(f, at);
-  try {
-    ctl_send(f, sv[1]);
-  } catch (const std::exception& e) {
-    logger().error("mpx::Pool: cannot reach the process server: {}", e.what());
+  if (direct) {
+    std::vector<int> drop = fds_children_drop();
+    ForkOptions fo;
+    fo.name = "PoolWorker-" + std::to_string(++spawned_);
+    fo.daemon = true;
+    fo.die_with_parent = true;
+    try {
+      w->proc = fork_child(fo, [&]() -> int {
+        for (int fd : drop) ::close(fd);
+        return worker_main(sv[1], &slots_[index], sc_);
+      });
+    } catch (...) {
+      ::close(sv[1]);
+      throw;  // only while the pool is built: the constructor fails
+    }
+    ::close(sv[1]);
+    {
+      std::lock_guard lk(m_);
+      w->pid = w->proc->pid();
+    }
+    watch_exit(w);
+  } else {
+    if (!ensure_server(sv[1])) {
+      ::close(sv[1]);
+      std::lock_guard lk(m_);
+      w->sock.close(ec);
+      w->dead = true;
+      w->usable = false;
+      return;
+    }
+    Bytes f;
+    std::size_t at = begin_frame(f);
+    put_u8(f, kSpawn);
+    put_le<std::uint32_t>(f, index);
+    put_le<std::uint32_t>(f, w->gen);
+    end_frame(f, at);
+    try {
+      ctl_send(f, sv[1]);
+    } catch (const std::exception& e) {
+      logger().error("mpx::Pool: cannot reach the process server: {}", e.what());
+    }
+    ::close(sv[1]);
   }
-  ::close(sv[1]);
   start_read(w);
 }
 
@@ -1028,7 +1298,6 @@ void PoolCore::handle_exit(std::uint32_t index, std::uint32_t gen, int code, boo
     w->inflight_bytes = 0;
     w->usable = false;
     w->dead = true;
-    outstanding_.fetch_sub(lost.size());
     pid = w->pid;
     if (spawn_failed) {
       if (++spawn_failures_ >= 3 && !broken_)
@@ -1041,14 +1310,15 @@ void PoolCore::handle_exit(std::uint32_t index, std::uint32_t gen, int code, boo
     respawn = !terminated_ && !joining_ && !server_gone_ && !broken_;
   }
   w->sock.close(ec);
-  if (!lost.empty()) {
+  if (std::size_t n_lost = lost.size()) {
     fail_all(lost, std::make_exception_ptr(WorkerLost("mpx::Pool: worker process " + std::to_string(pid) +
                                                           " died while running this task (" +
                                                           describe_exit(code) + ")",
                                                       code)));
+    outstanding_.fetch_sub(n_lost);
   }
   if (!failed.empty()) fail_all(failed, broken_);
-  if (respawn) spawn_worker(index);
+  if (respawn) spawn_worker(index, false);
   dispatch_and_write();
   notify_followers();
 }
@@ -1110,6 +1380,21 @@ void PoolCore::ctl_send(const Bytes& frame, int fd) {
 }
 
 void PoolCore::signal_worker(std::uint32_t index, int sig) {
+  std::vector<std::shared_ptr<ChildProcess>> direct;
+  bool via_server = false;
+  {
+    std::lock_guard lk(m_);
+    auto add = [&](const WorkerPtr& w) {
+      if (w && w->proc && (index == kAllWorkers || w->index == index)) direct.push_back(w->proc);
+    };
+    for (auto& w : workers_) add(w);
+    for (auto& w : retired_) add(w);
+    via_server =
+        server_ && !server_gone_ &&
+        (index == kAllWorkers || index >= workers_.size() || !workers_[index] || !workers_[index]->proc);
+  }
+  for (auto& p : direct) p->signal(sig);
+  if (!via_server) return;
   Bytes f;
   std::size_t at = begin_frame(f);
   put_u8(f, kSignal);

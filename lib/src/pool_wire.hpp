@@ -107,9 +107,12 @@ struct ServerConfig {
   Slot* slots = nullptr;
   const std::function<void()>* initializer = nullptr;
   unsigned maxtasksperchild = 0;
+  unsigned spawned = 0;  // workers the pool's process forked itself before the server (for names)
 };
 
 // The process server's main loop: forks workers on request, reports their exits.
 int server_main(int ctl, const ServerConfig& config);
+// A worker's loop on its channel to the pool; returns its exit status.
+int worker_main(int fd, Slot* slot, const ServerConfig& config);
 
 }  // namespace mpx::detail::poolwire

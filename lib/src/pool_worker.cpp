@@ -51,6 +51,8 @@ bool write_all(int fd, const std::byte* p, std::size_t n) {
   return true;
 }
 
+}  // namespace
+
 int worker_main(int fd, Slot* slot, const ServerConfig& config) {
   ::signal(SIGINT, SIG_IGN);  // Ctrl-C is for the pool's process; it stops us
   ::signal(SIGPIPE, SIG_IGN);
@@ -139,6 +141,8 @@ int worker_main(int fd, Slot* slot, const ServerConfig& config) {
   }
 }
 
+namespace {
+
 struct Child {
   std::uint32_t index, gen;
   std::shared_ptr<ChildProcess> proc;
@@ -164,7 +168,7 @@ int server_main(int ctl, const ServerConfig& config) {
   std::deque<int> fds;  // channel fds received, in order, each for the next kSpawn
   Bytes in;
   bool quitting = false, ctl_open = true;
-  unsigned spawned = 0;
+  unsigned spawned = config.spawned;
   std::vector<pollfd> pfds;
 
   auto kill_all = [&](int sig) {
