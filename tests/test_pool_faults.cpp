@@ -523,3 +523,39 @@ TEST_CASE("no fds or children left behind by this file's pools") {
   CHECK(::waitpid(-1, &status, WNOHANG) <= 0);
   CHECK(mpx::active_children().empty());
 }
+
+TEST_CASE("a pool built without threads forks its workers itself, and a process server only to replace one") {
+  auto [rd, wr] = mpx::Pipe(false);
+  mpx::Process owner([&wr] {
+    const int me = static_cast<int>(::getpid());
+    mpx::Pool pool(2);
+    std::set<int> first;
+    for (int p : pool.map(pid_of, std::vector<int>(20, 0), 1)) first.insert(p);
+    int direct = 1;
+    for (int p : first) direct &= parent_of(p) == me;
+    int lost = 0;
+    try {
+      pool.apply(crash, 3);
+    } catch (const mpx::WorkerLost& e) {
+      lost = e.exitcode() == -SIGKILL;
+    }
+    int by_server = 0;
+    std::set<int> now;
+    for (int p : pool.map(pid_of, std::vector<int>(40, 0), 1)) now.insert(p);
+    for (int p : now)
+      if (!first.count(p) && parent_of(p) != me) ++by_server;
+    int works = pool.apply(square, 7) == 49;
+    wr.send(std::vector<int>{direct, lost, by_server, works});
+  });
+  owner.start();
+  wr.close();
+  REQUIRE(rd.poll(kLong));
+  auto v = rd.recv<std::vector<int>>();
+  REQUIRE(v.size() == 4);
+  CHECK(v[0] == 1);  // the first workers are the owner's children
+  CHECK(v[1] == 1);  // the killed one failed its task with WorkerLost
+  CHECK(v[2] >= 1);  // its replacement is a child of the process server
+  CHECK(v[3] == 1);
+  CHECK(owner.join(kLong));
+  CHECK(owner.exitcode() == 0);
+}
