@@ -148,20 +148,22 @@ class MpiPoolCore final : public Driver {
     if (!accepting_) throw StateError("mpx::mpi::Pool: the pool is closed");
   }
   void submit(std::vector<TaskSubmission>&& tasks) {
+    bool wake = false;
     {
       std::lock_guard lk(m_);
       if (!accepting_) throw StateError("mpx::mpi::Pool: the pool is closed");
-      for (auto& t : tasks) incoming_.push_back(std::move(t));
+      wake = enqueue(tasks);
     }
-    cv_.notify_one();
+    if (wake) cv_.notify_one();
   }
   bool feed(std::vector<TaskSubmission>&& tasks) {
+    bool wake = false;
     {
       std::lock_guard lk(m_);
       if (join_requested_ || terminated_) return false;
-      for (auto& t : tasks) incoming_.push_back(std::move(t));
+      wake = enqueue(tasks);
     }
-    cv_.notify_one();
+    if (wake) cv_.notify_one();
     return true;
   }
   std::size_t inflight_hint() const noexcept { return workers_.size() * kDepth * 8; }
@@ -204,6 +206,14 @@ class MpiPoolCore final : public Driver {
     Bytes buffer;
   };
 
+  // Under m_. True when the dispatch thread needs waking: only the first submission since it last
+  // looked does, so a burst of apply_async costs one wake-up, not one per task.
+  bool enqueue(std::vector<TaskSubmission>& tasks) {
+    bool first = incoming_.empty();
+    for (auto& t : tasks) incoming_.push_back(std::move(t));
+    return first;
+  }
+
   void join() {
     std::lock_guard lk(join_m_);
     if (thread_.joinable()) thread_.join();
@@ -235,10 +245,10 @@ class MpiPoolCore final : public Driver {
       bool terminated = false, join_requested = false;
       {
         std::unique_lock lk(m_);
-        auto has_work = [&] { return !incoming_.empty() || !callbacks_.empty() || terminated_ || join_requested_; };
+        auto news = [&] { return !incoming_.empty() || !callbacks_.empty() || terminated_; };
         if (inflight_.empty() && sends_.empty() && pending_.empty())
-          cv_.wait(lk, has_work);  // nothing to poll MPI for
-        else if (idle_wait.count() > 0 && !has_work())
+          cv_.wait(lk, [&] { return news() || join_requested_; });  // nothing to poll MPI for
+        else if (idle_wait.count() > 0 && !news())
           cv_.wait_for(lk, idle_wait);
         for (auto& t : incoming_) pending_.push_back(std::move(t));
         incoming_.clear();
