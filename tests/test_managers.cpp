@@ -386,6 +386,33 @@ TEST_CASE("pipelined calls: Deferred results, flush, errors") {
   CHECK_THROWS_AS(m.flush(), mpx::Full);
   CHECK_NOTHROW(m.flush());
 
+  // Pipelined calls that return nothing go quiet (no reply unless they fail): a failure still
+  // reaches its Deferred, or else the next call on this thread.
+  auto l = m.lock();
+  auto unheld = l.release_async();
+  CHECK_THROWS_AS(unheld.get(), mpx::StateError);
+  (void)l.release_async();
+  CHECK_THROWS_AS(d.size(), mpx::StateError);
+  CHECK(d.size() == 5000);
+  (void)l.release_async();
+  auto after = d.get_async(3);
+  CHECK(after.get() == -3);
+  CHECK_THROWS_AS(m.flush(), mpx::StateError);
+  // A quiet call that waits on the server: timed out, and completed by another thread.
+  auto q1 = m.queue<int>(1);
+  q1.put(1);
+  CHECK_THROWS_AS(q1.put_async(2, true, std::chrono::milliseconds(20)).get(), mpx::Full);
+  auto blocked = q1.put_async(2);
+  auto behind = d.get_async(4);
+  std::thread taker([q1]() mutable {
+    CHECK(q1.get() == 1);
+    CHECK(q1.get() == 2);
+  });
+  CHECK(behind.get() == -4);
+  CHECK(blocked.ready());
+  CHECK_NOTHROW(blocked.get());
+  taker.join();
+
   // Another thread may not complete this thread's Deferred.
   auto late = d.get_async(1);
   std::thread([&] { CHECK_THROWS_AS(late.get(), mpx::StateError); }).join();

@@ -220,6 +220,24 @@ TEST_CASE("malformed, oversized and unauthenticated requests: an error, and the 
     CHECK(roundtrip(c, request(mpx::proto::Op::ping, 0)) == std::pair{0, 0});
     CHECK(roundtrip(c, request(mpx::proto::Op::dict_size, d.core().oid())) == std::pair{0, 0});
   }
+  SUBCASE("quiet requests: no reply when they succeed, status 2 when they fail") {
+    auto lock = m.lock();
+    auto c = raw_session(a, m.authkey());
+    c.recv_bytes();
+    constexpr std::uint64_t quiet = std::uint64_t{1} << 63;
+    c.send_bytes(request(mpx::proto::Op::dict_size, d.core().oid() | quiet));  // succeeds: no reply
+    c.send_bytes(request(mpx::proto::Op::release, lock.core().oid() | quiet,
+                         [](auto& w) { w.u32(1); }));  // a lock it does not hold
+    auto failed = c.recv_bytes();
+    CHECK(static_cast<int>(failed[0]) == 2);
+    CHECK(static_cast<int>(failed[1]) == kState);
+    c.send_bytes(request(mpx::proto::Op::dict_set, d.core().oid() | quiet, [](auto& w) {
+      mpx::detail::put_value(w, 3);
+      mpx::detail::put_value(w, 3);
+    }));
+    CHECK(roundtrip(c, request(mpx::proto::Op::ping, 0)) == std::pair{0, 0});  // the next reply is the ping's
+    CHECK(d.pop(3) == 3);
+  }
   SUBCASE("a frame over the limit is refused before it is read, and that connection closes") {
     auto c = raw_session(a, m.authkey());
     c.recv_bytes();

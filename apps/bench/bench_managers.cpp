@@ -6,7 +6,8 @@
 //   - queue items per second from a producer process to this one: one put/get per item, and
 //     batched (put_many / get_many);
 //   - Value increments under a manager Lock from two processes at once: acquire, get, set,
-//     release per increment, plainly and pipelined (one round trip per increment).
+//     release per increment, plainly and pipelined (one round trip per increment), next to
+//     the floor of any such hand-off: a token passed between two processes through a relay.
 // Raw and manager rounds alternate so both see the same machine load.
 #include <mpx/managers.hpp>
 
@@ -161,6 +162,51 @@ double queue_items_per_s(mpx::Manager& m, long n, bool batched) {
   return static_cast<double>(n) / s;
 }
 
+// ---- the floor of a lock hand-off between two processes through a third: a token passed
+// A -> S -> B -> S -> A over socketpairs, S relaying as a server does. Each pass is what one
+// pipelined increment needs at the least: the holder's message reaches the server, the
+// server's reply wakes the other process.
+
+double token_pass_per_s(long per_process) {
+  StartGate gate;
+  int a[2], b[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a) != 0 ||
+      ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, b) != 0)
+    throw std::runtime_error("socketpair");
+  pid_t relay = mpx::bench::fork_child([&] {
+    ::close(a[1]);
+    ::close(b[1]);
+    char t[16];
+    while (transfer(a[0], t, sizeof t, false) && transfer(b[0], t, sizeof t, true) &&
+           transfer(b[0], t, sizeof t, false) && transfer(a[0], t, sizeof t, true)) {
+    }
+  });
+  ::close(a[0]);
+  ::close(b[0]);
+  auto party = [&](int fd, int other, bool first) {
+    return mpx::bench::fork_child([&, fd, other, first] {
+      ::close(other);
+      gate.wait();
+      char t[16] = {};
+      for (long i = 0; i < per_process; ++i)
+        if (first ? !transfer(fd, t, sizeof t, true) || !transfer(fd, t, sizeof t, false)
+                  : !transfer(fd, t, sizeof t, false) || !transfer(fd, t, sizeof t, true))
+          throw std::runtime_error("token pass: the relay ended early");
+    });
+  };
+  pid_t pa = party(a[1], b[1], true), pb = party(b[1], a[1], false);
+  ::close(a[1]);
+  ::close(b[1]);
+  auto t0 = Clock::now();
+  gate.open(2);
+  bool ok = mpx::bench::join_child(pa);
+  ok = mpx::bench::join_child(pb) && ok;
+  double s = mpx::bench::seconds(Clock::now() - t0);
+  ok = mpx::bench::join_child(relay) && ok;
+  if (!ok) throw std::runtime_error("token pass: a process failed");
+  return static_cast<double>(2 * per_process) / s;
+}
+
 // ---- Value increments under a Lock, two processes
 
 double locked_increments_per_s(mpx::Manager& m, long per_process, bool pipelined) {
@@ -211,7 +257,8 @@ MPX_BENCH_GROUP(managers, "managers",
   const long queue_plain = ctx.iterations(40000), queue_batched = ctx.iterations(1000000);
   const long increments = ctx.iterations(20000);
 
-  std::vector<double> call_us, raw_us, seq_rate, pipe_rate, q_plain, q_batched, inc_plain, inc_pipe;
+  std::vector<double> call_us, raw_us, seq_rate, pipe_rate, q_plain, q_batched, inc_plain, inc_pipe,
+      floor_pass;
   {
     mpx::Manager m;
     auto d = m.dict<int, long>();
@@ -227,6 +274,7 @@ MPX_BENCH_GROUP(managers, "managers",
       q_batched.push_back(queue_items_per_s(m, queue_batched, true));
       inc_plain.push_back(locked_increments_per_s(m, increments / 2, false));
       inc_pipe.push_back(locked_increments_per_s(m, increments, true));
+      floor_pass.push_back(token_pass_per_s(increments));
     }
   }
   const double m_call = median(call_us), m_raw = median(raw_us);
@@ -239,6 +287,9 @@ MPX_BENCH_GROUP(managers, "managers",
   report("managers.queue.batched.items_per_s", median(q_batched), "items/s");
   report("managers.lock_value.plain.increments_per_s", median(inc_plain), "increments/s");
   report("managers.lock_value.pipelined.increments_per_s", median(inc_pipe), "increments/s");
+  // The ceiling for any lock hand-off between two processes through a server on this machine.
+  report("raw.token_pass3.passes_per_s", median(floor_pass), "passes/s");
+  report_ratio("managers.lock_value.pipelined.share_of_token_pass", median(inc_pipe), median(floor_pass));
 
   auto py = mpx::bench::python_figures("manager_bench.py", ctx.quick, ctx.quick ? 1 : 3);
   // Python's figure once, then each of ours against it (a ratio > 1: mpx is faster).

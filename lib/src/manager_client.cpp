@@ -123,11 +123,11 @@ ClientConn::~ClientConn() {
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
   auto error = std::make_exception_ptr(ConnectionClosed("mpx: the manager connection was closed"));
-  for (auto& slot : pending_)
-    if (slot) {
-      slot->error = error;
-      slot->done = true;
-      slot->conn = nullptr;
+  for (auto& p : pending_)
+    if (p.slot) {
+      p.slot->error = error;
+      p.slot->done = true;
+      p.slot->conn = nullptr;
     }
 }
 
@@ -150,11 +150,11 @@ void ClientConn::abandon_after_fork() noexcept {
   in_request_ = false;
   auto error =
       std::make_exception_ptr(ConnectionClosed("mpx: a pipelined call made before fork() cannot complete"));
-  for (auto& slot : pending_)
-    if (slot) {
-      slot->error = error;
-      slot->done = true;
-      slot->conn = nullptr;
+  for (auto& p : pending_)
+    if (p.slot) {
+      p.slot->error = error;
+      p.slot->done = true;
+      p.slot->conn = nullptr;
     }
   pending_.clear();
 }
@@ -193,11 +193,11 @@ void ClientConn::fail(const Error& e) {
   out_.clear();
   in_request_ = false;
   auto error = std::make_exception_ptr(ConnectionClosed(e.what()));
-  for (auto& slot : pending_)
-    if (slot) {
-      slot->error = error;
-      slot->done = true;
-      slot->conn = nullptr;
+  for (auto& p : pending_)
+    if (p.slot) {
+      p.slot->error = error;
+      p.slot->done = true;
+      p.slot->conn = nullptr;
     }
   pending_.clear();
   throw ConnectionClosed(e.what());
@@ -272,14 +272,37 @@ void ClientConn::deliver(const std::shared_ptr<ReplySlot>& slot, std::span<const
   if (error && (!slot || slot.use_count() == 1) && !unobserved_) unobserved_ = error;
 }
 
-void ClientConn::read_pending(const ReplySlot* stop) {
+bool ClientConn::consume(std::span<const std::byte> frame) {
+  bool quiet_error = !frame.empty() && static_cast<std::uint8_t>(frame[0]) == kQuietError;
   while (!pending_.empty()) {
-    auto slot = std::move(pending_.front());
+    Pending p = std::move(pending_.front());
     pending_.pop_front();
-    bool last = slot.get() == stop;
-    deliver(slot, read_frame());
-    if (last) return;
+    if (p.quiet && !quiet_error) {
+      // A reply to a later request: this quiet one succeeded.
+      if (p.slot) {
+        p.slot->done = true;
+        p.slot->conn = nullptr;
+      }
+      continue;
+    }
+    if (!p.quiet && quiet_error) fail(ProtocolError("mpx: the manager answered a request out of order"));
+    deliver(p.slot, frame);
+    return true;
   }
+  if (quiet_error) fail(ProtocolError("mpx: the manager reported an error for no request"));
+  return false;
+}
+
+void ClientConn::cap_quiet_tail() {
+  if (pending_.empty() || !pending_.back().quiet) return;
+  begin(proto::Op::ping, 0);
+  end_frame();
+  pending_.push_back({nullptr, false});
+}
+
+void ClientConn::read_pending(std::size_t keep) {
+  while (pending_.size() > keep)
+    if (!consume(read_frame())) fail(ProtocolError("mpx: the manager sent a reply nobody asked for"));
 }
 
 void ClientConn::throw_unobserved() {
@@ -291,8 +314,9 @@ void ClientConn::throw_unobserved() {
 proto::Reader ClientConn::call() {
   end_frame();
   send_all();
-  read_pending(nullptr);
-  auto frame = read_frame();
+  std::span<const std::byte> frame;
+  do frame = read_frame();
+  while (consume(frame));
   proto::Reader r(frame);
   auto status = static_cast<proto::Status>(r.u8());
   if (status != proto::Status::ok) proto::throw_error(proto::read_error(r));
@@ -300,29 +324,40 @@ proto::Reader ClientConn::call() {
   return r;
 }
 
-void ClientConn::call_async(std::shared_ptr<ReplySlot> slot) {
+void ClientConn::call_async(std::shared_ptr<ReplySlot> slot, bool quiet) {
+  if (quiet) {
+    // The id's top byte is the last of its 8 little-endian bytes, after the op byte.
+    out_[frame_start_ + proto::kShortHeaderSize + 8] |= std::byte{0x80};
+  }
   end_frame();
-  if (slot) slot->conn = this;
-  pending_.push_back(std::move(slot));
+  if (slot) {
+    slot->conn = this;
+    slot->quiet = quiet;
+  }
+  pending_.push_back({std::move(slot), quiet});
   // Bound what piles up on both sides: send in large writes, and collect replies now and
   // then so neither this process nor the server buffers without limit.
   if (out_.size() >= 256 * 1024) send_all();
   if (pending_.size() >= 8192) {
+    cap_quiet_tail();
     send_all();
-    read_pending(pending_[pending_.size() / 2].get());
+    read_pending(pending_.size() / 2);
   }
 }
 
 void ClientConn::flush() {
+  cap_quiet_tail();
   send_all();
-  read_pending(nullptr);
+  read_pending(0);
   throw_unobserved();
 }
 
 void ClientConn::wait(ReplySlot& slot) {
   if (slot.done) return;
+  if (slot.quiet) cap_quiet_tail();
   send_all();
-  read_pending(&slot);
+  while (!slot.done)
+    if (!consume(read_frame())) fail(ProtocolError("mpx: the manager sent a reply nobody asked for"));
 }
 
 // ---------------------------------------------------------------------------------------

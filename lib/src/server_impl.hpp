@@ -41,7 +41,14 @@ struct Park {
   std::uint32_t saved = 0;   // condition_wait: the rlock depth to restore
   bool result = true;        // condition_wait: false once it timed out
   bool reacquiring = false;  // condition_wait: notified (or timed out), now waits for the lock
+  bool quiet = false;        // answered only if it fails
 };
+
+// A request whose object id carries this bit is quiet: no reply when it succeeds, a reply
+// with status kQuietError when it fails (proto/manager.md; the client's side is in
+// mpx/detail/proxy_core.hpp).
+inline constexpr std::uint64_t kQuietBit = std::uint64_t{1} << 63;
+inline constexpr std::uint8_t kQuietError = 2;
 
 class Conn : public std::enable_shared_from_this<Conn> {
  public:
@@ -110,7 +117,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   std::uint64_t park_gen_ = 0;
   std::deque<Bytes> backlog_;  // requests that arrived while parked
   std::size_t backlog_bytes_ = 0;
-  bool resume_posted_ = false;
+  bool resume_queued_ = false;
   boost::asio::steady_timer timer_;
   std::unordered_set<std::uint64_t> holdings_;
   SessionRec* session_ = nullptr;
@@ -239,6 +246,23 @@ class Core {
   void stop();
   bool stopping() const noexcept { return stopping_; }
 
+  // Marks a handler that serves connections: parked requests completed inside it resume their
+  // connections when it ends.
+  class Batch {
+   public:
+    explicit Batch(Core& core) : core_(core) { ++core_.batch_depth_; }
+    ~Batch() {
+      if (core_.batch_depth_ == 1) core_.run_resumes();
+      --core_.batch_depth_;
+    }
+    Batch(const Batch&) = delete;
+    Batch& operator=(const Batch&) = delete;
+
+   private:
+    Core& core_;
+  };
+  void queue_resume(std::shared_ptr<Conn> c);
+
   // Called by connections.
   void dispatch(Conn& c, Op op, std::uint64_t oid, Reader& r, Writer& w, bool& parked);
   SessionRec* join_session(std::string token);
@@ -254,6 +278,7 @@ class Core {
   void do_accept();
   void open(Conn& c, Reader& r, Writer& w);
   void erase_name(std::string_view name);
+  void run_resumes();
   void destroy(std::uint64_t oid, const char* why);
 
   boost::asio::io_context& io_;
@@ -271,6 +296,9 @@ class Core {
   std::unordered_map<std::string, std::uint64_t> names_;
   std::unordered_map<std::string, std::unique_ptr<SessionRec>> sessions_;
   std::unordered_map<std::uint64_t, std::weak_ptr<Conn>> conns_;
+  std::vector<std::shared_ptr<Conn>> resumes_;  // connections whose parked request completed
+  int batch_depth_ = 0;
+  bool resume_posted_ = false;
   // Accept handlers may run after the Core is gone (when the io_context outlives it).
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

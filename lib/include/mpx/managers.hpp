@@ -83,7 +83,7 @@ inline void decode_void(proto::Reader&) {}
 template <class T>
 Deferred<T> send_async(Request& req, T (*decode)(proto::Reader&)) {
   auto slot = std::make_shared<TypedSlot<T>>(decode);
-  req.call_async(slot);
+  req.call_async(slot, std::is_void_v<T>);  // a reply without a body need not come at all
   return Deferred<T>(std::move(slot));
 }
 
@@ -482,6 +482,16 @@ class LockableProxy : public ProxyBase<LockableProxy> {
   // release_async() — a whole critical section in one round trip (the server runs a
   // connection's requests in order, so the calls after the acquire wait for the lock; a
   // timed acquire that fails lets them run unguarded, so check its result before using theirs).
+  // An increment of a shared counter from several processes, one round trip each:
+  //
+  //   lock.acquire_async();              // queued, not sent yet
+  //   auto now = counter.get_async();    // runs once the lock is granted
+  //   counter.set_async(now.get() + 1);  // get() sends both and waits for the value
+  //   lock.release_async();              // leaves with the next request (or Manager::flush())
+  //
+  // The set and the release get no reply unless they fail (their error then surfaces at the
+  // next call or flush on this thread), and the server hands the lock straight to the next
+  // waiter, whose queued requests run at once.
   Deferred<bool> acquire_async(bool block = true, Timeout timeout = forever);
   Deferred<void> release_async();
 

@@ -37,12 +37,20 @@ namespace mpx::detail {
 class ClientConn;
 class Session;
 
+// A request whose object id carries this bit is quiet: the server sends no reply when it
+// succeeds, and a reply with status kQuietError (an error body) when it fails (proto/manager.md).
+// Pipelined calls that return nothing are quiet, so that a client waiting for a later reply is
+// not woken by replies nobody reads.
+inline constexpr std::uint64_t kQuietBit = std::uint64_t{1} << 63;
+inline constexpr std::uint8_t kQuietError = 2;
+
 // Where a pipelined request's reply goes once it has been read.
 class ReplySlot {
  public:
   virtual ~ReplySlot() = default;
   virtual void on_reply(proto::Reader& body) = 0;
   bool done = false;
+  bool quiet = false;  // sent quiet: done once a later reply (or its own error) arrives
   std::exception_ptr error;
   ClientConn* conn = nullptr;  // until done; only the issuing thread may wait on it
 };
@@ -82,8 +90,9 @@ class ClientConn {
   // the ok body (valid until the next request on this connection) or throws the error.
   proto::Reader call();
   // Finishes the request and queues it; its reply goes to `slot` (nullptr: nobody waits,
-  // an error then surfaces at the next call or flush on this connection).
-  void call_async(std::shared_ptr<ReplySlot> slot);
+  // an error then surfaces at the next call or flush on this connection). A quiet request
+  // (one whose reply has no body) gets a reply from the server only if it fails.
+  void call_async(std::shared_ptr<ReplySlot> slot, bool quiet = false);
   // Sends what is queued and reads every outstanding reply.
   void flush();
   // Reads replies until `slot` has its own.
@@ -102,7 +111,12 @@ class ClientConn {
   void send_all();
   std::span<const std::byte> read_frame();
   void deliver(const std::shared_ptr<ReplySlot>& slot, std::span<const std::byte> frame);
-  void read_pending(const ReplySlot* stop);  // up to and including `stop` (nullptr: all)
+  // Settles the oldest outstanding requests with one reply frame; false when the frame
+  // answers none of them (it is the reply of the call sent after them).
+  bool consume(std::span<const std::byte> frame);
+  // Queues a ping behind trailing quiet requests, so that some reply is sure to follow them.
+  void cap_quiet_tail();
+  void read_pending(std::size_t keep);  // until at most `keep` requests are outstanding
   [[noreturn]] void fail(const Error& e);
   void throw_unobserved();
 
@@ -113,7 +127,11 @@ class ClientConn {
   bool in_request_ = false;
   Bytes in_;
   std::size_t in_pos_ = 0, in_end_ = 0;
-  std::deque<std::shared_ptr<ReplySlot>> pending_;
+  struct Pending {
+    std::shared_ptr<ReplySlot> slot;
+    bool quiet;
+  };
+  std::deque<Pending> pending_;
   std::exception_ptr unobserved_;
 };
 
@@ -245,9 +263,9 @@ class Request {
     sent_ = true;
     return c_.call();
   }
-  void call_async(std::shared_ptr<ReplySlot> slot) {
+  void call_async(std::shared_ptr<ReplySlot> slot, bool quiet = false) {
     sent_ = true;
-    c_.call_async(std::move(slot));
+    c_.call_async(std::move(slot), quiet);
   }
   ClientConn& conn() noexcept { return c_; }
 
