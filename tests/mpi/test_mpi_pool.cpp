@@ -262,6 +262,21 @@ TEST_CASE("run_pool: main's value and exceptions come back on the root; the work
   });
 }
 
+TEST_CASE("any rank can be the root; the others, rank 0 included, are its workers") {
+  mpx::mpi::Options options;
+  options.root = world().size() - 1;
+  int ran = with_pool(
+      [](mpx::mpi::Pool& pool) {
+        auto ranks = pool.map(host_rank, std::views::iota(0, 32), 1);
+        std::set<int> seen(ranks.begin(), ranks.end());
+        CHECK(seen.count(world().size() - 1) == 0);
+        CHECK(seen.count(0) == 1);
+        return 7;
+      },
+      options);
+  CHECK(ran == (world().rank() == world().size() - 1 ? 7 : 0));
+}
+
 TEST_CASE("run_pool rejects a communicator without workers and a root outside it") {
   boost::mpi::communicator alone = world().split(world().rank());
   CHECK_THROWS_AS(mpx::mpi::run_pool(alone, [](mpx::mpi::Pool&) { return 0; }), mpx::ValueError);
