@@ -60,10 +60,10 @@ inline void end_frame(Bytes& out, std::size_t at) {
 
 inline constexpr std::size_t kReadChunk = std::size_t{256} << 10;
 
-// A growable read buffer without zero-filling (large results arrive straight into it).
+// A growable read buffer without zero-filling (large results arrive straight into it). Memory
+// comes with the first read: a pool that never hears from a channel never maps a buffer for it.
 class ReadBuffer {
  public:
-  ReadBuffer() { reset(kReadChunk); }
   std::span<const std::byte> data() const { return {buf_.get() + beg_, end_ - beg_}; }
   void consume(std::size_t n) {
     beg_ += n;
@@ -74,6 +74,7 @@ class ReadBuffer {
   }
   // Room for at least `need` more bytes of the current frame.
   std::span<std::byte> prepare(std::size_t need) {
+    if (!buf_) reset(need > kReadChunk ? need : kReadChunk);
     std::size_t have = end_ - beg_;
     if (beg_ > 0 && (cap_ - end_ < need || beg_ > cap_ / 2)) {
       std::memmove(buf_.get(), buf_.get() + beg_, have);
