@@ -76,9 +76,10 @@ void Conn::start_handshake_timer() {
 void Conn::read_more() {
   if (reading_ || closed_ || closing_ || backlog_bytes_ > kMaxBacklogBytes) return;
   reading_ = true;
-  // Asio tries a recv before waiting for readiness, which nearly always finds nothing right
-  // after a reply; waiting first (async_wait) costs an epoll_ctl per request instead, which
-  // measured slower.
+  // Asio tries a recv before waiting for readiness, which right after a reply nearly always
+  // finds nothing. Every way to skip that try (async_wait, or a pending wait_error, which
+  // turns speculation off) makes Asio re-arm the descriptor with an epoll_ctl per read
+  // instead, which measured no faster, so the read stays the plain one.
   socket_.async_read_some(boost::asio::buffer(rbuf_),
                           [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
                             self->reading_ = false;
@@ -204,7 +205,7 @@ void Conn::handle_request(Bytes& frame) {
       std::uint64_t oid = r.u64();
       quiet = (oid & kQuietBit) != 0;
       core_.dispatch(*this, op, oid & ~kQuietBit, r, w, parked);
-      if (parked) park_->quiet = quiet;
+      if (parked && park_) park_->quiet = quiet;
     } catch (const std::exception& e) {
       parked = false;
       failed = true;
