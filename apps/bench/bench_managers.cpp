@@ -11,6 +11,7 @@
 // Raw and manager rounds alternate so both see the same machine load.
 #include <mpx/managers.hpp>
 
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -52,6 +53,53 @@ std::vector<double> socketpair_rtt_us(long n) {
     char b[16];
     while (transfer(sv[1], b, sizeof b, false) && transfer(sv[1], b, sizeof b, true)) {
     }
+  });
+  ::close(sv[1]);
+  char b[16] = {};
+  std::vector<double> us;
+  for (long i = -n / 10; i < n; ++i) {
+    auto t0 = Clock::now();
+    if (!transfer(sv[0], b, sizeof b, true) || !transfer(sv[0], b, sizeof b, false))
+      throw std::runtime_error("socketpair echo ended early");
+    if (i >= 0) us.push_back(mpx::bench::seconds(Clock::now() - t0) * 1e6);
+  }
+  ::close(sv[0]);
+  mpx::bench::join_child(echo);
+  return us;
+}
+
+// The same round trip with the echo side written as an event-driven server is: after each
+// reply a recv that finds nothing, then epoll_wait, then the recv that gets the request. That
+// is the least an epoll-based server (Asio's reactor included) spends per request, so the
+// manager's call is compared with it too.
+std::vector<double> socketpair_epoll_rtt_us(long n) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) throw std::runtime_error("socketpair");
+  pid_t echo = mpx::bench::fork_child([&] {
+    ::close(sv[0]);
+    int ep = ::epoll_create1(EPOLL_CLOEXEC);
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLET;
+    if (ep < 0 || ::epoll_ctl(ep, EPOLL_CTL_ADD, sv[1], &ev) != 0) throw std::runtime_error("epoll");
+    char b[16];
+    std::size_t have = 0;
+    for (;;) {
+      ssize_t r = ::recv(sv[1], b + have, sizeof b - have, MSG_DONTWAIT);
+      if (r == 0) break;
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN) break;
+        epoll_event got{};
+        if (::epoll_wait(ep, &got, 1, -1) < 0 && errno != EINTR) break;
+        continue;
+      }
+      have += static_cast<std::size_t>(r);
+      if (have == sizeof b) {
+        if (!transfer(sv[1], b, sizeof b, true)) break;
+        have = 0;
+      }
+    }
+    ::close(ep);
   });
   ::close(sv[1]);
   char b[16] = {};
@@ -257,7 +305,7 @@ MPX_BENCH_GROUP(managers, "managers",
   const long queue_plain = ctx.iterations(40000), queue_batched = ctx.iterations(1000000);
   const long increments = ctx.iterations(20000);
 
-  std::vector<double> call_us, raw_us, seq_rate, pipe_rate, q_plain, q_batched, inc_plain, inc_pipe,
+  std::vector<double> call_us, raw_us, epoll_us, seq_rate, pipe_rate, q_plain, q_batched, inc_plain, inc_pipe,
       floor_pass;
   {
     mpx::Manager m;
@@ -268,6 +316,8 @@ MPX_BENCH_GROUP(managers, "managers",
       call_us.insert(call_us.end(), c.begin(), c.end());
       auto raw = socketpair_rtt_us(calls / runs + 1);
       raw_us.insert(raw_us.end(), raw.begin(), raw.end());
+      auto ep = socketpair_epoll_rtt_us(calls / runs + 1);
+      epoll_us.insert(epoll_us.end(), ep.begin(), ep.end());
       seq_rate.push_back(dict_sequential_ops_per_s(d, calls));
       pipe_rate.push_back(dict_pipelined_ops_per_s(m, d, ops));
       q_plain.push_back(queue_items_per_s(m, queue_plain, false));
@@ -281,6 +331,8 @@ MPX_BENCH_GROUP(managers, "managers",
   report("managers.dict.call_median", m_call, "us");
   report("raw.socketpair_pingpong16.rtt_median", m_raw, "us");
   report_ratio("managers.dict.call_ratio_vs_raw", m_call, m_raw);
+  report("raw.socketpair_pingpong16_epoll_server.rtt_median", median(epoll_us), "us");
+  report_ratio("managers.dict.call_ratio_vs_epoll_server", m_call, median(epoll_us));
   report("managers.dict.sequential.ops_per_s", median(seq_rate), "ops/s");
   report("managers.dict.pipelined.ops_per_s", median(pipe_rate), "ops/s");
   report("managers.queue.plain.items_per_s", median(q_plain), "items/s");
