@@ -11,6 +11,7 @@
 #include <mpx/mpi.hpp>
 #include <mpx/timeout.hpp>
 
+#include <malloc.h>
 #include <mpi.h>
 #include <sched.h>
 
@@ -36,6 +37,9 @@ constexpr unsigned kDepth = 2;                        // batches in flight per w
 constexpr std::size_t kMaxBatchTasks = 256;           // tasks per batch message
 constexpr std::size_t kMaxBatchBytes = 8u << 20;      // bytes per batch message (soft)
 constexpr std::size_t kMaxMessage = std::numeric_limits<int>::max();  // MPI counts are ints
+constexpr std::size_t kInPlaceMin = 64u << 10;        // tasks this big are sent without a copy
+constexpr std::size_t kRecordHeader = 4 + 8 + 8;      // a one-record batch: n, seq, length
+constexpr std::size_t kMaxSpareBytes = 64u << 20;     // sent task frames kept for reuse
 
 // Polling without burning a core: spin a little (sched_yield lets co-located ranks run), then
 // sleep in steps growing from 10 us to 1 ms. Reset on every bit of progress.
@@ -88,14 +92,16 @@ void for_each_record(std::span<const std::byte> msg, F&& f) {
   }
 }
 
-// Receives the message `status` announced, whole.
-Bytes receive(MPI_Comm comm, const MPI_Status& status) {
+// Receives the message `status` announced, whole, into buf (grown, never shrunk, so a series
+// of large messages does not fault in fresh pages each time). Returns the message's bytes.
+std::span<const std::byte> receive(MPI_Comm comm, const MPI_Status& status, Bytes& buf) {
   int count = 0;
   MPI_Get_count(&status, MPI_BYTE, &count);
-  Bytes buf(static_cast<std::size_t>(count));
+  auto n = static_cast<std::size_t>(count);
+  if (buf.size() < n) buf.resize(n);
   check_mpi(MPI_Recv(buf.data(), count, MPI_BYTE, status.MPI_SOURCE, status.MPI_TAG, comm, MPI_STATUS_IGNORE),
             "receive");
-  return buf;
+  return {buf.data(), n};
 }
 
 }  // namespace
@@ -167,6 +173,24 @@ class MpiPoolCore final : public Driver {
     return true;
   }
   std::size_t inflight_hint() const noexcept { return workers_.size() * kDepth * 8; }
+
+  // Large task frames are reused once sent: fresh pages cost a fault each, and big maps come in
+  // series.
+  Bytes take_frame(std::size_t reserve) {
+    if (reserve + kTaskPrefix >= kInPlaceMin) {
+      std::lock_guard lk(spare_m_);
+      for (auto it = spare_.begin(); it != spare_.end(); ++it) {
+        if (it->capacity() >= reserve + kTaskPrefix) {
+          Bytes b = std::move(*it);
+          spare_bytes_ -= b.capacity();
+          spare_.erase(it);
+          b.resize(kTaskPrefix);
+          return b;
+        }
+      }
+    }
+    return new_task_frame(reserve);
+  }
 
   // ---- lifecycle ----
   void close() {
@@ -288,13 +312,19 @@ class MpiPoolCore final : public Driver {
       // Spread what is queued over every free slot rather than giving it all to one worker.
       std::size_t share = std::max<std::size_t>(1, pending_.size() / (workers_.size() * kDepth));
       share = std::min(share, kMaxBatchTasks);
+      if (auto& t = pending_.front(); t.frame.size() - kTaskPrefix >= kInPlaceMin) {
+        send_in_place(*w, t);
+        pending_.pop_front();
+        sent = true;
+        continue;
+      }
       Bytes msg;
       put_le<std::uint32_t>(msg, 0);
       std::vector<std::uint64_t> seqs;
       while (!pending_.empty() && seqs.size() < share) {
         auto& t = pending_.front();
         auto body = std::span<const std::byte>(t.frame).subspan(kTaskPrefix);
-        if (!seqs.empty() && msg.size() + body.size() > kMaxBatchBytes) break;
+        if (!seqs.empty() && (msg.size() + body.size() > kMaxBatchBytes || body.size() >= kInPlaceMin)) break;
         if (body.size() + 32 > kMaxMessage) {
           t.sink->on_failure(t.tag, std::make_exception_ptr(
                                         ValueError("mpx::mpi::Pool: a task larger than 2 GiB cannot be sent")));
@@ -320,6 +350,30 @@ class MpiPoolCore final : public Driver {
     return sent;
   }
 
+  // A large task goes alone, straight from its frame: a one-record batch header fits in the room
+  // the frame keeps in front of the body, so the body is not copied again.
+  void send_in_place(Worker& w, TaskSubmission& t) {
+    std::size_t len = t.frame.size() - kTaskPrefix;
+    if (len + 32 > kMaxMessage) {
+      t.sink->on_failure(t.tag, std::make_exception_ptr(
+                                    ValueError("mpx::mpi::Pool: a task larger than 2 GiB cannot be sent")));
+      return;
+    }
+    static_assert(kTaskPrefix >= kRecordHeader);
+    std::size_t at = kTaskPrefix - kRecordHeader;
+    std::uint64_t seq = next_seq_++;
+    patch_le<std::uint32_t>(t.frame, at, 1);
+    patch_le<std::uint64_t>(t.frame, at + 4, seq);
+    patch_le<std::uint64_t>(t.frame, at + 12, len);
+    inflight_.emplace(seq, InFlight{std::move(t.sink), t.tag});
+    auto& s = sends_.emplace_back(Send{MPI_REQUEST_NULL, std::move(t.frame)});
+    check_mpi(MPI_Isend(s.buffer.data() + at, static_cast<int>(s.buffer.size() - at), MPI_BYTE, w.rank, kTagTasks,
+                        comm_, &s.request),
+              "send tasks");
+    ++w.batches;
+    w.seqs.push_back({seq});
+  }
+
   bool collect_results() {
     bool got = false;
     for (;;) {
@@ -328,7 +382,7 @@ class MpiPoolCore final : public Driver {
       check_mpi(MPI_Iprobe(MPI_ANY_SOURCE, kTagResults, comm_, &flag, &status), "probe");
       if (!flag) return got;
       got = true;
-      Bytes msg = receive(comm_, status);
+      auto msg = receive(comm_, status, recv_buf_);
       Worker* w = worker(status.MPI_SOURCE);
       for_each_record(msg, [&](std::uint64_t seq, std::span<const std::byte> result) {
         auto it = inflight_.find(seq);
@@ -354,6 +408,7 @@ class MpiPoolCore final : public Driver {
       int done = 0;
       check_mpi(MPI_Test(&it->request, &done, MPI_STATUS_IGNORE), "send");
       if (done) {
+        recycle(std::move(it->buffer));
         it = sends_.erase(it);
         any = true;
       } else {
@@ -381,7 +436,7 @@ class MpiPoolCore final : public Driver {
         continue;
       }
       backoff.reset();
-      receive(comm_, status);
+      receive(comm_, status, recv_buf_);
       if (status.MPI_TAG == kTagBye) ++byes;
     }
     check_mpi(MPI_Waitall(static_cast<int>(exits.size()), exits.data(), MPI_STATUSES_IGNORE), "send exit");
@@ -407,6 +462,15 @@ class MpiPoolCore final : public Driver {
       w.seqs.clear();
     }
     notify_waiters();
+  }
+
+  void recycle(Bytes&& b) {
+    if (b.capacity() < kInPlaceMin) return;
+    std::lock_guard lk(spare_m_);
+    if (spare_bytes_ + b.capacity() > kMaxSpareBytes) return;
+    spare_bytes_ += b.capacity();
+    b.clear();
+    spare_.push_back(std::move(b));
   }
 
   void notify_waiters() {
@@ -438,6 +502,11 @@ class MpiPoolCore final : public Driver {
   std::unordered_map<std::uint64_t, InFlight> inflight_;
   std::list<Send> sends_;
   std::uint64_t next_seq_ = 1;
+  Bytes recv_buf_;
+
+  std::mutex spare_m_;
+  std::vector<Bytes> spare_;
+  std::size_t spare_bytes_ = 0;
 
   std::mutex wait_m_;
   std::condition_variable wait_cv_;
@@ -449,7 +518,7 @@ class MpiPoolCore final : public Driver {
 
 Driver* pool_driver(MpiPoolCore& core) noexcept { return &core; }
 std::uint64_t pool_next_apply_index(MpiPoolCore& core) noexcept { return core.next_apply_index(); }
-Bytes pool_frame(MpiPoolCore&, std::size_t reserve) { return new_task_frame(reserve); }
+Bytes pool_frame(MpiPoolCore& core, std::size_t reserve) { return core.take_frame(reserve); }
 void pool_check_open(MpiPoolCore& core) { core.check_open(); }
 void pool_submit(MpiPoolCore& core, std::vector<TaskSubmission>&& tasks, bool) { core.submit(std::move(tasks)); }
 void pool_submit_one(MpiPoolCore& core, TaskSubmission&& task, bool) {
@@ -465,8 +534,12 @@ namespace {
 // A worker rank: batches in, result batches out, until the root says exit.
 void serve(MPI_Comm comm, int root) {
   disable_module_rescan();
+  // Task after task allocates and frees the same large buffers: keep them in the heap rather
+  // than mapping fresh pages (a fault per 4 KiB) every time, as a forked pool worker does.
+  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  ::mallopt(M_TRIM_THRESHOLD, 128 << 20);
   Backoff backoff;
-  Bytes out;
+  Bytes in, out;
   for (;;) {
     int flag = 0;
     MPI_Status status;
@@ -476,7 +549,7 @@ void serve(MPI_Comm comm, int root) {
       continue;
     }
     backoff.reset();
-    Bytes msg = receive(comm, status);
+    auto msg = receive(comm, status, in);
     if (status.MPI_TAG == kTagExit) break;
     if (status.MPI_TAG != kTagTasks) throw ProtocolError("mpx::mpi: unexpected message from the root");
     out.clear();
