@@ -25,9 +25,14 @@
 //
 // Differences from mpx::Pool, all MPI's rules: a rank that dies ends the MPI job (there is no
 // WorkerLost and no replacement, so no maxtasksperchild); terminate() cannot interrupt a running
-// task, it fails every pending result with StateError and lets the workers go as soon as their
-// current tasks end. Idle ranks poll with a short spin then a sleep that grows to 1 ms, so they
-// leave the CPU to others instead of spinning as a blocking MPI receive would.
+// task, it fails every pending result with StateError and lets the workers go once the tasks
+// already sent to them end. Idle ranks poll with a short spin then a sleep that grows to 1 ms,
+// so they leave the CPU to others instead of spinning as a blocking MPI receive would. A worker
+// rank keeps large buffers in its heap while it serves (mallopt), as a forked worker does.
+//
+// Cost: results come back through the root's dispatch thread, so a sequential apply() pays two
+// thread hand-offs on the root on top of the MPI round trip; batch (map, apply_async) where
+// latency matters.
 #pragma once
 
 #include <mpx/detail/pool.hpp>
@@ -76,7 +81,7 @@ class Pool : public detail::PoolApi<detail::MpiPoolCore> {
   ~Pool();  // close() + join() unless terminate() was called; then join()
 
   void close();      // no more submissions (StateError after)
-  void terminate();  // pending results fail with StateError; workers stop after their current task
+  void terminate();  // pending results fail with StateError; workers stop after the tasks sent to them
   void join();       // after close() or terminate() (else StateError): all work done, workers released
   const boost::mpi::communicator& communicator() const noexcept { return comm_; }
 
