@@ -266,7 +266,7 @@ class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCo
   bool direct_wait(const Waitable& w, const Deadline& d);
   void start_read(const WorkerPtr& w);
   void on_readable(const WorkerPtr& w, const boost::system::error_code& ec);
-  bool read_available(const WorkerPtr& w);
+  bool read_available(const WorkerPtr& w, bool until_empty);
   void process_frames(const WorkerPtr& w);
   void start_ctl_read();
   void on_ctl_read(const boost::system::error_code& ec, std::size_t n);
@@ -984,7 +984,7 @@ bool PoolCore::direct_wait(const Waitable& w, const Deadline& d) {
     std::uint64_t v;
     [[maybe_unused]] ssize_t n = ::read(wake_fd_, &v, sizeof v);
   }
-  if (p[0].revents && !read_available(x)) {
+  if (p[0].revents && !read_available(x, false)) {
     std::lock_guard lk(m_);  // EOF or error: the exit report follows
     x->usable = false;
   }
@@ -1001,7 +1001,7 @@ void PoolCore::start_read(const WorkerPtr& w) {
 
 void PoolCore::on_readable(const WorkerPtr& w, const boost::system::error_code& ec) {
   if (ec == asio::error::operation_aborted) return;
-  if (!ec && read_available(w)) return start_read(w);
+  if (!ec && read_available(w, true)) return start_read(w);
   if (w->proc && !w->exit_watch && w->proc->wait(std::chrono::seconds(1))) {
     // No sentinel to watch: the end of its channel is all that tells the worker's exit.
     handle_exit(w->index, w->gen, w->proc->exitcode().value_or(-SIGKILL), false);
@@ -1011,9 +1011,12 @@ void PoolCore::on_readable(const WorkerPtr& w, const boost::system::error_code& 
   w->usable = false;
 }
 
-// Reads what the socket holds (the reactor is edge-triggered: until a short read) and handles
-// every complete frame. False at EOF or on an error.
-bool PoolCore::read_available(const WorkerPtr& w) {
+// Reads what the socket holds (the reactor is edge-triggered: at least until a short read) and
+// handles every complete frame. until_empty: also whatever arrived while they were handled, until
+// the socket is empty; a busy worker's next results are then read without a reactor round. A
+// direct_wait stops at the short read instead (its next answer comes after its next task).
+// False at EOF or on an error.
+bool PoolCore::read_available(const WorkerPtr& w, bool until_empty) {
   int fd = w->sock.native_handle();
   for (;;) {
     std::size_t need = kReadChunk / 4;
@@ -1036,7 +1039,7 @@ bool PoolCore::read_available(const WorkerPtr& w) {
     if (n <= 0) return false;
     w->rbuf.commit(static_cast<std::size_t>(n));
     process_frames(w);
-    if (static_cast<std::size_t>(n) < room.size()) return true;
+    if (!until_empty && static_cast<std::size_t>(n) < room.size()) return true;
   }
 }
 
