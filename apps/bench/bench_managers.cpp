@@ -1,7 +1,8 @@
 // mpx::Manager (a private server process, proxies over a Unix socket) against a raw socketpair
 // ping-pong in the same run and, when python3 is on PATH, against Python's
 // multiprocessing.Manager (apps/bench/python/manager_bench.py):
-//   - dict set and get, one round trip per call: median latency next to the raw round trip;
+//   - dict set and get, one round trip per call: median latency next to the raw round trip,
+//     with a blocking echo and with an epoll-driven one (the least any event loop spends);
 //   - dict ops per second: one call per op as Python does it, and pipelined (set_async);
 //   - queue items per second from a producer process to this one: one put/get per item, and
 //     batched (put_many / get_many);
