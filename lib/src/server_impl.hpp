@@ -44,11 +44,8 @@ struct Park {
   bool quiet = false;        // answered only if it fails
 };
 
-// A request whose object id carries this bit is quiet: no reply when it succeeds, a reply
-// with status kQuietError when it fails (proto/manager.md; the client's side is in
-// mpx/detail/proxy_core.hpp).
-inline constexpr std::uint64_t kQuietBit = std::uint64_t{1} << 63;
-inline constexpr std::uint8_t kQuietError = 2;
+using proto::kQuietBit;  // quiet requests: answered only if they fail
+using proto::kQuietError;
 
 class Conn : public std::enable_shared_from_this<Conn> {
  public:

@@ -37,12 +37,8 @@ namespace mpx::detail {
 class ClientConn;
 class Session;
 
-// A request whose object id carries this bit is quiet: the server sends no reply when it
-// succeeds, and a reply with status kQuietError (an error body) when it fails (proto/manager.md).
-// Pipelined calls that return nothing are quiet, so that a client waiting for a later reply is
-// not woken by replies nobody reads.
-inline constexpr std::uint64_t kQuietBit = std::uint64_t{1} << 63;
-inline constexpr std::uint8_t kQuietError = 2;
+using proto::kQuietBit;  // quiet requests: answered only if they fail
+using proto::kQuietError;
 
 // Where a pipelined request's reply goes once it has been read.
 class ReplySlot {

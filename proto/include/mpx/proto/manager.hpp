@@ -125,6 +125,13 @@ std::string_view kind_name(Kind) noexcept;  // "dict", "list" ... ("?" for an un
 
 enum class Status : std::uint8_t { ok = 0, error = 1 };
 
+// A request whose object id carries this bit is quiet: the server sends no reply when it
+// succeeds, and a reply with status kQuietError (an error body) when it fails. Pipelined calls
+// that return nothing are quiet, so that a client waiting for a later reply is not woken by
+// replies nobody reads (manager.md, "Quiet requests").
+inline constexpr std::uint64_t kQuietBit = std::uint64_t{1} << 63;
+inline constexpr std::uint8_t kQuietError = 2;
+
 // Which mpx error a failed request raises on the client.
 enum class ErrorCode : std::uint8_t {
   error = 1,
