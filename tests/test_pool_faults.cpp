@@ -57,6 +57,8 @@ int crash(int how) {
   return how;
 }
 int crash_on(int x) { return x == 13 ? crash(3) : x; }
+int g_stamp = 0;  // what the program looked like when a pool was built
+int stamp(int) { return g_stamp; }
 
 std::vector<char> big_result(int mib) {
   std::vector<char> v(static_cast<std::size_t>(mib) << 20);
@@ -524,11 +526,13 @@ TEST_CASE("no fds or children left behind by this file's pools") {
   CHECK(mpx::active_children().empty());
 }
 
-TEST_CASE("a pool built without threads forks its workers itself, and a process server only to replace one") {
+TEST_CASE("a pool built without threads forks its workers itself, and its process server the replacements") {
   auto [rd, wr] = mpx::Pipe(false);
   mpx::Process owner([&wr] {
     const int me = static_cast<int>(::getpid());
+    g_stamp = 1;
     mpx::Pool pool(2);
+    g_stamp = 2;  // after the pool was built: no worker sees it, replacements included
     std::set<int> first;
     for (int p : pool.map(pid_of, std::vector<int>(20, 0), 1)) first.insert(p);
     int direct = 1;
@@ -545,17 +549,20 @@ TEST_CASE("a pool built without threads forks its workers itself, and a process 
     for (int p : now)
       if (!first.count(p) && parent_of(p) != me) ++by_server;
     int works = pool.apply(square, 7) == 49;
-    wr.send(std::vector<int>{direct, lost, by_server, works});
+    int stamps = 0;
+    for (int v : pool.map(stamp, std::vector<int>(40, 0), 1)) stamps += v == 1;
+    wr.send(std::vector<int>{direct, lost, by_server, works, stamps});
   });
   owner.start();
   wr.close();
   REQUIRE(rd.poll(kLong));
   auto v = rd.recv<std::vector<int>>();
-  REQUIRE(v.size() == 4);
+  REQUIRE(v.size() == 5);
   CHECK(v[0] == 1);  // the first workers are the owner's children
   CHECK(v[1] == 1);  // the killed one failed its task with WorkerLost
   CHECK(v[2] >= 1);  // its replacement is a child of the process server
   CHECK(v[3] == 1);
+  CHECK(v[4] == 40);  // the replacement is a copy of the program as it was when the pool was built
   CHECK(owner.join(kLong));
   CHECK(owner.exitcode() == 0);
 }

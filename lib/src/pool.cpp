@@ -133,7 +133,7 @@ Bytes small_frame(std::uint8_t type) {
 }
 
 // Forking the workers from the pool's process is only safe while it has no other thread (one
-// could hold a lock the workers need); then it saves the process server's fork on the way.
+// could hold a lock the workers need); then the process server's fork is not on their way.
 bool only_thread() {
   int fd = ::open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
@@ -357,12 +357,15 @@ void PoolCore::start() {
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) throw Error(std::string("mpx::Pool: eventfd: ") + std::strerror(errno));
   workers_.resize(processes_);
-  // With no other thread here, the workers are forked right away (no process server forked first
-  // and asked to fork them: one fork fewer on the way); the server comes when a worker must be
-  // replaced. With threads, the server is forked now and forks every worker.
+  // With no other thread here, the workers are forked right away (not asked of a process server
+  // forked first: the server's fork is no longer on their way). The server, which forks the
+  // replacements, is still forked now, while no other thread can hold a lock: forked later, it
+  // would copy the program as it is then, locks held by other threads included. With threads,
+  // the server is forked first and forks every worker.
   bool direct = only_thread();
   if (!direct) start_server();
   for (unsigned i = 0; i < processes_; ++i) spawn_worker(i, direct);
+  if (direct) start_server();
 }
 
 // Every fd of this pool a child must not keep: copies would hold the workers' channels open
@@ -418,8 +421,8 @@ void PoolCore::start_server(int also_drop) {
   start_ctl_read();
 }
 
-// The process server, forked on first need once the pool runs. False when it cannot be had:
-// then no worker can be replaced, and the pool is broken.
+// The process server (forked when the pool is built; this only reports whether it is still
+// there). False when it cannot be had: then no worker can be replaced, and the pool is broken.
 bool PoolCore::ensure_server(int also_drop) {
   {
     std::lock_guard lk(m_);

@@ -13,10 +13,11 @@
 // transferable types. On the wire a function is identified by its code's place in its module
 // (build-id + offset), so it must stay loaded (no dlclose) and workers run the same binary.
 //
-// Workers are forked from a single-threaded server process that the pool forks when it is built,
-// so a pool made while other threads run (another pool, say) gives its workers a consistent
-// copy of the program as it was at that moment (later changes to globals are not seen by
-// workers, replacements included). They ignore SIGINT, and die when the pool's process dies,
+// Workers are copies of the program as it was when the pool was built (later changes to globals
+// are not seen by workers, replacements included). A pool built in a process with no other
+// thread forks its workers itself; otherwise, and for every replacement, a single-threaded
+// server process forked when the pool was built forks them, so a pool made while other threads
+// run (another pool, say) never copies a lock that some thread holds. They ignore SIGINT, and die when the pool's process dies,
 // however it dies: Ctrl-C stops a program and its pools. A pool belongs to the process that made
 // it; in a forked child its members throw StateError and its destructor does nothing.
 //
