@@ -46,15 +46,9 @@ bool transfer(int fd, char* b, std::size_t n, bool out) {
   return true;
 }
 
-std::vector<double> socketpair_rtt_us(long n) {
-  int sv[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) throw std::runtime_error("socketpair");
-  pid_t echo = mpx::bench::fork_child([&] {
-    ::close(sv[0]);
-    char b[16];
-    while (transfer(sv[1], b, sizeof b, false) && transfer(sv[1], b, sizeof b, true)) {
-    }
-  });
+// The client side of both floors: n timed 16-byte round trips (after n/10 untimed ones) with the
+// echo process on sv[1], which it then closes and reaps.
+std::vector<double> time_echo(int sv[2], pid_t echo, long n) {
   ::close(sv[1]);
   char b[16] = {};
   std::vector<double> us;
@@ -67,6 +61,18 @@ std::vector<double> socketpair_rtt_us(long n) {
   ::close(sv[0]);
   mpx::bench::join_child(echo);
   return us;
+}
+
+std::vector<double> socketpair_rtt_us(long n) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) throw std::runtime_error("socketpair");
+  pid_t echo = mpx::bench::fork_child([&] {
+    ::close(sv[0]);
+    char b[16];
+    while (transfer(sv[1], b, sizeof b, false) && transfer(sv[1], b, sizeof b, true)) {
+    }
+  });
+  return time_echo(sv, echo, n);
 }
 
 // The same round trip with the echo side written as an event-driven server is: after each
@@ -102,18 +108,7 @@ std::vector<double> socketpair_epoll_rtt_us(long n) {
     }
     ::close(ep);
   });
-  ::close(sv[1]);
-  char b[16] = {};
-  std::vector<double> us;
-  for (long i = -n / 10; i < n; ++i) {
-    auto t0 = Clock::now();
-    if (!transfer(sv[0], b, sizeof b, true) || !transfer(sv[0], b, sizeof b, false))
-      throw std::runtime_error("socketpair echo ended early");
-    if (i >= 0) us.push_back(mpx::bench::seconds(Clock::now() - t0) * 1e6);
-  }
-  ::close(sv[0]);
-  mpx::bench::join_child(echo);
-  return us;
+  return time_echo(sv, echo, n);
 }
 
 // ---- dict
