@@ -8,10 +8,10 @@
 #include "workloads/primes.hpp"
 #include "workloads/progress.hpp"
 
-#include <boost/mpi/communicator.hpp>
-#include <boost/mpi/environment.hpp>
 #include <fmt/core.h>
 #include <CLI/CLI.hpp>
+#include <boost/mpi/communicator.hpp>
+#include <boost/mpi/environment.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -34,8 +34,9 @@ int main(int argc, char** argv) {
   boost::mpi::environment env(argc, argv, boost::mpi::threading::serialized);
   boost::mpi::communicator world;
 
-  CLI::App app{"The primes workload on MPI ranks: rank 0 dispatches mpx::mpi::Pool tasks, the others "
-               "compute. Start it with mpirun -n 2 or more."};
+  CLI::App app{
+      "The primes workload on MPI ranks: rank 0 dispatches mpx::mpi::Pool tasks, the others "
+      "compute. Start it with mpirun -n 2 or more."};
   double count_below = 1e8;
   std::uint64_t segment = 0;
   app.add_option("--count-below", count_below, "Count the primes below N (e.g. 1e9)")
@@ -60,8 +61,8 @@ int main(int argc, char** argv) {
     std::vector<std::int64_t> xs(20000), ys{100, 1000, 5000};
     std::iota(xs.begin(), xs.end(), 0);
     auto flags = pool.map(wl::isprime, xs);
-    ok &= check("primes below 20000", static_cast<std::uint64_t>(std::accumulate(flags.begin(), flags.end(), 0)),
-                2262);
+    ok &= check("primes below 20000",
+                static_cast<std::uint64_t>(std::accumulate(flags.begin(), flags.end(), 0)), 2262);
     auto sums = pool.map(wl::sum_primes, ys);
     ok &= check("sum_primes(100)", static_cast<std::uint64_t>(sums[0]), 1060);
     ok &= check("sum_primes(1000)", static_cast<std::uint64_t>(sums[1]), 76127);

@@ -8,9 +8,9 @@
 
 #include "bench.hpp"
 
+#include <mpi.h>
 #include <boost/mpi/communicator.hpp>
 #include <boost/mpi/environment.hpp>
-#include <mpi.h>
 
 #include <cstring>
 #include <numeric>
@@ -52,8 +52,9 @@ int main(int argc, char** argv) {
   bool quick = argc > 1 && std::string_view(argv[1]) == "--quick";
   if (argc > 1 && !quick) {
     if (world.rank() == 0)
-      fmt::print("usage: mpirun -n 3 {} [--quick]\n  mpx::mpi::Pool next to raw MPI, as name: value unit lines\n",
-                 argv[0]);
+      fmt::print(
+          "usage: mpirun -n 3 {} [--quick]\n  mpx::mpi::Pool next to raw MPI, as name: value unit lines\n",
+          argv[0]);
     return std::string_view(argv[1]) == "--help" ? 0 : 2;
   }
   if (world.size() < 2) {
@@ -86,7 +87,8 @@ int main(int argc, char** argv) {
       map_s.push_back(mpx::bench::time_seconds([&] { ys = pool.map(square, xs); }));
       if (ys.size() != static_cast<std::size_t>(n) || ys.back() != (n - 1) * (n - 1)) return 1;
     }
-    mpx::bench::report("mpi_pool.map_items_per_s", static_cast<double>(n) / mpx::bench::median(map_s), "items/s");
+    mpx::bench::report("mpi_pool.map_items_per_s", static_cast<double>(n) / mpx::bench::median(map_s),
+                       "items/s");
 
     const long k = ctx.iterations(20'000);
     std::vector<double> async_s;

@@ -282,7 +282,9 @@ TEST_CASE("run_pool rejects a communicator without workers and a root outside it
   CHECK_THROWS_AS(mpx::mpi::run_pool(alone, [](mpx::mpi::Pool&) { return 0; }), mpx::ValueError);
   mpx::mpi::Options options;
   options.root = world().size();
-  CHECK_THROWS_AS(mpx::mpi::run_pool(world(), [](mpx::mpi::Pool&) { return 0; }, options), mpx::ValueError);
+  CHECK_THROWS_AS(mpx::mpi::run_pool(
+                      world(), [](mpx::mpi::Pool&) { return 0; }, options),
+                  mpx::ValueError);
 }
 
 int main(int argc, char** argv) {

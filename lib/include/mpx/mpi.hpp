@@ -70,8 +70,8 @@ std::size_t pool_inflight_hint(const MpiPoolCore& core) noexcept;
 namespace mpi {
 
 struct Options {
-  int root = 0;                          // the rank that runs main and dispatches
-  std::function<void()> initializer{};   // runs once on every worker rank, before its first task
+  int root = 0;                         // the rank that runs main and dispatches
+  std::function<void()> initializer{};  // runs once on every worker rank, before its first task
 };
 
 class Pool : public detail::PoolApi<detail::MpiPoolCore> {
@@ -97,7 +97,8 @@ class Pool : public detail::PoolApi<detail::MpiPoolCore> {
 // main's value. On the other ranks, runs options.initializer, serves tasks until the root's pool
 // is done, and returns 0. ValueError for a communicator with fewer than two ranks or a bad root;
 // StateError when MPI's thread level is below MPI_THREAD_SERIALIZED.
-int run_pool(const boost::mpi::communicator& comm, const std::function<int(Pool&)>& main, Options options = {});
+int run_pool(const boost::mpi::communicator& comm, const std::function<int(Pool&)>& main,
+             Options options = {});
 
 }  // namespace mpi
 }  // namespace mpx

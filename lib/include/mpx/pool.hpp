@@ -17,9 +17,9 @@
 // are not seen by workers, replacements included). A pool built in a process with no other
 // thread forks its workers itself; otherwise, and for every replacement, a single-threaded
 // server process forked when the pool was built forks them, so a pool made while other threads
-// run (another pool, say) never copies a lock that some thread holds. They ignore SIGINT, and die when the pool's process dies,
-// however it dies: Ctrl-C stops a program and its pools. A pool belongs to the process that made
-// it; in a forked child its members throw StateError and its destructor does nothing.
+// run (another pool, say) never copies a lock that some thread holds. They ignore SIGINT, and die when the
+// pool's process dies, however it dies: Ctrl-C stops a program and its pools. A pool belongs to the process
+// that made it; in a forked child its members throw StateError and its destructor does nothing.
 //
 // I/O: a thread blocked on a result (get, wait, apply, map, iterating imap) drives the pool's
 // sockets itself, so results reach it without a hand-off between threads; otherwise the pool's

@@ -33,13 +33,13 @@ namespace detail {
 namespace {
 
 constexpr int kTagTasks = 1, kTagResults = 2, kTagExit = 3, kTagBye = 4;
-constexpr unsigned kDepth = 2;                        // batches in flight per worker
-constexpr std::size_t kMaxBatchTasks = 256;           // tasks per batch message
-constexpr std::size_t kMaxBatchBytes = 8u << 20;      // bytes per batch message (soft)
+constexpr unsigned kDepth = 2;                                        // batches in flight per worker
+constexpr std::size_t kMaxBatchTasks = 256;                           // tasks per batch message
+constexpr std::size_t kMaxBatchBytes = 8u << 20;                      // bytes per batch message (soft)
 constexpr std::size_t kMaxMessage = std::numeric_limits<int>::max();  // MPI counts are ints
-constexpr std::size_t kInPlaceMin = 64u << 10;        // tasks this big are sent without a copy
-constexpr std::size_t kRecordHeader = 4 + 8 + 8;      // a one-record batch: n, seq, length
-constexpr std::size_t kMaxSpareBytes = 64u << 20;     // sent task frames kept for reuse
+constexpr std::size_t kInPlaceMin = 64u << 10;     // tasks this big are sent without a copy
+constexpr std::size_t kRecordHeader = 4 + 8 + 8;   // a one-record batch: n, seq, length
+constexpr std::size_t kMaxSpareBytes = 64u << 20;  // sent task frames kept for reuse
 
 // Polling without burning a core: spin a little (sched_yield lets co-located ranks run), then
 // sleep in steps growing from 10 us to 1 ms. Reset on every bit of progress.
@@ -138,7 +138,9 @@ class MpiPoolCore final : public Driver {
     }
     return wait_cv_.wait_until(lk, *d.at(), ready);
   }
-  bool on_callback_thread() const noexcept override { return std::this_thread::get_id() == thread_id_.load(); }
+  bool on_callback_thread() const noexcept override {
+    return std::this_thread::get_id() == thread_id_.load();
+  }
   void schedule_callbacks(std::shared_ptr<ResultStateBase> s) override {
     {
       std::lock_guard lk(m_);
@@ -218,7 +220,7 @@ class MpiPoolCore final : public Driver {
  private:
   struct Worker {
     int rank;
-    unsigned batches;  // in flight
+    unsigned batches;                             // in flight
     std::deque<std::vector<std::uint64_t>> seqs;  // per batch in flight, oldest first
   };
   struct InFlight {
@@ -326,8 +328,9 @@ class MpiPoolCore final : public Driver {
         auto body = std::span<const std::byte>(t.frame).subspan(kTaskPrefix);
         if (!seqs.empty() && (msg.size() + body.size() > kMaxBatchBytes || body.size() >= kInPlaceMin)) break;
         if (body.size() + 32 > kMaxMessage) {
-          t.sink->on_failure(t.tag, std::make_exception_ptr(
-                                        ValueError("mpx::mpi::Pool: a task larger than 2 GiB cannot be sent")));
+          t.sink->on_failure(
+              t.tag,
+              std::make_exception_ptr(ValueError("mpx::mpi::Pool: a task larger than 2 GiB cannot be sent")));
           pending_.pop_front();
           continue;
         }
@@ -340,8 +343,8 @@ class MpiPoolCore final : public Driver {
       if (seqs.empty()) continue;
       patch_le<std::uint32_t>(msg, 0, static_cast<std::uint32_t>(seqs.size()));
       auto& s = sends_.emplace_back(Send{MPI_REQUEST_NULL, std::move(msg)});
-      check_mpi(MPI_Isend(s.buffer.data(), static_cast<int>(s.buffer.size()), MPI_BYTE, w->rank, kTagTasks, comm_,
-                          &s.request),
+      check_mpi(MPI_Isend(s.buffer.data(), static_cast<int>(s.buffer.size()), MPI_BYTE, w->rank, kTagTasks,
+                          comm_, &s.request),
                 "send tasks");
       ++w->batches;
       w->seqs.push_back(std::move(seqs));
@@ -367,8 +370,8 @@ class MpiPoolCore final : public Driver {
     patch_le<std::uint64_t>(t.frame, at + 12, len);
     inflight_.emplace(seq, InFlight{std::move(t.sink), t.tag});
     auto& s = sends_.emplace_back(Send{MPI_REQUEST_NULL, std::move(t.frame)});
-    check_mpi(MPI_Isend(s.buffer.data() + at, static_cast<int>(s.buffer.size() - at), MPI_BYTE, w.rank, kTagTasks,
-                        comm_, &s.request),
+    check_mpi(MPI_Isend(s.buffer.data() + at, static_cast<int>(s.buffer.size() - at), MPI_BYTE, w.rank,
+                        kTagTasks, comm_, &s.request),
               "send tasks");
     ++w.batches;
     w.seqs.push_back({seq});
@@ -520,7 +523,9 @@ Driver* pool_driver(MpiPoolCore& core) noexcept { return &core; }
 std::uint64_t pool_next_apply_index(MpiPoolCore& core) noexcept { return core.next_apply_index(); }
 Bytes pool_frame(MpiPoolCore& core, std::size_t reserve) { return core.take_frame(reserve); }
 void pool_check_open(MpiPoolCore& core) { core.check_open(); }
-void pool_submit(MpiPoolCore& core, std::vector<TaskSubmission>&& tasks, bool) { core.submit(std::move(tasks)); }
+void pool_submit(MpiPoolCore& core, std::vector<TaskSubmission>&& tasks, bool) {
+  core.submit(std::move(tasks));
+}
 void pool_submit_one(MpiPoolCore& core, TaskSubmission&& task, bool) {
   std::vector<TaskSubmission> one;
   one.push_back(std::move(task));
@@ -607,16 +612,18 @@ void Pool::join() { core_->request_join(); }
 
 int run_pool(const boost::mpi::communicator& comm, const std::function<int(Pool&)>& main, Options options) {
   if (comm.size() < 2)
-    throw ValueError("mpx::mpi::run_pool: the communicator needs at least two ranks (a root and a worker); "
-                     "start the program with mpirun -n 2 or more");
+    throw ValueError(
+        "mpx::mpi::run_pool: the communicator needs at least two ranks (a root and a worker); "
+        "start the program with mpirun -n 2 or more");
   if (options.root < 0 || options.root >= comm.size())
     throw ValueError("mpx::mpi::run_pool: root " + std::to_string(options.root) + " is not a rank of the " +
                      std::to_string(comm.size()) + "-rank communicator");
   int level = MPI_THREAD_SINGLE;
   MPI_Query_thread(&level);
   if (level < MPI_THREAD_SERIALIZED)
-    throw StateError("mpx::mpi::run_pool: MPI must be initialised with at least MPI_THREAD_SERIALIZED, e.g. "
-                     "boost::mpi::environment env(argc, argv, boost::mpi::threading::serialized)");
+    throw StateError(
+        "mpx::mpi::run_pool: MPI must be initialised with at least MPI_THREAD_SERIALIZED, e.g. "
+        "boost::mpi::environment env(argc, argv, boost::mpi::threading::serialized)");
   // Collective: a private communicator keeps the pool's messages apart from the user's.
   boost::mpi::communicator own(comm, boost::mpi::comm_duplicate);
   if (own.rank() != options.root) {

@@ -222,8 +222,8 @@ class PoolApi {
     using T = map_traits<F, Range, false>;
     using R = typename T::result;
     pool_check_open(*core_);
-    return ImapRange<R, Range&&, std::decay_t<F>, typename T::Item, false, Core>(core_, std::forward<Range>(xs),
-                                                                                f, chunksize, Ordered);
+    return ImapRange<R, Range&&, std::decay_t<F>, typename T::Item, false, Core>(
+        core_, std::forward<Range>(xs), f, chunksize, Ordered);
   }
 };
 
