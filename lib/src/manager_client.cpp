@@ -240,10 +240,27 @@ std::span<const std::byte> ClientConn::read_frame() {
       }
       if (in_.size() < need) in_.resize(std::max(need, in_.size() * 2));
     }
-    ssize_t n = ::recv(fd_, in_.data() + in_end_, in_.size() - in_end_, 0);
+    // A reply usually comes back within a cross-CPU wake-up's time: polling for it that long
+    // saves this thread the wake-up, as the synchronize primitives' waits do.
+    AdaptiveSpin spin(reply_spin_);
+    std::byte* to = in_.data() + in_end_;
+    const std::size_t room = in_.size() - in_end_;
+    ssize_t n = -1;
+    int err = EAGAIN;  // spin() may decide not to poll at all
+    spin.spin(
+        [&] {
+          n = ::recv(fd_, to, room, MSG_DONTWAIT);
+          err = errno;
+          return n >= 0 || (err != EAGAIN && err != EWOULDBLOCK);
+        },
+        Deadline::never());
+    if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+      n = ::recv(fd_, to, room, 0);
+      err = errno;
+    }
     if (n < 0) {
-      if (errno == EINTR) continue;
-      fail(ConnectionClosed("mpx: lost the connection to the manager: " + errno_text(errno)));
+      if (err == EINTR) continue;
+      fail(ConnectionClosed("mpx: lost the connection to the manager: " + errno_text(err)));
     }
     if (n == 0) fail(ConnectionClosed("mpx: the manager closed the connection"));
     in_end_ += static_cast<std::size_t>(n);

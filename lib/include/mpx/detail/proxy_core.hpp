@@ -9,6 +9,7 @@
 
 #include <mpx/connection.hpp>
 #include <mpx/detail/async_result.hpp>
+#include <mpx/detail/futex.hpp>
 #include <mpx/detail/proxy_tags.hpp>
 #include <mpx/errors.hpp>
 #include <mpx/proto/manager.hpp>
@@ -118,6 +119,7 @@ class ClientConn {
 
   int fd_ = -1;
   std::thread::id owner_;
+  SpinStats reply_spin_;  // how long replies take, to decide whether to spin for the next
   Bytes out_;
   std::size_t frame_start_ = 0;
   bool in_request_ = false;
