@@ -9,14 +9,20 @@
 //   - Value increments under a manager Lock from two processes at once: acquire, get, set,
 //     release per increment, plainly and pipelined (one round trip per increment), next to
 //     the floor of any such hand-off: a token passed between two processes through a relay.
+// mpx's client and server poll briefly before they sleep (MPX_SPIN_NS), so the floors are also
+// measured with polling reads, and the dict call also with polling off.
 // Raw and manager rounds alternate so both see the same machine load.
+#include <mpx/detail/futex.hpp>
 #include <mpx/managers.hpp>
 
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <initializer_list>
@@ -36,9 +42,28 @@ using mpx::bench::report_ratio;
 
 // ---- the floor: 16 bytes each way over a socketpair between two processes
 
+// Floors are measured twice: with blocking reads, and with reads that first poll for up to
+// 100 µs (as mpx's client and server do by default, MPX_SPIN_NS), which saves the reader the
+// wake-up when the peer answers within that time.
+bool g_spin = false;
+
+ssize_t read_some(int fd, char* b, std::size_t n) {
+  if (g_spin) {
+    auto start = Clock::now();
+    for (;;) {
+      ssize_t r = ::recv(fd, b, n, MSG_DONTWAIT);
+      if (r >= 0 || (errno != EAGAIN && errno != EINTR)) return r;
+      auto spent = Clock::now() - start;
+      if (spent >= std::chrono::microseconds(100)) break;
+      if (spent >= std::chrono::microseconds(1)) ::sched_yield();  // the peer may share this CPU
+    }
+  }
+  return ::recv(fd, b, n, 0);
+}
+
 bool transfer(int fd, char* b, std::size_t n, bool out) {
   for (std::size_t done = 0; done < n;) {
-    ssize_t r = out ? ::send(fd, b + done, n - done, MSG_NOSIGNAL) : ::recv(fd, b + done, n - done, 0);
+    ssize_t r = out ? ::send(fd, b + done, n - done, MSG_NOSIGNAL) : read_some(fd, b + done, n - done);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return false;
     done += static_cast<std::size_t>(r);
@@ -302,11 +327,26 @@ MPX_BENCH_GROUP(managers, "managers",
   const long increments = ctx.iterations(20000);
 
   std::vector<double> call_us, raw_us, epoll_us, seq_rate, pipe_rate, q_plain, q_batched, inc_plain, inc_pipe,
-      floor_pass;
+      floor_pass, call_nospin_us, raw_spin_us, floor_pass_spin;
   {
+    // The same calls with polling before reads turned off in client and server (MPX_SPIN_NS=0):
+    // what the manager adds to a plain blocking round trip.
+    auto& spin_limit = mpx::detail::spin_limit_ns();
+    const std::uint32_t spin_default = spin_limit.load();
+    spin_limit.store(0);
+    mpx::Manager m_nospin;  // its server is forked now, with polling off for good
+    auto d_nospin = m_nospin.dict<int, long>();
+    spin_limit.store(spin_default);
+    auto call_without_spin = [&](long n) {
+      spin_limit.store(0);
+      auto c = dict_call_us(d_nospin, n);
+      spin_limit.store(spin_default);
+      return c;
+    };
     mpx::Manager m;
     auto d = m.dict<int, long>();
     dict_call_us(d, 1000);  // warm-up
+    call_without_spin(1000);
     for (int r = 0; r < runs; ++r) {
       auto c = dict_call_us(d, calls / runs + 1);
       call_us.insert(call_us.end(), c.begin(), c.end());
@@ -314,6 +354,13 @@ MPX_BENCH_GROUP(managers, "managers",
       raw_us.insert(raw_us.end(), raw.begin(), raw.end());
       auto ep = socketpair_epoll_rtt_us(calls / runs + 1);
       epoll_us.insert(epoll_us.end(), ep.begin(), ep.end());
+      auto c0 = call_without_spin(calls / runs + 1);
+      call_nospin_us.insert(call_nospin_us.end(), c0.begin(), c0.end());
+      g_spin = true;
+      auto raw_spin = socketpair_rtt_us(calls / runs + 1);
+      raw_spin_us.insert(raw_spin_us.end(), raw_spin.begin(), raw_spin.end());
+      floor_pass_spin.push_back(token_pass_per_s(increments));
+      g_spin = false;
       seq_rate.push_back(dict_sequential_ops_per_s(d, calls));
       pipe_rate.push_back(dict_pipelined_ops_per_s(m, d, ops));
       q_plain.push_back(queue_items_per_s(m, queue_plain, false));
@@ -329,6 +376,10 @@ MPX_BENCH_GROUP(managers, "managers",
   report_ratio("managers.dict.call_ratio_vs_raw", m_call, m_raw);
   report("raw.socketpair_pingpong16_epoll_server.rtt_median", median(epoll_us), "us");
   report_ratio("managers.dict.call_ratio_vs_epoll_server", m_call, median(epoll_us));
+  report("raw.socketpair_pingpong16_polling.rtt_median", median(raw_spin_us), "us");
+  report_ratio("managers.dict.call_ratio_vs_polling_raw", m_call, median(raw_spin_us));
+  report("managers.dict.call_without_polling_median", median(call_nospin_us), "us");
+  report_ratio("managers.dict.call_without_polling_ratio_vs_raw", median(call_nospin_us), m_raw);
   report("managers.dict.sequential.ops_per_s", median(seq_rate), "ops/s");
   report("managers.dict.pipelined.ops_per_s", median(pipe_rate), "ops/s");
   report("managers.queue.plain.items_per_s", median(q_plain), "items/s");
@@ -338,6 +389,9 @@ MPX_BENCH_GROUP(managers, "managers",
   // The ceiling for any lock hand-off between two processes through a server on this machine.
   report("raw.token_pass3.passes_per_s", median(floor_pass), "passes/s");
   report_ratio("managers.lock_value.pipelined.share_of_token_pass", median(inc_pipe), median(floor_pass));
+  report("raw.token_pass3_polling.passes_per_s", median(floor_pass_spin), "passes/s");
+  report_ratio("managers.lock_value.pipelined.share_of_polling_token_pass", median(inc_pipe),
+               median(floor_pass_spin));
 
   auto py = mpx::bench::python_figures("manager_bench.py", ctx.quick, ctx.quick ? 1 : 3);
   // Python's figure once, then each of ours against it (a ratio > 1: mpx is faster).
