@@ -53,7 +53,7 @@ void drain(int fd, mpx::proto::FrameDecoder& decoder, std::size_t& responses) {
       auto frame = decoder.take();
       mpx::proto::Reader r(frame);
       auto status = r.u8();
-      if (status == 1) {
+      if (status == 1 || status == mpx::proto::kQuietError) {  // a quiet request's error: same body
         auto e = mpx::proto::read_error(r);
         if (static_cast<int>(e.code) < 1 || static_cast<int>(e.code) > 16) fail();
       } else if (status != 0) {
