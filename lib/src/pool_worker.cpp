@@ -1,6 +1,6 @@
 // The pool's processes: the process server (forked once per pool, single-threaded, forks the
 // workers) and the worker loop. Nothing here touches locks, threads or io_contexts inherited from
-// the pool's process: both loops use plain blocking system calls on their own fds.
+// the pool's process: both loops use plain system calls on their own fds.
 #include <mpx/detail/task.hpp>
 #include <mpx/process.hpp>
 #include <mpx/proto/frame.hpp>
@@ -85,6 +85,7 @@ int worker_main(int fd, Slot* slot, const ServerConfig& config) {
   }
 
   ReadBuffer in;
+  SpinStats read_spin;
   std::uint64_t done = 0;
   Clock::time_point first_unflushed{};
   for (;;) {
@@ -134,8 +135,25 @@ int worker_main(int fd, Slot* slot, const ServerConfig& config) {
       if (total > avail.size()) need = std::max(need, total - avail.size());
     }
     auto room = in.prepare(need);
-    ssize_t n = ::read(fd, room.data(), room.size());
-    if (n < 0 && errno == EINTR) continue;
+    // The next batch often follows within a cross-CPU wake-up's time of the last results (an
+    // apply() loop): polling that long first saves this worker the wake-up. The budget adapts
+    // per worker, and polling stops paying (and mostly stops) while tasks come seldom.
+    ssize_t n = -1;
+    int err = EAGAIN;
+    {
+      AdaptiveSpin spin(read_spin);
+      spin.spin(yielding_poll([&] {
+                  n = ::recv(fd, room.data(), room.size(), MSG_DONTWAIT);
+                  err = errno;
+                  return n >= 0 || (err != EAGAIN && err != EWOULDBLOCK);
+                }),
+                Deadline::never());
+      if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+        n = ::recv(fd, room.data(), room.size(), 0);
+        err = errno;
+      }
+    }
+    if (n < 0 && err == EINTR) continue;
     if (n <= 0) return 0;  // the pool is gone
     in.commit(static_cast<std::size_t>(n));
   }

@@ -25,6 +25,11 @@
 // sockets itself, so results reach it without a hand-off between threads; otherwise the pool's
 // result thread does. Callbacks (then/on_error) always run on the result thread (or at once in
 // the registering thread if the result is already settled), never inside another thread's get().
+// A thread waiting on one busy worker's answer, and a worker waiting for its next tasks, poll
+// their socket briefly before they sleep, as the synchronize primitives spin: an answer that
+// comes within a wake-up's time (tens of microseconds on a small VM) then costs no wake-up. The
+// poll adapts to how long answers take, yields the CPU while it lasts, and mostly stops on a
+// busy machine; MPX_SPIN_NS bounds it, 0 turns it off.
 //
 // Errors: an exception in a task fails that task only, as RemoteError (demangled type name and
 // message). A worker that dies (crash, abort, SIGKILL, OOM) fails only the task it was running,
