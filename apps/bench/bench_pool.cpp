@@ -1,6 +1,7 @@
 // mpx::Pool(2) against Python 3's multiprocessing.Pool(2) (apps/bench/python/pool_bench.py, run
 // when python3 is on PATH) and, for the round trip, against a raw socketpair ping-pong between
-// two processes in the same run:
+// two processes in the same run (with blocking reads, and with reads that poll up to 100 µs
+// before blocking, as the pool does by default):
 //   map of x*x over 1,000,000 ints (default chunksize), apply_async x 20,000 tiny tasks then
 //   get all, sequential apply round trip (median), imap_unordered over 200,000 items
 //   (chunksize 1), Pool(2) start + shutdown.
@@ -8,10 +9,12 @@
 
 #include <mpx/pool.hpp>
 
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -28,12 +31,29 @@ using mpx::bench::Clock;
 // x*x wrapping like unsigned arithmetic (no signed-overflow UB for large x).
 int square(int x) { return static_cast<int>(static_cast<unsigned>(x) * static_cast<unsigned>(x)); }
 
-// ---- raw socketpair ping-pong, 8 bytes each way: the floor for one cross-process round trip
+// ---- raw socketpair ping-pong, 8 bytes each way: the floor for one cross-process round trip.
+// Measured twice: with blocking reads, and with reads that first poll for up to 100 µs (as the
+// pool's caller and workers do by default, MPX_SPIN_NS), which saves the reader the wake-up when
+// the peer answers within that time.
 
-bool rw(int fd, char* b, bool write) {
+ssize_t read_some(int fd, char* b, std::size_t n, bool polling) {
+  if (polling) {
+    auto start = Clock::now();
+    for (;;) {
+      ssize_t r = ::recv(fd, b, n, MSG_DONTWAIT);
+      if (r >= 0 || (errno != EAGAIN && errno != EINTR)) return r;
+      auto spent = Clock::now() - start;
+      if (spent >= std::chrono::microseconds(100)) break;
+      if (spent >= std::chrono::microseconds(1)) ::sched_yield();  // the peer may share this CPU
+    }
+  }
+  return ::recv(fd, b, n, 0);
+}
+
+bool rw(int fd, char* b, bool write, bool polling) {
   std::size_t n = 0;
   while (n < 8) {
-    ssize_t r = write ? ::write(fd, b + n, 8 - n) : ::read(fd, b + n, 8 - n);
+    ssize_t r = write ? ::send(fd, b + n, 8 - n, MSG_NOSIGNAL) : read_some(fd, b + n, 8 - n, polling);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return false;
     n += static_cast<std::size_t>(r);
@@ -41,13 +61,13 @@ bool rw(int fd, char* b, bool write) {
   return true;
 }
 
-std::vector<double> raw_pingpong_us(long n) {
+std::vector<double> raw_pingpong_us(long n, bool polling) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) throw std::runtime_error("socketpair");
   pid_t pid = mpx::bench::fork_child([&] {
     ::close(sv[0]);
     char b[8];
-    while (rw(sv[1], b, false) && rw(sv[1], b, true)) {
+    while (rw(sv[1], b, false, polling) && rw(sv[1], b, true, polling)) {
     }
   });
   ::close(sv[1]);
@@ -55,8 +75,8 @@ std::vector<double> raw_pingpong_us(long n) {
   std::vector<double> us;
   for (long i = -n / 10; i < n; ++i) {
     auto t0 = Clock::now();
-    rw(sv[0], b, true);
-    rw(sv[0], b, false);
+    rw(sv[0], b, true, polling);
+    rw(sv[0], b, false, polling);
     if (i >= 0) us.push_back(mpx::bench::seconds(Clock::now() - t0) * 1e6);
   }
   ::close(sv[0]);
@@ -116,7 +136,7 @@ MPX_BENCH_GROUP(pool, "pool",
     floor_us.push_back(fork_floor_us());
   }
 
-  std::vector<double> map_s, async_rate, imap_rate, rtt, raw;
+  std::vector<double> map_s, async_rate, imap_rate, rtt, raw, raw_polling;
   std::vector<int> xs(static_cast<std::size_t>(map_n));
   std::iota(xs.begin(), xs.end(), 0);
   {
@@ -144,9 +164,10 @@ MPX_BENCH_GROUP(pool, "pool",
         if (count != imap_n || sum != imap_sum) throw std::runtime_error("imap_unordered: wrong results");
       });
       imap_rate.push_back(static_cast<double>(imap_n) / s);
-      // round trips, alternating with the raw baseline so both see the same machine load
+      // round trips, alternating with the raw baselines so all see the same machine load
       append(rtt, apply_rtt_us(pool, rtt_n / runs + 1));
-      append(raw, raw_pingpong_us(rtt_n / runs + 1));
+      append(raw, raw_pingpong_us(rtt_n / runs + 1, false));
+      append(raw_polling, raw_pingpong_us(rtt_n / runs + 1, true));
     }
   }
 
@@ -157,6 +178,8 @@ MPX_BENCH_GROUP(pool, "pool",
   report("pool.apply.rtt_median", m_rtt, "us");
   report("raw.socketpair_pingpong.rtt_median", m_raw, "us");
   report_ratio("pool.apply.rtt_ratio_vs_raw", m_rtt, m_raw);
+  report("raw.socketpair_pingpong_polling.rtt_median", median(raw_polling), "us");
+  report_ratio("pool.apply.rtt_ratio_vs_polling_raw", m_rtt, median(raw_polling));
   report("pool.imap_unordered_200k.items_per_s", m_imap, "items/s");
   report("pool.start_shutdown.median", m_start, "ms");
   report("pool_start_floor", median(floor_us), "us");
