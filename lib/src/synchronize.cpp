@@ -1,5 +1,6 @@
 #include "mpx/synchronize.hpp"
 
+#include <fcntl.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -113,6 +114,33 @@ void unlock_now(LockState& s) {
 }
 
 }  // namespace
+
+bool spare_cpu() {
+  static const long cpus = std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN));
+  static std::atomic<std::uint64_t> sampled_at{0};
+  static std::atomic<bool> spare{true};
+  std::uint64_t now = steady_ns();
+  std::uint64_t at = sampled_at.load(std::memory_order_relaxed);
+  if (now - at < 4'000'000 || !sampled_at.compare_exchange_strong(at, now, std::memory_order_relaxed))
+    return spare.load(std::memory_order_relaxed);
+  // "0.52 0.58 0.59 3/412 12345": the fourth field counts runnable tasks, this one included.
+  int fd = ::open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return true;
+  char text[128];
+  ssize_t n = ::read(fd, text, sizeof text - 1);
+  ::close(fd);
+  if (n <= 0) return true;
+  text[n] = '\0';
+  const char* p = text;
+  for (int field = 0; field < 3 && p; ++field) {
+    p = std::strchr(p, ' ');
+    if (p) ++p;
+  }
+  if (!p) return true;
+  bool s = std::strtol(p, nullptr, 10) <= cpus;
+  spare.store(s, std::memory_order_relaxed);
+  return s;
+}
 
 std::atomic<std::uint32_t>& spin_limit_ns() {
   static std::atomic<std::uint32_t> limit = [] {

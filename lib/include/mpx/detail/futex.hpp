@@ -66,6 +66,11 @@ inline void cpu_relax() {
 // MPX_SPIN_NS in the environment sets it at first use; children inherit it through fork.
 std::atomic<std::uint32_t>& spin_limit_ns();
 
+// False while the machine has more runnable tasks than CPUs (this one included), sampled from
+// /proc/loadavg at most every few milliseconds. Spinning then takes a CPU that the party being
+// waited for, or anyone else, needs: it slows the hand-off down instead of speeding it up.
+bool spare_cpu();
+
 inline std::uint64_t steady_ns() {
   return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                         std::chrono::steady_clock::now().time_since_epoch())
@@ -92,10 +97,10 @@ struct SpinStats {
 // typically outlast the limit anyway. The waits are measured whole (spinning or sleeping,
 // start to end): learning only from successful spins would let two processes that hand off to
 // each other settle into both sleeping, each wait then lasting a wake-up, never spinning again.
-// On a busy machine (more runnable tasks than CPUs) spinning mostly fails and costs the
-// spinner its scheduling priority; so when fewer than half the recent spins paid off, only
-// every eighth wait spins (to notice when things improve). While spinning, the waiter yields
-// the CPU now and then: the party it waits for may be queued behind it.
+// On a busy machine (more runnable tasks than CPUs) spinning steals the CPU from the very
+// party it waits for, so no wait spins while spare_cpu() says so; and when fewer than half the
+// recent spins paid off, only every eighth wait spins (to notice when things improve). While spinning, the
+// waiter yields the CPU now and then: the party it waits for may be queued behind it.
 //
 //   AdaptiveSpin spin(state.stats);
 //   if (spin.spin([&] { return ready(); }, deadline)) return true;
@@ -112,7 +117,7 @@ class AdaptiveSpin {
   // Spins until ready() holds (true), or the budget or the deadline runs out (false).
   template <class Pred>
   bool spin(Pred&& ready, const Deadline& deadline) {
-    if (limit_ == 0) return false;
+    if (limit_ == 0 || !spare_cpu()) return false;
     std::uint32_t n = stats_.waits.load(std::memory_order_relaxed);
     stats_.waits.store(n + 1, std::memory_order_relaxed);
     std::uint32_t hits = stats_.hits.load(std::memory_order_relaxed);
