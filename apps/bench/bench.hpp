@@ -10,6 +10,8 @@
 
 #include <fmt/core.h>
 
+#include <sched.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -178,6 +180,24 @@ inline void write_all(int fd, const void* p, std::size_t n) {
     n -= static_cast<std::size_t>(r);
   }
   return true;
+}
+
+// recv(2) on a socket that, when `polling`, first polls (MSG_DONTWAIT) for up to 100 µs,
+// yielding the CPU after the first microsecond, and only then blocks. mpx's waits poll before
+// they sleep by default (MPX_SPIN_NS), which saves the reader a wake-up when the peer answers in
+// time, so each raw floor is also measured this way.
+inline ssize_t recv_some(int fd, void* b, std::size_t n, bool polling) {
+  if (polling) {
+    auto start = Clock::now();
+    for (;;) {
+      ssize_t r = ::recv(fd, b, n, MSG_DONTWAIT);
+      if (r >= 0 || (errno != EAGAIN && errno != EINTR)) return r;
+      auto spent = Clock::now() - start;
+      if (spent >= std::chrono::microseconds(100)) break;
+      if (spent >= std::chrono::microseconds(1)) ::sched_yield();  // the peer may share this CPU
+    }
+  }
+  return ::recv(fd, b, n, 0);
 }
 
 // Waits for a child from fork_child; true if it exited cleanly.

@@ -15,7 +15,6 @@
 #include <mpx/detail/futex.hpp>
 #include <mpx/managers.hpp>
 
-#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -42,28 +41,13 @@ using mpx::bench::report_ratio;
 
 // ---- the floor: 16 bytes each way over a socketpair between two processes
 
-// Floors are measured twice: with blocking reads, and with reads that first poll for up to
-// 100 µs (as mpx's client and server do by default, MPX_SPIN_NS), which saves the reader the
-// wake-up when the peer answers within that time.
-bool g_spin = false;
-
-ssize_t read_some(int fd, char* b, std::size_t n) {
-  if (g_spin) {
-    auto start = Clock::now();
-    for (;;) {
-      ssize_t r = ::recv(fd, b, n, MSG_DONTWAIT);
-      if (r >= 0 || (errno != EAGAIN && errno != EINTR)) return r;
-      auto spent = Clock::now() - start;
-      if (spent >= std::chrono::microseconds(100)) break;
-      if (spent >= std::chrono::microseconds(1)) ::sched_yield();  // the peer may share this CPU
-    }
-  }
-  return ::recv(fd, b, n, 0);
-}
+// Floors are measured with blocking reads and with polling ones (mpx::bench::recv_some).
+bool g_polling = false;
 
 bool transfer(int fd, char* b, std::size_t n, bool out) {
   for (std::size_t done = 0; done < n;) {
-    ssize_t r = out ? ::send(fd, b + done, n - done, MSG_NOSIGNAL) : read_some(fd, b + done, n - done);
+    ssize_t r = out ? ::send(fd, b + done, n - done, MSG_NOSIGNAL)
+                    : mpx::bench::recv_some(fd, b + done, n - done, g_polling);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return false;
     done += static_cast<std::size_t>(r);
@@ -356,11 +340,11 @@ MPX_BENCH_GROUP(managers, "managers",
       epoll_us.insert(epoll_us.end(), ep.begin(), ep.end());
       auto c0 = call_without_spin(calls / runs + 1);
       call_nospin_us.insert(call_nospin_us.end(), c0.begin(), c0.end());
-      g_spin = true;
+      g_polling = true;
       auto raw_spin = socketpair_rtt_us(calls / runs + 1);
       raw_spin_us.insert(raw_spin_us.end(), raw_spin.begin(), raw_spin.end());
       floor_pass_spin.push_back(token_pass_per_s(increments));
-      g_spin = false;
+      g_polling = false;
       seq_rate.push_back(dict_sequential_ops_per_s(d, calls));
       pipe_rate.push_back(dict_pipelined_ops_per_s(m, d, ops));
       q_plain.push_back(queue_items_per_s(m, queue_plain, false));
