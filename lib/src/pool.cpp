@@ -979,7 +979,8 @@ bool PoolCore::direct_wait(const Waitable& w, const Deadline& d) {
     // The answer often comes within a cross-CPU wake-up's time: polling the same fds that long
     // first saves this thread the wake-up (the budget adapts, as in the synchronize waits).
     AdaptiveSpin spin(direct_spin_);
-    if (!spin.spin(yielding_poll([&] { return (r = ::poll(p, nfds, 0)) != 0; }), d)) {
+    if (!poll_spin(
+            direct_spin_, spin, [&] { return (r = ::poll(p, nfds, 0)) != 0; }, d)) {
       timespec ts{};
       if (auto left = d.remaining()) {
         ts.tv_sec = static_cast<time_t>(left->count() / 1000000000);

@@ -142,12 +142,14 @@ int worker_main(int fd, Slot* slot, const ServerConfig& config) {
     int err = EAGAIN;
     {
       AdaptiveSpin spin(read_spin);
-      spin.spin(yielding_poll([&] {
-                  n = ::recv(fd, room.data(), room.size(), MSG_DONTWAIT);
-                  err = errno;
-                  return n >= 0 || (err != EAGAIN && err != EWOULDBLOCK);
-                }),
-                Deadline::never());
+      poll_spin(
+          read_spin, spin,
+          [&] {
+            n = ::recv(fd, room.data(), room.size(), MSG_DONTWAIT);
+            err = errno;
+            return n >= 0 || (err != EAGAIN && err != EWOULDBLOCK);
+          },
+          Deadline::never());
       if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
         n = ::recv(fd, room.data(), room.size(), 0);
         err = errno;
