@@ -9,12 +9,10 @@
 
 #include <mpx/pool.hpp>
 
-#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -31,29 +29,14 @@ using mpx::bench::Clock;
 // x*x wrapping like unsigned arithmetic (no signed-overflow UB for large x).
 int square(int x) { return static_cast<int>(static_cast<unsigned>(x) * static_cast<unsigned>(x)); }
 
-// ---- raw socketpair ping-pong, 8 bytes each way: the floor for one cross-process round trip.
-// Measured twice: with blocking reads, and with reads that first poll for up to 100 µs (as the
-// pool's caller and workers do by default, MPX_SPIN_NS), which saves the reader the wake-up when
-// the peer answers within that time.
-
-ssize_t read_some(int fd, char* b, std::size_t n, bool polling) {
-  if (polling) {
-    auto start = Clock::now();
-    for (;;) {
-      ssize_t r = ::recv(fd, b, n, MSG_DONTWAIT);
-      if (r >= 0 || (errno != EAGAIN && errno != EINTR)) return r;
-      auto spent = Clock::now() - start;
-      if (spent >= std::chrono::microseconds(100)) break;
-      if (spent >= std::chrono::microseconds(1)) ::sched_yield();  // the peer may share this CPU
-    }
-  }
-  return ::recv(fd, b, n, 0);
-}
+// ---- raw socketpair ping-pong, 8 bytes each way: the floor for one cross-process round trip,
+// with blocking reads and with polling ones (mpx::bench::recv_some), as the pool's waits poll.
 
 bool rw(int fd, char* b, bool write, bool polling) {
   std::size_t n = 0;
   while (n < 8) {
-    ssize_t r = write ? ::send(fd, b + n, 8 - n, MSG_NOSIGNAL) : read_some(fd, b + n, 8 - n, polling);
+    ssize_t r =
+        write ? ::send(fd, b + n, 8 - n, MSG_NOSIGNAL) : mpx::bench::recv_some(fd, b + n, 8 - n, polling);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return false;
     n += static_cast<std::size_t>(r);
