@@ -137,7 +137,7 @@ bool spare_cpu() {
     if (p) ++p;
   }
   if (!p) return true;
-  bool s = std::strtol(p, nullptr, 10) <= cpus;
+  bool s = std::strtol(p, nullptr, 10) <= cpus + 1;
   spare.store(s, std::memory_order_relaxed);
   return s;
 }

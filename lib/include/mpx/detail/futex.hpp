@@ -66,7 +66,8 @@ inline void cpu_relax() {
 // MPX_SPIN_NS in the environment sets it at first use; children inherit it through fork.
 std::atomic<std::uint32_t>& spin_limit_ns();
 
-// False while the machine has more runnable tasks than CPUs (this one included), sampled from
+// False while the machine has more than one runnable task beyond its CPUs (this one included;
+// one more is allowed because the spinner's own peer often is that one), sampled from
 // /proc/loadavg at most every few milliseconds. Spinning then takes a CPU that the party being
 // waited for, or anyone else, needs: it slows the hand-off down instead of speeding it up.
 bool spare_cpu();
@@ -97,10 +98,11 @@ struct SpinStats {
 // typically outlast the limit anyway. The waits are measured whole (spinning or sleeping,
 // start to end): learning only from successful spins would let two processes that hand off to
 // each other settle into both sleeping, each wait then lasting a wake-up, never spinning again.
-// On a busy machine (more runnable tasks than CPUs) spinning steals the CPU from the very
-// party it waits for, so no wait spins while spare_cpu() says so; and when fewer than half the
-// recent spins paid off, only every eighth wait spins (to notice when things improve). While spinning, the
-// waiter yields the CPU now and then: the party it waits for may be queued behind it.
+// On a busy machine spinning steals the CPU from the very party it waits for: no wait spins
+// while spare_cpu() says the machine is oversubscribed, a spin that finds it was descheduled
+// stops and backs off hard, and when fewer than half the recent spins paid off only every
+// eighth wait spins (to notice when things improve). While spinning, the waiter yields the CPU
+// now and then: the party it waits for may be queued behind it.
 //
 //   AdaptiveSpin spin(state.stats);
 //   if (spin.spin([&] { return ready(); }, deadline)) return true;
@@ -128,6 +130,7 @@ class AdaptiveSpin {
     if (wait <= limit_) budget = std::clamp<std::uint64_t>(std::min(2 * wake, 2 * wait + 2000), 2000, limit_);
     if (auto left = deadline.remaining())
       budget = std::min<std::uint64_t>(budget, static_cast<std::uint64_t>(left->count()));
+    std::uint64_t checked = start_;
     for (unsigned i = 1;; ++i) {
       if (ready()) {
         stats_.hits.store(hits + (1024 - hits) / 8, std::memory_order_relaxed);
@@ -135,7 +138,14 @@ class AdaptiveSpin {
       }
       cpu_relax();
       if ((i & 15) == 0) {
-        std::uint64_t spent = steady_ns() - start_;
+        std::uint64_t now = steady_ns();
+        if (now - checked > kLostCpuNs) {
+          // Descheduled mid-spin: the CPUs are oversubscribed, so back off hard.
+          stats_.hits.store(hits / 4, std::memory_order_relaxed);
+          return false;
+        }
+        checked = now;
+        std::uint64_t spent = now - start_;
         if (spent >= budget) {
           stats_.hits.store(hits - hits / 8, std::memory_order_relaxed);
           return false;
@@ -168,6 +178,7 @@ class AdaptiveSpin {
     avg.store(static_cast<std::uint32_t>(std::clamp<std::int64_t>(next, 0, UINT32_MAX)),
               std::memory_order_relaxed);
   }
+  static constexpr std::uint64_t kLostCpuNs = 50'000;  // a gap between checks this long
   SpinStats& stats_;
   std::uint64_t limit_;
   std::uint64_t start_;
