@@ -22,9 +22,12 @@ namespace detail {
 // ---------------------------------------------------------------------------------------
 // TaskCollector
 
-TaskCollector::TaskCollector(std::unique_ptr<ClientConn> conn) : conn_(std::move(conn)) {}
+TaskCollector::TaskCollector(std::unique_ptr<ClientConn> conn) : conn_(std::move(conn)) {
+  if (conn_ && conn_->fileno() >= 0) wake_fd_ = ::fcntl(conn_->fileno(), F_DUPFD_CLOEXEC, 0);
+}
 
 TaskCollector::~TaskCollector() {
+  if (wake_fd_ >= 0) ::close(wake_fd_);
   // In a forked child the handle names a thread of the parent; it must not be joined or
   // destroyed as a joinable thread, so it is left behind.
   if (abandoned_ && thread_.joinable()) new std::thread(std::move(thread_));
@@ -114,7 +117,7 @@ void TaskCollector::track(std::uint64_t id, std::shared_ptr<ResultStateBase> sta
 void TaskCollector::stop() noexcept {
   if (abandoned_) return;
   stopping_ = true;
-  if (conn_ && conn_->fileno() >= 0) ::shutdown(conn_->fileno(), SHUT_RDWR);
+  if (wake_fd_ >= 0) ::shutdown(wake_fd_, SHUT_RDWR);
   if (!thread_.joinable()) return;
   if (thread_.get_id() == std::this_thread::get_id())
     thread_.detach();  // the last handle went away in a callback: the thread ends by itself
@@ -125,6 +128,8 @@ void TaskCollector::stop() noexcept {
 void TaskCollector::abandon_after_fork() noexcept {
   abandoned_ = true;
   new (&m_) std::mutex;
+  if (wake_fd_ >= 0) ::close(wake_fd_);  // the parent's socket: never shut it down from here
+  wake_fd_ = -1;
   if (conn_) conn_->abandon_after_fork();
 }
 

@@ -47,6 +47,10 @@ class TaskCollector : public std::enable_shared_from_this<TaskCollector> {
   std::exception_ptr dead_;                         // set once the thread has ended
   std::unique_ptr<ClientConn> conn_;
   std::thread thread_;
+  // A second descriptor of the connection's socket, for stop() to shut it down: the thread may
+  // close conn_'s own descriptor at any moment (and its number be reused), so stop() never
+  // touches that one.
+  int wake_fd_ = -1;
   std::atomic<bool> stopping_{false};
   bool abandoned_ = false;
 };
