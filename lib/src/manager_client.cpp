@@ -247,7 +247,7 @@ std::span<const std::byte> ClientConn::read_frame() {
     const std::size_t room = in_.size() - in_end_;
     ssize_t n = -1;
     int err = EAGAIN;  // spin() may decide not to poll at all
-    spin.spin(
+    spin.spin_polling(
         [&] {
           n = ::recv(fd_, to, room, MSG_DONTWAIT);
           err = errno;

@@ -979,8 +979,7 @@ bool PoolCore::direct_wait(const Waitable& w, const Deadline& d) {
     // The answer often comes within a cross-CPU wake-up's time: polling the same fds that long
     // first saves this thread the wake-up (the budget adapts, as in the synchronize waits).
     AdaptiveSpin spin(direct_spin_);
-    if (!poll_spin(
-            direct_spin_, spin, [&] { return (r = ::poll(p, nfds, 0)) != 0; }, d)) {
+    if (!spin.spin_polling([&] { return (r = ::poll(p, nfds, 0)) != 0; }, d)) {
       timespec ts{};
       if (auto left = d.remaining()) {
         ts.tv_sec = static_cast<time_t>(left->count() / 1000000000);

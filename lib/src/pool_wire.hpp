@@ -107,36 +107,6 @@ class ReadBuffer {
   std::size_t cap_ = 0, beg_ = 0, end_ = 0;
 };
 
-// Polls with a system call (poll() true: ready) inside AdaptiveSpin before the caller sleeps;
-// true when it found the fd ready. Two things differ from polling memory. AdaptiveSpin yields
-// every 16 polls, which suits polls of a few nanoseconds, not of half a microsecond: with a peer
-// sharing this CPU, ~10 µs between yields made apply() round trips twice as slow on a busy
-// machine, so this yields after every miss once the first microsecond is spent. And when the CPUs
-// are oversubscribed a yield, or a preemption, can cost the spinner a whole time slice
-// (milliseconds) where a sleeper would have been woken ahead of the CPU hogs; the spin still
-// ends "in time" in AdaptiveSpin's eyes. So a poll that returns long after the previous one
-// ends the spin and counts as a failed one, which makes the spins back off on such a machine.
-template <class Poll>
-bool poll_spin(SpinStats& stats, AdaptiveSpin& spin, Poll&& poll, const Deadline& deadline) {
-  constexpr std::uint64_t kLostCpuNs = 50'000;  // more than a wake-up costs
-  bool ready = false, lost_cpu = false;
-  const std::uint64_t start = steady_ns();
-  std::uint64_t last = start;
-  spin.spin(
-      [&] {
-        ready = poll();
-        std::uint64_t now = steady_ns();
-        lost_cpu = now - last > kLostCpuNs;
-        if (ready || lost_cpu) return true;
-        if (now - start >= 1000) ::sched_yield();
-        last = now;
-        return false;
-      },
-      deadline);
-  if (lost_cpu) stats.hits.store(stats.hits.load(std::memory_order_relaxed) / 4, std::memory_order_relaxed);
-  return ready;
-}
-
 struct ServerConfig {
   Slot* slots = nullptr;
   const std::function<void()>* initializer = nullptr;

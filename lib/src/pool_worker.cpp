@@ -142,8 +142,7 @@ int worker_main(int fd, Slot* slot, const ServerConfig& config) {
     int err = EAGAIN;
     {
       AdaptiveSpin spin(read_spin);
-      poll_spin(
-          read_spin, spin,
+      spin.spin_polling(
           [&] {
             n = ::recv(fd, room.data(), room.size(), MSG_DONTWAIT);
             err = errno;

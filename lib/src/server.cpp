@@ -58,7 +58,7 @@ void serve_listener(Listener& listener, ServerOptions options, const std::vector
   SpinStats request_spin;
   while (!io.stopped()) {
     AdaptiveSpin spin(request_spin);
-    if (!spin.spin([&] { return io.poll() > 0 || io.stopped(); }, Deadline::never())) io.run_one();
+    if (!spin.spin_polling([&] { return io.poll() > 0 || io.stopped(); }, Deadline::never())) io.run_one();
   }
   if (control) {
     std::lock_guard lock(control->m);
