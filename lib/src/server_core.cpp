@@ -5,8 +5,11 @@
 
 #include <mpx/proto/handshake.hpp>
 
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -47,7 +50,8 @@ Conn::Conn(Core& core, Socket socket, std::uint64_t id)
       id_(id),
       decoder_(proto::kMaxHandshakeMessage),
       rbuf_(kReadBuffer),
-      timer_(core.io()) {}
+      timer_(core.io()),
+      pending_timer_(core.io()) {}
 
 Conn::~Conn() = default;
 
@@ -68,13 +72,13 @@ void Conn::start_handshake_timer() {
   timer_.expires_after(core_.options().handshake_timeout);
   timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
     if (ec || self->closed_ || self->phase_ == Phase::ready) return;
-    logger().info("manager: closing a connection that stalled in the handshake");
+    self->core_.note(Core::Event::handshake_stalled, self->peer_description());
     self->close_now();
   });
 }
 
 void Conn::read_more() {
-  if (reading_ || closed_ || closing_ || backlog_bytes_ > kMaxBacklogBytes) return;
+  if (reading_ || closed_ || closing_ || stalled_ || backlog_bytes_ > kMaxBacklogBytes) return;
   reading_ = true;
   // Asio tries a recv before waiting for readiness, which right after a reply nearly always
   // finds nothing. Every way to skip that try (async_wait, or a pending wait_error, which
@@ -93,6 +97,8 @@ void Conn::read_more() {
                               // their replies sent) before this one reads again.
                               Core::Batch batch(self->core_);
                               self->on_read(n);
+                              self->serve_backlog();
+                              self->flush();
                             }
                             self->read_more();
                           });
@@ -112,7 +118,6 @@ void Conn::on_read(std::size_t n) {
     data = data.subspan(used);
     if (decoder_.ready()) on_frame(decoder_.take());
   }
-  flush();
 }
 
 void Conn::on_frame(Bytes frame) {
@@ -120,7 +125,9 @@ void Conn::on_frame(Bytes frame) {
     on_handshake_frame(frame);
     return;
   }
-  if (park_ || !backlog_.empty()) {
+  // Requests wait behind a parked one, and while the replies already owed are over the bound:
+  // a client that pipelines requests and never reads cannot make the server buffer more.
+  if (park_ || !backlog_.empty() || over_pending()) {
     backlog_bytes_ += frame.size();
     backlog_.push_back(std::move(frame));
     return;
@@ -138,7 +145,7 @@ void Conn::on_handshake_frame(Bytes& frame) {
         } catch (const AuthenticationError&) {
           send_frame(proto::as_bytes(proto::kFailure));
           closing_ = true;
-          logger().info("manager: a peer failed the authkey handshake");
+          core_.note(Core::Event::handshake_failed, peer_description());
           return;
         }
         send_frame(proto::as_bytes(proto::kWelcome));
@@ -182,6 +189,7 @@ void Conn::on_handshake_frame(Bytes& frame) {
         phase_ = Phase::ready;
         decoder_.set_max_length(core_.options().max_message);
         timer_.cancel();
+        core_.handshake_done(*this);
         return;
       }
       case Phase::ready:
@@ -223,14 +231,69 @@ void Conn::handle_request(Bytes& frame) {
 void Conn::resume() {
   resume_queued_ = false;
   if (closed_) return;
-  while (!park_ && !backlog_.empty() && !closed_ && !closing_) {
+  serve_backlog();
+  flush();
+  read_more();
+}
+
+void Conn::serve_backlog() {
+  while (!park_ && !backlog_.empty() && !closed_ && !closing_ && !over_pending()) {
     Bytes frame = std::move(backlog_.front());
     backlog_.pop_front();
     backlog_bytes_ -= frame.size();
     handle_request(frame);
   }
-  flush();
-  read_more();
+}
+
+bool Conn::over_pending() const noexcept { return pending_bytes() > core_.options().max_pending_bytes; }
+
+// Called after every flush: entering the over-the-bound state stops reading and starts the
+// clock on the peer; leaving it lets the requests that waited run.
+void Conn::note_output() {
+  if (closed_) return;
+  bool over = over_pending();
+  if (over == stalled_) return;
+  stalled_ = over;
+  ++pending_gen_;
+  if (over) {
+    pending_timer_.expires_after(core_.options().pending_timeout);
+    pending_timer_.async_wait([self = shared_from_this(), gen = pending_gen_](boost::system::error_code ec) {
+      if (ec || self->closed_ || !self->stalled_ || self->pending_gen_ != gen) return;
+      self->core_.note(Core::Event::slow_reader_closed,
+                       fmt::format("{}, {} bytes unread", self->peer_description(), self->pending_bytes()));
+      self->close_now();
+    });
+    return;
+  }
+  pending_timer_.cancel();
+  if (!resume_queued_) {
+    resume_queued_ = true;
+    core_.queue_resume(shared_from_this());
+  }
+}
+
+std::string Conn::peer_description() {
+  int fd = socket_.native_handle();
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "peer gone";
+  if (ss.ss_family == AF_UNIX) {
+    ucred cred{};
+    socklen_t clen = sizeof cred;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0)
+      return fmt::format("unix peer uid {} pid {}", cred.uid, cred.pid);
+    return "unix peer";
+  }
+  boost::system::error_code ec;
+  auto ep = socket_.remote_endpoint(ec);
+  if (ec) return "tcp peer";
+  char host[INET6_ADDRSTRLEN] = "?";
+  const auto* sa = reinterpret_cast<const sockaddr*>(ep.data());
+  if (sa->sa_family == AF_INET)
+    ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, host, sizeof host);
+  else if (sa->sa_family == AF_INET6)
+    ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, host, sizeof host);
+  return fmt::format("tcp peer {}", host);
 }
 
 Park& Conn::park(Obj& obj, Op op, std::int64_t timeout_ns) {
@@ -293,6 +356,7 @@ void Conn::close_now() {
   if (closed_) return;
   closed_ = true;
   timer_.cancel();
+  pending_timer_.cancel();
   if (park_ && park_->obj) park_->obj->drop_waiter(*this);
   park_.reset();
   backlog_.clear();
@@ -340,7 +404,10 @@ void Conn::end_frame(std::size_t start) {
 
 void Conn::flush() {
   if (closed_) return;
-  if (write_in_flight_) return;
+  if (write_in_flight_) {
+    note_output();
+    return;
+  }
   // Replies almost always fit the socket buffer: send them now, which spares the asynchronous
   // write's completion and the scheduler round it costs on every request. Only what the
   // socket does not take waits for it to become writable.
@@ -361,17 +428,26 @@ void Conn::flush() {
   }
   if (sent == out_.size()) {
     out_.clear();
-    if (closing_) close_now();
+    // One huge reply should not pin its buffer for the connection's lifetime.
+    if (out_.capacity() > core_.options().max_pending_bytes) Bytes().swap(out_);
+    if (closing_) {
+      close_now();
+      return;
+    }
+    note_output();
     return;
   }
   out_.erase(out_.begin(), out_.begin() + static_cast<std::ptrdiff_t>(sent));
   std::swap(out_, writing_);
   out_.clear();
   write_in_flight_ = true;
+  note_output();
   boost::asio::async_write(socket_, boost::asio::buffer(writing_),
                            [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
                              self->write_in_flight_ = false;
                              self->writing_.clear();
+                             if (self->writing_.capacity() > self->core_.options().max_pending_bytes)
+                               Bytes().swap(self->writing_);
                              if (self->closed_) return;
                              if (ec) {
                                self->close_now();
@@ -384,11 +460,73 @@ void Conn::flush() {
 // ---------------------------------------------------------------------------------------
 // Core
 
-Core::Core(boost::asio::io_context& io, ServerOptions options) : io_(io), options_(std::move(options)) {}
+namespace {
+// The default connection cap leaves descriptors for the listener, logging and the objects'
+// own needs, so the cap is met before accept() runs out of descriptors.
+// What each Core::Event says in the log, in the enum's order.
+constexpr const char* kNoteText[] = {
+    "failed authkey handshake",
+    "handshake stalled past the timeout, closed",
+    "handshake dropped from the full handshake queue for a newer connection",
+    "connection refused at the connection cap",
+    "accept() failed",
+    "closed with too many replies unread for too long",
+};
+
+std::size_t default_max_connections() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return 960;
+  rlim_t soft = rl.rlim_cur == RLIM_INFINITY ? rlim_t{1} << 20 : rl.rlim_cur;
+  return soft > 256 ? static_cast<std::size_t>(soft - 64) : static_cast<std::size_t>(soft * 3 / 4);
+}
+}  // namespace
+
+Core::Core(boost::asio::io_context& io, ServerOptions options)
+    : io_(io),
+      options_(std::move(options)),
+      max_connections_(options_.max_connections ? options_.max_connections : default_max_connections()) {
+  if (options_.max_handshakes == 0) options_.max_handshakes = 1;
+}
 
 Core::~Core() {
   stop();
   *alive_ = false;
+  if (reserve_fd_ >= 0) ::close(reserve_fd_);
+}
+
+void Core::note(Event e, std::string detail) {
+  auto& n = notes_[static_cast<std::size_t>(e)];
+  auto now = std::chrono::steady_clock::now();
+  if (n.suppressed == 0 && now - n.last_line >= std::chrono::seconds(1)) {
+    n.last_line = now;
+    logger().warn("manager: {} ({})", kNoteText[static_cast<std::size_t>(e)], detail);
+    return;
+  }
+  ++n.suppressed;
+  n.detail = std::move(detail);
+  if (notes_armed_) return;
+  notes_armed_ = true;
+  if (!notes_timer_) notes_timer_ = std::make_unique<boost::asio::steady_timer>(io_);
+  notes_timer_->expires_at(n.last_line + std::chrono::seconds(1));
+  notes_timer_->async_wait([this, alive = alive_](boost::system::error_code ec) {
+    if (ec || !*alive) return;
+    notes_armed_ = false;
+    flush_notes();
+  });
+}
+
+// One summary line per kind of event that happened since its last line.
+void Core::flush_notes() {
+  auto now = std::chrono::steady_clock::now();
+  for (std::size_t i = 0; i < notes_.size(); ++i) {
+    auto& n = notes_[i];
+    if (n.suppressed == 0) continue;
+    auto secs = std::chrono::duration<double>(now - n.last_line).count();
+    logger().warn("manager: {}: {} more in the last {:.1f} s (last: {})", kNoteText[i], n.suppressed, secs,
+                  n.detail);
+    n.suppressed = 0;
+    n.last_line = now;
+  }
 }
 
 void Core::accept_on(int listen_fd) {
@@ -403,6 +541,9 @@ void Core::accept_on(int listen_fd) {
   acceptor_ =
       std::make_unique<boost::asio::basic_socket_acceptor<boost::asio::generic::stream_protocol>>(io_);
   acceptor_->assign(protocol, listen_fd);
+  // shed_waiting_connections() accepts directly and must not block.
+  ::fcntl(listen_fd, F_SETFL, ::fcntl(listen_fd, F_GETFL) | O_NONBLOCK);
+  reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   do_accept();
 }
 
@@ -427,25 +568,72 @@ void Core::do_accept() {
   acceptor_->async_accept([this, alive = alive_](boost::system::error_code ec, Conn::Socket socket) {
     if (!*alive || stopping_ || ec == boost::asio::error::operation_aborted) return;
     if (ec) {
-      // Out of descriptors and the like: log, back off a little, keep serving the others.
-      logger().warn("manager: accept failed: {}", ec.message());
-      auto t = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::milliseconds(50));
-      t->async_wait([this, t, alive](boost::system::error_code) {
-        if (*alive) do_accept();
-      });
+      on_accept_error(ec);
       return;
     }
-    if (tcp_) {
-      int one = 1;
-      ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    }
-    std::uint64_t id = next_conn_++;
-    auto c = std::make_shared<Conn>(*this, std::move(socket), id);
-    conns_[id] = c;
-    c->start();
+    admit(std::move(socket));
     do_accept();
   });
 }
+
+// Out of descriptors (or kernel memory): the peers waiting in the backlog are accepted and
+// closed at once, so they hear "no" instead of hanging, and accepting backs off rather than
+// spinning on the same error.
+void Core::on_accept_error(const boost::system::error_code& ec) {
+  note(Event::accept_failed, ec.message());
+  int e = ec.value();
+  if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) shed_waiting_connections();
+  auto t = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::milliseconds(20));
+  t->async_wait([this, t, alive = alive_](boost::system::error_code) {
+    if (*alive) do_accept();
+  });
+}
+
+void Core::shed_waiting_connections() {
+  if (!acceptor_) return;
+  if (reserve_fd_ >= 0) {
+    ::close(reserve_fd_);
+    reserve_fd_ = -1;
+  }
+  for (int i = 0; i < 256; ++i) {
+    int fd = ::accept4(acceptor_->native_handle(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) break;
+    ::close(fd);
+  }
+  reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+void Core::admit(Conn::Socket socket) {
+  if (conns_.size() >= max_connections_) {
+    note(Event::refused_at_cap, fmt::format("{} open", conns_.size()));
+    boost::system::error_code ignored;
+    socket.close(ignored);
+    return;
+  }
+  // A full handshake queue gives up its oldest member: idle sockets cannot keep a real
+  // client out, since a client that answers finishes long before its turn to be dropped.
+  if (handshaking_.size() >= options_.max_handshakes) {
+    std::uint64_t oldest = *handshaking_.begin();
+    handshaking_.erase(handshaking_.begin());
+    auto it = conns_.find(oldest);
+    if (it != conns_.end())
+      if (auto c = it->second.lock()) {
+        note(Event::handshake_evicted, c->peer_description());
+        c->close_now();
+      }
+  }
+  if (tcp_) {
+    int one = 1;
+    ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  std::uint64_t id = next_conn_++;
+  auto c = std::make_shared<Conn>(*this, std::move(socket), id);
+  conns_[id] = c;
+  handshaking_.insert(id);
+  c->start();
+}
+
+void Core::handshake_done(Conn& c) { handshaking_.erase(c.id()); }
 
 void Core::drain(std::chrono::milliseconds grace, std::function<void()> on_drained) {
   if (stopping_) return;
@@ -477,6 +665,7 @@ void Core::stop() {
     acceptor_->close(ignored);
   }
   resumes_.clear();
+  handshaking_.clear();
   auto conns = std::move(conns_);
   conns_.clear();
   for (auto& [id, weak] : conns)
@@ -484,6 +673,8 @@ void Core::stop() {
   objects_.clear();
   names_.clear();
   sessions_.clear();
+  if (notes_timer_) notes_timer_->cancel();
+  flush_notes();
   if (auto f = std::exchange(on_drained_, nullptr)) f();
 }
 
@@ -539,6 +730,7 @@ void Core::leave_session(SessionRec* s) {
 void Core::conn_closed(Conn& c) {
   if (stopped_) return;
   conns_.erase(c.id());
+  handshaking_.erase(c.id());
   SessionRec* s = c.session_;
   c.session_ = nullptr;
   leave_session(s);

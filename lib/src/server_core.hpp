@@ -25,6 +25,14 @@ struct ServerOptions {
   // The most encoded bytes one queue may hold, so that no client can fill the server's memory.
   std::size_t queue_max_bytes = std::size_t{1} << 30;
   std::chrono::nanoseconds handshake_timeout = std::chrono::seconds(30);
+  // Replies a connection has not read yet: past this many bytes the server stops reading its
+  // requests until it drains, and closes it if it stays over for pending_timeout.
+  std::size_t max_pending_bytes = std::size_t{4} << 20;
+  std::chrono::nanoseconds pending_timeout = std::chrono::seconds(30);
+  // Open connections (0: the descriptor limit less a reserve), and those still in the
+  // handshake; when the handshake slots are full the oldest one is dropped for a newcomer.
+  std::size_t max_connections = 0;
+  std::size_t max_handshakes = 64;
   std::shared_ptr<TypeRegistry> types;  // registered types; nullptr = none
   std::string description = "mpx manager";
   std::function<void()> on_shutdown_request;  // run (on the server thread) for an allowed shutdown request

@@ -10,10 +10,13 @@
 #include <mpx/proto/frame.hpp>
 #include <mpx/proto/manager.hpp>
 
+#include <array>
+#include <chrono>
 #include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -58,6 +61,8 @@ class Conn : public std::enable_shared_from_this<Conn> {
   bool closed() const noexcept { return closed_; }
   SessionRec* session() const noexcept { return session_; }
   int peer_pid() const noexcept { return peer_pid_; }
+  // Who is on the other end, for the log: "unix peer uid U pid P" or "tcp peer ADDR".
+  std::string peer_description();
 
   // Parking, from an object's handler: the request waits (timeout_ns: 0 = not at all,
   // < 0 = forever). The handler returns true after calling this.
@@ -97,6 +102,11 @@ class Conn : public std::enable_shared_from_this<Conn> {
   std::size_t begin_frame();
   void end_frame(std::size_t start);
   void start_handshake_timer();
+  void serve_backlog();
+  // Replies queued or being written: the bound on them is the server's output backpressure.
+  std::size_t pending_bytes() const noexcept { return out_.size() + writing_.size(); }
+  bool over_pending() const noexcept;
+  void note_output();
 
   Core& core_;
   Socket socket_;
@@ -115,7 +125,10 @@ class Conn : public std::enable_shared_from_this<Conn> {
   std::deque<Bytes> backlog_;  // requests that arrived while parked
   std::size_t backlog_bytes_ = 0;
   bool resume_queued_ = false;
+  bool stalled_ = false;  // over the pending bound: reads stop until the replies drain
+  std::uint64_t pending_gen_ = 0;
   boost::asio::steady_timer timer_;
+  boost::asio::steady_timer pending_timer_;
   std::unordered_set<std::uint64_t> holdings_;
   SessionRec* session_ = nullptr;
   int peer_pid_ = 0;
@@ -260,7 +273,13 @@ class Core {
   };
   void queue_resume(std::shared_ptr<Conn> c);
 
+  // What a hostile or broken peer does is logged as a summary, one line a second at most.
+  enum class Event { handshake_failed, handshake_stalled, handshake_evicted, refused_at_cap,
+                     accept_failed, slow_reader_closed, count_ };
+  void note(Event e, std::string detail);
+
   // Called by connections.
+  void handshake_done(Conn& c);
   void dispatch(Conn& c, Op op, std::uint64_t oid, Reader& r, Writer& w, bool& parked);
   SessionRec* join_session(std::string token);
   void leave_session(SessionRec* s);
@@ -273,6 +292,10 @@ class Core {
 
  private:
   void do_accept();
+  void on_accept_error(const boost::system::error_code& ec);
+  void shed_waiting_connections();
+  void admit(Conn::Socket socket);
+  void flush_notes();
   void open(Conn& c, Reader& r, Writer& w);
   void erase_name(std::string_view name);
   void run_resumes();
@@ -293,6 +316,17 @@ class Core {
   std::unordered_map<std::string, std::uint64_t> names_;
   std::unordered_map<std::string, std::unique_ptr<SessionRec>> sessions_;
   std::unordered_map<std::uint64_t, std::weak_ptr<Conn>> conns_;
+  std::set<std::uint64_t> handshaking_;  // ids in arrival order: the oldest goes first
+  std::size_t max_connections_ = 0;
+  int reserve_fd_ = -1;  // given up to accept-and-close when out of descriptors
+  struct Noted {
+    std::uint64_t suppressed = 0;
+    std::string detail;
+    std::chrono::steady_clock::time_point last_line{};
+  };
+  std::array<Noted, static_cast<std::size_t>(Event::count_)> notes_;
+  std::unique_ptr<boost::asio::steady_timer> notes_timer_;
+  bool notes_armed_ = false;
   std::vector<std::shared_ptr<Conn>> resumes_;  // connections whose parked request completed
   int batch_depth_ = 0;
   bool resume_posted_ = false;
