@@ -74,7 +74,7 @@ struct Server::State {
   std::string authkey;
   detail::ServeControl control;
   std::atomic<bool> served{false};  // set_queue_max_bytes() may come from another thread
-  std::size_t queue_max_bytes = detail::ServerOptions{}.queue_max_bytes;
+  Server::Limits limits;
   State(const Address& a, std::string key) : listener(a), authkey(std::move(key)) {}
 };
 
@@ -91,17 +91,36 @@ void Server::serve_forever() {
   detail::ServerOptions options;
   options.authkey = s_->authkey;
   options.types = types_;
-  options.queue_max_bytes = s_->queue_max_bytes;
+  const Limits& l = s_->limits;
+  options.queue_max_bytes = l.queue_max_bytes;
+  options.max_pending_bytes = l.max_pending_bytes;
+  options.pending_timeout = l.pending_timeout;
+  options.max_connections = l.max_connections;
+  options.max_handshakes = l.max_handshakes;
+  options.handshake_timeout = l.handshake_timeout;
   options.description = "mpx server at " + address().str();
   detail::serve_listener(s_->listener, std::move(options), {SIGTERM, SIGINT}, {}, &s_->control);
   s_->listener.close();
 }
 
 void Server::set_queue_max_bytes(std::size_t bytes) {
-  if (s_->served) throw StateError("mpx: set_queue_max_bytes() after serve_forever()");
-  if (bytes == 0) throw ValueError("mpx: a queue's byte budget must be positive");
-  s_->queue_max_bytes = bytes;
+  Limits l = s_->limits;
+  l.queue_max_bytes = bytes;
+  set_limits(l);
 }
+
+void Server::set_limits(const Limits& limits) {
+  if (s_->served) throw StateError("mpx: Server limits set after serve_forever()");
+  if (limits.queue_max_bytes == 0) throw ValueError("mpx: a queue's byte budget must be positive");
+  if (limits.max_pending_bytes == 0) throw ValueError("mpx: max_pending_bytes must be positive");
+  if (limits.max_handshakes == 0) throw ValueError("mpx: max_handshakes must be positive");
+  if (limits.pending_timeout <= std::chrono::milliseconds::zero() ||
+      limits.handshake_timeout <= std::chrono::milliseconds::zero())
+    throw ValueError("mpx: Server timeouts must be positive");
+  s_->limits = limits;
+}
+
+Server::Limits Server::limits() const { return s_->limits; }
 
 void Server::shutdown() {
   std::lock_guard lock(s_->control.m);

@@ -752,6 +752,22 @@ class Server {
   // serve_forever()). Past it an unbounded queue's put throws Full at once and a bounded
   // one waits for room; an item larger than the whole budget is a ValueError.
   void set_queue_max_bytes(std::size_t bytes);
+
+  // What any one client may make the server hold, so that a client that misbehaves cannot
+  // starve the others. Set before serve_forever(); zero sizes are a ValueError.
+  struct Limits {
+    std::size_t queue_max_bytes = std::size_t{1} << 30;  // encoded items per queue
+    // Unread replies per connection: past it the server reads no more of that client's
+    // requests until it catches up, and closes it if it stays behind for pending_timeout.
+    std::size_t max_pending_bytes = std::size_t{4} << 20;
+    std::chrono::milliseconds pending_timeout{30'000};
+    std::size_t max_connections = 0;  // 0: the descriptor limit (RLIMIT_NOFILE) less 64
+    // Connections still in the authkey handshake; a newcomer past it drops the oldest.
+    std::size_t max_handshakes = 64;
+    std::chrono::milliseconds handshake_timeout{30'000};
+  };
+  void set_limits(const Limits& limits);
+  Limits limits() const;
   // Serves until shutdown() (from any thread or a signal handler-free context) or
   // SIGTERM/SIGINT; then closes every connection and removes the socket file.
   void serve_forever();
