@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -16,6 +17,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -44,6 +46,22 @@ constexpr const char* kExitHelp =
     "  2  bad command line or address\n"
     "  3  the authkey file is missing, unreadable, empty, or accessible by group or others\n"
     "  4  cannot listen on the address (in use by a live server, no permission ...)\n";
+
+constexpr const char* kSecurityHelp =
+    "Security: the authkey proves a client knows the key before it may use any object; the\n"
+    "key itself never crosses the socket, but nothing is encrypted. A unix:/path socket file is\n"
+    "also guarded by file permissions (mpxd makes it 0600); a unix:@abstract\n"
+    "address has none, so any local user can connect (and spend handshake slots, bounded by\n"
+    "--max-handshakes). Over tcp: anyone who can reach the port can.\n\n";
+
+// Lets this process open as many connections as the system allows it.
+void raise_fd_limit() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
 
 // A socket file left by a server that died without cleaning up: nobody accepts on it.
 bool stale_socket(const mpx::Address& address) {
@@ -79,12 +97,34 @@ int main(int argc, char** argv) {
                  "with Full")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  mpx::Server::Limits limits;
+  std::size_t pending_timeout_s = 30, handshake_timeout_s = 30;
+  app.add_option("--max-pending-bytes", limits.max_pending_bytes,
+                 "replies one client may leave unread; past it its requests wait until it reads")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--pending-timeout", pending_timeout_s,
+                 "seconds a client may stay over --max-pending-bytes before it is disconnected")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--max-connections", limits.max_connections,
+                 "open connections at most; past it new ones are closed at once (default: the "
+                 "descriptor limit, raised to its hard limit at start, less 64)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-handshakes", limits.max_handshakes,
+                 "connections still in the authkey handshake; a newcomer past it drops the oldest")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--handshake-timeout", handshake_timeout_s,
+                 "seconds a connection may take to finish the handshake")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--log-level", level, "trace, debug, info, warn, error, critical or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();
   app.set_version_flag("--version", std::string("mpxd ") + MPX_VERSION + " (manager protocol " +
                                         std::to_string(mpx::proto::kManagerVersion) + ")");
-  app.footer(kExitHelp);
+  app.footer(std::string(kSecurityHelp) + kExitHelp);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -106,6 +146,7 @@ int main(int argc, char** argv) {
     log->error("bad --address: {}", e.what());
     return kUsage;
   }
+  raise_fd_limit();
   std::string key;
   try {
     key = mpx::apps::read_authkey_file(keyfile);
@@ -129,7 +170,14 @@ int main(int argc, char** argv) {
     return kAddress;
   }
 
-  server->set_queue_max_bytes(queue_max_bytes);
+  limits.queue_max_bytes = queue_max_bytes;
+  limits.pending_timeout = std::chrono::seconds(pending_timeout_s);
+  limits.handshake_timeout = std::chrono::seconds(handshake_timeout_s);
+  server->set_limits(limits);
+  if (address->kind() == mpx::Address::Kind::abstract)
+    log->warn("{} is an abstract socket: it has no file permissions, so any local user can connect "
+              "(the authkey still guards every object)",
+              address->str());
   try {
     log->info("mpxd {} serving on {} (pid {})", MPX_VERSION, server->address().str(), ::getpid());
     server->serve_forever();
