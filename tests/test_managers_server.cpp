@@ -328,3 +328,32 @@ TEST_CASE(
   CHECK(last == item + "!");
   CHECK(b.empty());
 }
+
+TEST_CASE("Server: limits are validated, read back, and fixed once serving") {
+  auto addr = mpx::Address::unix_path(temp_socket("limits"));
+  mpx::Server server(addr, "k");
+  mpx::Server::Limits l = server.limits();
+  CHECK(l.max_pending_bytes == std::size_t{4} << 20);
+  CHECK(l.max_handshakes == 64);
+  l.max_pending_bytes = 0;
+  CHECK_THROWS_AS(server.set_limits(l), mpx::ValueError);
+  l = server.limits();
+  l.pending_timeout = std::chrono::milliseconds(-1);
+  CHECK_THROWS_AS(server.set_limits(l), mpx::ValueError);
+  l = server.limits();
+  l.max_connections = 3;
+  l.max_pending_bytes = 1 << 16;
+  server.set_limits(l);
+  server.set_queue_max_bytes(1 << 20);
+  CHECK(server.limits().max_connections == 3);
+  CHECK(server.limits().max_pending_bytes == 1 << 16);
+  CHECK(server.limits().queue_max_bytes == 1 << 20);
+  std::thread t([&] { server.serve_forever(); });
+  // Three connections fit; a fourth is closed at once.
+  std::vector<mpx::Connection> held;
+  for (int i = 0; i < 3; ++i) held.push_back(mpx::Client(addr, std::string("k")));
+  CHECK_THROWS_AS(mpx::Client(addr, std::string("k")), mpx::ConnectionError);
+  server.shutdown();
+  t.join();
+  CHECK_THROWS_AS(server.set_limits(l), mpx::StateError);
+}

@@ -5,11 +5,11 @@
 #include <mpx/process.hpp>
 
 #include <doctest/doctest.h>
+#include <support.hpp>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -28,7 +28,6 @@
 #include <thread>
 #include <vector>
 
-extern char** environ;
 
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
@@ -41,98 +40,22 @@ const std::string kClient = std::string(MPX_BINARY_DIR) + "/apps/manager_client"
 const std::string kWorker = std::string(MPX_BINARY_DIR) + "/apps/task_worker";
 const std::string kCustom = std::string(MPX_BINARY_DIR) + "/apps/custom_server";
 
-// A scratch directory removed at the end of each test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
+// A scratch directory for one test (the daemon must be built).
+struct TempDir : mpx::test::TempDir {
+  TempDir() : mpx::test::TempDir("mpx-mpxd-test") {
     const std::string hint = "build the mpxd target first: " + kMpxd;
     REQUIRE_MESSAGE(fs::exists(kMpxd), hint);
-    std::string t = (fs::temp_directory_path() / "mpx-mpxd-test-XXXXXX").string();
-    REQUIRE(::mkdtemp(t.data()) != nullptr);
-    path = t;
   }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
 };
 
 std::string write_key(const TempDir& dir, const std::string& content, mode_t mode,
                       const std::string& name = "key") {
-  std::string p = dir / name;
-  {
-    std::ofstream f(p, std::ios::binary);
-    f << content;
-  }
-  ::chmod(p.c_str(), mode);
-  return p;
+  return mpx::test::write_file(dir / name, content, mode);
 }
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
-// The daemon as a child process, its stdout+stderr in a file.
-class Proc {
- public:
-  Proc(const std::vector<std::string>& args, std::string log) : log_(std::move(log)) {
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    sigset_t none;
-    sigemptyset(&none);
-    posix_spawnattr_setsigmask(&attr, &none);
-    sigset_t defaults;
-    sigemptyset(&defaults);
-    sigaddset(&defaults, SIGTERM);
-    sigaddset(&defaults, SIGINT);
-    sigaddset(&defaults, SIGPIPE);
-    posix_spawnattr_setsigdefault(&attr, &defaults);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    REQUIRE(posix_spawn(&pid_, argv[0], &fa, &attr, argv.data(), environ) == 0);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
-    pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
-  }
-  ~Proc() {
-    if (!status_) {
-      ::kill(pid_, SIGKILL);
-      wait(10s);
-    }
-    if (pidfd_ >= 0) ::close(pidfd_);
-  }
-  // The exit code (-N for signal N), or nullopt if still running after `timeout`.
-  std::optional<int> wait(std::chrono::milliseconds timeout) {
-    if (status_) return status_;
-    pollfd p{pidfd_, POLLIN, 0};
-    if (pidfd_ >= 0 && ::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return std::nullopt;
-    int st = 0;
-    if (::waitpid(pid_, &st, pidfd_ >= 0 ? 0 : WNOHANG) != pid_) return std::nullopt;
-    status_ = WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
-    return status_;
-  }
-  void signal(int sig) { ::kill(pid_, sig); }
-  std::string output() const { return slurp(log_); }
-  pid_t pid() const { return pid_; }
-
- private:
-  std::string log_;
-  pid_t pid_ = 0;
-  int pidfd_ = -1;
-  std::optional<int> status_;
-};
-
-std::optional<int> run(const std::vector<std::string>& args, const std::string& log) {
-  Proc p(args, log);
-  return p.wait(30s);
-}
+using mpx::test::run;
+using mpx::test::slurp;
+using Proc = mpx::test::ChildProcess;
 
 // Waits (bounded) until the daemon accepts clients.
 std::optional<mpx::Manager> connect_when_ready(const mpx::Address& a, const std::string& key, Proc& p) {

@@ -1,0 +1,66 @@
+// What the test programs share: scratch directories, programs run as child processes, and
+// counting this process's descriptors. Linked into every test through mpx_test_main.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace mpx::test {
+
+// A fresh directory under $TMPDIR (which ctest points at the build tree), removed with
+// everything in it at scope exit.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix = "mpx-test");
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const noexcept { return path_; }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Writes `content` to `path` and gives it `mode`.
+std::string write_file(const std::string& path, const std::string& content, mode_t mode = 0600);
+std::string slurp(const std::string& path);
+
+// A program run as a child process, its stdout and stderr in `log`; killed and reaped at scope
+// exit if still running.
+class ChildProcess {
+ public:
+  ChildProcess(const std::vector<std::string>& args, std::string log);
+  ~ChildProcess();
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  // The exit code (-N for signal N), or nullopt if still running after `timeout`.
+  std::optional<int> wait(std::chrono::milliseconds timeout);
+  void signal(int sig);
+  std::string output() const { return slurp(log_); }
+  pid_t pid() const noexcept { return pid_; }
+
+ private:
+  std::string log_;
+  pid_t pid_ = 0;
+  int pidfd_ = -1;
+  std::optional<int> status_;
+};
+
+// Runs a program to its end (at most `timeout`): its exit code, nullopt if it did not end.
+std::optional<int> run(const std::vector<std::string>& args, const std::string& log,
+                       std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
+// Descriptors open in this process now.
+std::size_t open_fds();
+
+// Resident memory of a process, in bytes (0 if it is gone).
+std::size_t resident_bytes(pid_t pid);
+
+}  // namespace mpx::test
