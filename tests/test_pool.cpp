@@ -1,9 +1,9 @@
 // mpx::Pool: the API, results, errors, callbacks, lazy imap, task identity and random streams.
 #include <doctest/doctest.h>
+#include <support.hpp>
 #include <mpx/pool.hpp>
 #include <mpx/process.hpp>
 
-#include <dirent.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -77,14 +77,7 @@ struct Unencodable {  // a result whose encoding fails at run time
 };
 Unencodable make_unencodable(int x) { return {x}; }
 
-std::size_t open_fds() {
-  std::size_t n = 0;
-  if (DIR* d = ::opendir("/proc/self/fd")) {
-    while (::readdir(d)) ++n;
-    ::closedir(d);
-  }
-  return n;
-}
+using mpx::test::open_fds;
 // Taken by the first test case; the last one checks nothing leaked.
 const std::size_t g_fds_at_start = open_fds();
 

@@ -1,11 +1,11 @@
 // mpx::Pool under stress: dying workers, huge messages, lifecycle orders, several pools, threads
 // at fork time, signals, and nothing left behind.
 #include <doctest/doctest.h>
+#include <support.hpp>
 #include <mpx/connection.hpp>
 #include <mpx/pool.hpp>
 #include <mpx/process.hpp>
 
-#include <dirent.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -94,14 +94,7 @@ pid_t parent_of(pid_t pid) {
   return static_cast<pid_t>(std::atoi(line.c_str() + p + 4));
 }
 
-std::size_t open_fds() {
-  std::size_t n = 0;
-  if (DIR* d = ::opendir("/proc/self/fd")) {
-    while (::readdir(d)) ++n;
-    ::closedir(d);
-  }
-  return n;
-}
+using mpx::test::open_fds;
 const std::size_t g_fds_at_start = open_fds();
 
 }  // namespace

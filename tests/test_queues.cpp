@@ -1,6 +1,7 @@
 // Queue<T>, JoinableQueue<T>, SimpleQueue<T>: Python's semantics, across processes, with
 // huge items, exhausted budgets, encoding errors and processes killed in the middle of a call.
 #include <doctest/doctest.h>
+#include <support.hpp>
 
 #include <mpx/process.hpp>
 #include <mpx/queues.hpp>
@@ -56,11 +57,7 @@ struct Unsavable {
   }
 };
 
-std::size_t open_fds() {
-  std::size_t n = 0;
-  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
-  return n;
-}
+using mpx::test::open_fds;
 
 // Anonymous shared mappings show in /proc/self/maps as "/dev/zero (deleted)".
 std::size_t shared_mappings() {

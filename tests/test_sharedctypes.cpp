@@ -1,6 +1,7 @@
 #include <mpx/process.hpp>
 #include <mpx/sharedctypes.hpp>
 
+#include <children.hpp>
 #include <doctest/doctest.h>
 #include <signal.h>
 
@@ -18,7 +19,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const mpx::Process::Options kDaemon{"", true};
 
 struct PlainSignals {
   PlainSignals() { ::signal(SIGTERM, SIG_DFL); }
@@ -34,21 +34,8 @@ struct Pair {
   bool operator==(const Pair&) const = default;
 };
 
-template <class F>
-std::vector<mpx::Process> start_children(int n, F f) {
-  std::vector<mpx::Process> children;
-  for (int i = 0; i < n; ++i) {
-    children.emplace_back(kDaemon, f, i);
-    children.back().start();
-  }
-  return children;
-}
-
-bool join_all(std::vector<mpx::Process>& children) {
-  bool ok = true;
-  for (auto& c : children) ok = c.join(60s) && c.exitcode() == 0 && ok;
-  return ok;
-}
+using mpx::test::join_all;
+using mpx::test::start_children;
 
 // Shared anonymous mappings (what mpx objects live in) show up as "/dev/zero (deleted)".
 std::size_t count_maps() {

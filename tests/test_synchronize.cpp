@@ -3,6 +3,7 @@
 #include <mpx/process.hpp>
 #include <mpx/synchronize.hpp>
 
+#include <children.hpp>
 #include <doctest/doctest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -43,22 +44,8 @@ struct PlainSignals {
   }
 };
 
-// Daemon children: if a test fails early, their ~Process terminates them.
-template <class F>
-std::vector<mpx::Process> start_children(int n, F f) {
-  std::vector<mpx::Process> children;
-  for (int i = 0; i < n; ++i) {
-    children.emplace_back(kDaemon, f, i);
-    children.back().start();
-  }
-  return children;
-}
-
-bool join_all(std::vector<mpx::Process>& children, std::chrono::seconds limit = 60s) {
-  bool ok = true;
-  for (auto& c : children) ok = c.join(limit) && c.exitcode() == 0 && ok;
-  return ok;
-}
+using mpx::test::join_all;
+using mpx::test::start_children;
 
 template <class Pred>
 bool eventually(Pred pred, std::chrono::milliseconds limit = 10000ms) {
