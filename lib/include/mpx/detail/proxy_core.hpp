@@ -290,5 +290,7 @@ T get_value(proto::Reader& r) {
 }
 
 std::int64_t wire_timeout(bool block, Timeout timeout) noexcept;
+// A count that travels as a u32: ValueError naming `what` when it does not fit.
+std::uint32_t wire_u32(std::uint64_t value, const char* what);
 
 }  // namespace mpx::detail
