@@ -1,5 +1,6 @@
 // Managers, part 5: values a client may send that the server must not take at face value —
-// counts that do not fit the wire's u32 and negative timeouts other than -1. Each is checked
+// counts that do not fit the wire's u32, negative timeouts other than -1, and reports of a
+// task worker's exit from a connection that did not start that worker. Each is checked
 // through the library's client (which refuses before sending) and over raw frames (the
 // server refuses too, whatever a client sends).
 #include <mpx/connection.hpp>
@@ -26,6 +27,7 @@ constexpr std::uint64_t kU32Max = std::numeric_limits<std::uint32_t>::max();
 constexpr int kValue = static_cast<int>(mpx::proto::ErrorCode::value);
 constexpr int kState = static_cast<int>(mpx::proto::ErrorCode::state);
 constexpr int kProtocol = static_cast<int>(mpx::proto::ErrorCode::protocol);
+constexpr int kWorkerLost = static_cast<int>(mpx::proto::ErrorCode::worker_lost);
 
 using Token = std::array<std::byte, 16>;
 Token token(std::uint8_t n) {
@@ -259,4 +261,116 @@ TEST_CASE("timeouts: a negative duration from C++ does not wait (a time already 
   CHECK_FALSE(until);
   CHECK(std::chrono::steady_clock::now() - t0 < 2s);
   lock.release();
+}
+
+TEST_CASE("task queues: only the worker's own session may report its exit") {
+  mpx::Manager m;
+  const auto worker_session = token(10), hostile_session = token(11), client_session = token(12);
+  auto client = raw_session(m, client_session);
+  auto tq = open_raw(client, mpx::proto::Kind::task_queue, "hostile-tasks");
+  auto submit = [&](const std::string& body) {
+    auto r = roundtrip(client, request(Op::task_submit, tq, [&](auto& w) {
+                         w.str("some_task");
+                         w.str(body);
+                       }));
+    REQUIRE(r.status == 0);
+    return mpx::proto::Reader(r.body).u64();
+  };
+  // A worker connection: serves as `pid`, then takes one task (the next submitted).
+  auto serve = [&](const Token& session, std::int32_t pid) {
+    auto w = raw_session(m, session);
+    REQUIRE(roundtrip(w, request(Op::task_serve, tq, [pid](auto& wr) { wr.i32(pid); })).status == 0);
+    w.send_bytes(request(Op::task_next, tq, [](auto& wr) { wr.i64(-1); }));
+    return w;
+  };
+  auto take = [&](mpx::Connection& w) {
+    auto bytes = recv_bounded(w);
+    mpx::proto::Reader r(bytes);
+    REQUIRE(r.u8() == 0);
+    return r.u64();
+  };
+  auto report = [&](mpx::Connection& from, std::int32_t pid, std::int32_t code) {
+    return roundtrip(from, request(Op::task_worker_exit, tq, [&](auto& w) {
+                       w.i32(pid);
+                       w.i32(code);
+                     }))
+        .sc();
+  };
+  struct Outcome {
+    std::uint64_t id = 0;
+    int origin = -1;
+    std::string result;
+    int code = 0;
+    int exitcode = 0;
+  };
+  auto outcome = [&]() {
+    auto r = roundtrip(client, request(Op::task_wait, 0, [](auto& w) {
+                         w.u64(1);
+                         w.i64(std::chrono::nanoseconds(kReplyBound).count());
+                       }));
+    REQUIRE(r.status == 0);
+    mpx::proto::Reader rd(r.body);
+    REQUIRE(rd.u64() == 1);
+    Outcome o;
+    o.id = rd.u64();
+    o.origin = rd.u8();
+    if (o.origin == 0) {
+      auto b = rd.blob();
+      o.result.assign(reinterpret_cast<const char*>(b.data()), b.size());
+    } else {
+      auto e = mpx::proto::read_error(rd);
+      o.code = static_cast<int>(e.code);
+      o.exitcode = e.exitcode;
+    }
+    return o;
+  };
+  auto hostile = raw_session(m, hostile_session);
+  auto supervisor = raw_session(m, worker_session);
+
+  SUBCASE("a report from another session is refused and the running task carries on") {
+    auto w = serve(worker_session, 4242);
+    auto id = submit("job");
+    CHECK(take(w) == id);
+    CHECK(report(hostile, 4242, 9) == std::pair{1, kState});
+    // Even a hostile worker that claims the same pid only speaks for itself.
+    auto fake = raw_session(m, hostile_session);
+    REQUIRE(roundtrip(fake, request(Op::task_serve, tq, [](auto& wr) { wr.i32(4242); })).status == 0);
+    CHECK(report(hostile, 4242, 9) == std::pair{0, 0});
+    // The real worker finishes its task; its result is what the client gets.
+    CHECK(roundtrip(w, request(Op::task_result, tq, [id](auto& wr) {
+                      wr.u64(id);
+                      wr.str("done");
+                    })).sc() == std::pair{0, 0});
+    auto o = outcome();
+    CHECK(o.id == id);
+    CHECK(o.origin == 0);
+    CHECK(o.result == "done");
+  }
+  SUBCASE("the worker's session reports its exit, before or after its connection closes") {
+    auto w1 = serve(worker_session, 5151);
+    auto id1 = submit("one");
+    CHECK(take(w1) == id1);
+    w1.close();  // the worker died while running the task
+    CHECK(report(hostile, 5151, 9) == std::pair{1, kState});
+    CHECK(report(supervisor, 5151, 7) == std::pair{0, 0});
+    auto o1 = outcome();
+    CHECK(o1.id == id1);
+    CHECK(o1.origin == 1);
+    CHECK(o1.code == kWorkerLost);
+    CHECK(o1.exitcode == 7);
+
+    auto w2 = serve(worker_session, 5252);
+    auto id2 = submit("two");
+    CHECK(take(w2) == id2);
+    CHECK(report(hostile, 5252, 9) == std::pair{1, kState});
+    CHECK(report(supervisor, 5252, 5) == std::pair{0, 0});  // before the server sees the close
+    w2.close();
+    auto o2 = outcome();
+    CHECK(o2.id == id2);
+    CHECK(o2.code == kWorkerLost);
+    CHECK(o2.exitcode == 5);
+
+    // A pid no worker of the queue has: nothing to do, nothing refused.
+    CHECK(report(hostile, 999999, 1) == std::pair{0, 0});
+  }
 }
