@@ -1,6 +1,7 @@
 // Reading an authkey file, as mpxd and the programs that talk to it do: the key is the
 // file's bytes with one trailing newline stripped, and the file must be private (a key that
-// others can read is no secret, so a group- or world-accessible file is refused).
+// others can read is no secret, so a group- or world-accessible file is refused). Only a
+// regular file is read: a symlink, FIFO, device, socket or directory is refused, at once.
 #pragma once
 
 #include <fcntl.h>
@@ -19,13 +20,41 @@ struct AuthkeyFileError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// What a non-regular file is, for the message that refuses it.
+inline const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  return "of an unknown kind";
+}
+
 inline std::string read_authkey_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) throw AuthkeyFileError("cannot open authkey file " + path + ": " + std::strerror(errno));
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, and a daemon
+  // must not hang at start on a misplaced key path; fstat below refuses it before any read.
+  // O_NOFOLLOW: whoever may replace a symlink may choose the key, whatever the target's mode.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ELOOP)
+      throw AuthkeyFileError("authkey file " + path + " is a symbolic link; give the path of the key itself");
+    // A socket file cannot be opened at all (ENXIO): name what is there rather than the errno.
+    struct stat lst {};
+    if (::lstat(path.c_str(), &lst) == 0 && !S_ISREG(lst.st_mode))
+      throw AuthkeyFileError("authkey file " + path + " is " + file_kind(lst.st_mode) + ", not a regular file");
+    throw AuthkeyFileError("cannot open authkey file " + path + ": " + std::strerror(err));
+  }
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
     ::close(fd);
-    throw AuthkeyFileError("authkey file " + path + " is not a regular file");
+    throw AuthkeyFileError("cannot stat authkey file " + path + ": " + std::strerror(err));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw AuthkeyFileError("authkey file " + path + " is " + file_kind(st.st_mode) +
+                           ", not a regular file");
   }
   if (st.st_mode & 077) {
     ::close(fd);

@@ -43,8 +43,9 @@ namespace {
 struct TempDir {
   std::string path;
   TempDir() {
-    char tmpl[] = "/tmp/mpx-conn-XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    // Under TMPDIR (ctest sets a per-run one), where the suite's leak check looks.
+    std::string tmpl = (std::filesystem::temp_directory_path() / "mpx-conn-XXXXXX").string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
     path = tmpl;
   }
   ~TempDir() { std::filesystem::remove_all(path); }

@@ -126,8 +126,9 @@ class PyChild {
 struct TempDir {
   std::string path;
   TempDir() {
-    char tmpl[] = "/tmp/mpx-interop-XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    // Under TMPDIR (ctest sets a per-run one), where the suite's leak check looks.
+    std::string tmpl = (std::filesystem::temp_directory_path() / "mpx-interop-XXXXXX").string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
     path = tmpl;
   }
   ~TempDir() { std::filesystem::remove_all(path); }

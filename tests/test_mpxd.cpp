@@ -124,6 +124,47 @@ TEST_CASE("mpxd: refuses authkey files that are missing, empty or readable by ot
   CHECK_FALSE(fs::exists(sock));
 }
 
+TEST_CASE("mpxd: refuses an authkey path that is not a regular file, at once") {
+  TempDir dir;
+  std::string sock = dir / "d.sock";
+  // A FIFO with a private mode: opening it for reading used to wait for a writer forever.
+  std::string fifo = dir / "fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  Proc on_fifo({kMpxd, "--address", "unix:" + sock, "--authkey-file", fifo}, dir / "fifo.log");
+  CHECK(on_fifo.wait(10s) == 3);
+  CHECK(on_fifo.output().find("is a FIFO") != std::string::npos);
+
+  // A symlink to a good private key: the link is refused, not followed.
+  auto key = write_key(dir, "secret", 0600);
+  std::string link = dir / "link";
+  REQUIRE(::symlink(key.c_str(), link.c_str()) == 0);
+  CHECK(run({kMpxd, "--address", "unix:" + sock, "--authkey-file", link}, dir / "link.log") == 3);
+  CHECK(slurp(dir / "link.log").find("is a symbolic link") != std::string::npos);
+
+  std::string sub = dir / "subdir";
+  REQUIRE(::mkdir(sub.c_str(), 0700) == 0);
+  CHECK(run({kMpxd, "--address", "unix:" + sock, "--authkey-file", sub}, dir / "dir.log") == 3);
+  CHECK(slurp(dir / "dir.log").find("is a directory") != std::string::npos);
+
+  // A socket file cannot even be opened; the message still says what it is.
+  std::string sock_file = dir / "s";
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::strncpy(sa.sun_path, sock_file.c_str(), sizeof sa.sun_path - 1);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+  ::chmod(sock_file.c_str(), 0600);
+  CHECK(run({kMpxd, "--address", "unix:" + sock, "--authkey-file", sock_file}, dir / "sock.log") == 3);
+  CHECK(slurp(dir / "sock.log").find("is a socket") != std::string::npos);
+  ::close(fd);
+
+  // The same checks guard the client programs, which share the reader.
+  CHECK(run({kClient, "--address", "unix:" + sock, "--authkey-file", fifo, "show"}, dir / "c.log") != 0);
+  CHECK(slurp(dir / "c.log").find("is a FIFO") != std::string::npos);
+  CHECK_FALSE(fs::exists(sock));
+}
+
 TEST_CASE("mpxd: serves C++ and Python clients; SIGTERM drains and removes the socket") {
   TempDir dir;
   std::string sock = dir / "mpxd.sock";

@@ -219,12 +219,14 @@ LockProxy Manager::lock(std::string_view name) { return LockProxy(open(proto::Ki
 RLockProxy Manager::rlock(std::string_view name) {
   return RLockProxy(open(proto::Kind::rlock, name, "", {}));
 }
-SemaphoreProxy Manager::semaphore(unsigned value, std::string_view name) {
-  return SemaphoreProxy(open(proto::Kind::semaphore, name, "", [&](proto::Writer& w) { w.u32(value); }));
+SemaphoreProxy Manager::semaphore(std::uint64_t value, std::string_view name) {
+  auto v = detail::wire_u32(value, "a semaphore's initial value");
+  return SemaphoreProxy(open(proto::Kind::semaphore, name, "", [&](proto::Writer& w) { w.u32(v); }));
 }
-BoundedSemaphoreProxy Manager::bounded_semaphore(unsigned value, std::string_view name) {
+BoundedSemaphoreProxy Manager::bounded_semaphore(std::uint64_t value, std::string_view name) {
+  auto v = detail::wire_u32(value, "a semaphore's initial value");
   return BoundedSemaphoreProxy(
-      open(proto::Kind::bounded_semaphore, name, "", [&](proto::Writer& w) { w.u32(value); }));
+      open(proto::Kind::bounded_semaphore, name, "", [&](proto::Writer& w) { w.u32(v); }));
 }
 ConditionProxy Manager::condition(std::string_view name) {
   return ConditionProxy(open(proto::Kind::condition, name, "", {}));
@@ -236,8 +238,10 @@ TaskQueueProxy Manager::task_queue(std::string_view name) {
   if (name.empty()) throw ValueError("mpx: a task queue needs a name");
   return TaskQueueProxy(open(proto::Kind::task_queue, name, "", {}));
 }
-BarrierProxy Manager::barrier(unsigned parties, std::string_view name) {
-  return BarrierProxy(open(proto::Kind::barrier, name, "", [&](proto::Writer& w) { w.u32(parties); }));
+BarrierProxy Manager::barrier(std::uint64_t parties, std::string_view name) {
+  if (parties == 0) throw ValueError("mpx: a barrier needs at least one party");
+  auto p = detail::wire_u32(parties, "a barrier's parties");
+  return BarrierProxy(open(proto::Kind::barrier, name, "", [&](proto::Writer& w) { w.u32(p); }));
 }
 
 }  // namespace mpx

@@ -14,6 +14,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <unordered_set>
 
@@ -465,10 +466,21 @@ void ProxyCore::expect(proto::Kind kind, const std::string& tag) const {
                        "> as a " + std::string(proto::kind_name(kind)) + "<" + tag + ">");
 }
 
+// A negative duration is a time already past (as for std::chrono waits, and so that
+// try_lock_until with a past time point answers at once): it does not wait. It never goes out
+// negative: on the wire -1 means forever and other negatives are refused.
 std::int64_t wire_timeout(bool block, Timeout timeout) noexcept {
   if (!block) return 0;
   if (!timeout) return proto::kForever;
   return std::max<std::int64_t>(0, timeout->count());
+}
+
+std::uint32_t wire_u32(std::uint64_t value, const char* what) {
+  if (value > std::numeric_limits<std::uint32_t>::max())
+    throw ValueError("mpx: " + std::string(what) + " must be at most " +
+                     std::to_string(std::numeric_limits<std::uint32_t>::max()) + ", not " + std::to_string(value) +
+                     " (a negative number converts to a huge one)");
+  return static_cast<std::uint32_t>(value);
 }
 
 ProxyCore open_object(const std::shared_ptr<Session>& session, const std::shared_ptr<void>& keepalive,
@@ -542,7 +554,10 @@ bool LockableProxy::acquire(bool block, Timeout timeout) {
   return req.call().boolean();
 }
 void LockableProxy::release() { release_n(1); }
-void LockableProxy::release_n(std::uint32_t n) { call_u32(core_, Op::release, n); }
+void LockableProxy::release_n(std::uint64_t n) {
+  if (n == 0) throw ValueError("mpx: a semaphore release count must be at least 1");
+  call_u32(core_, Op::release, wire_u32(n, "a semaphore release count"));
+}
 
 Deferred<bool> LockableProxy::acquire_async(bool block, Timeout timeout) {
   Request req(core_, Op::acquire);
@@ -557,10 +572,14 @@ Deferred<void> LockableProxy::release_async() {
 
 }  // namespace detail
 
+void SemaphoreProxy::release(std::uint64_t n) { release_n(n); }
+
 unsigned SemaphoreProxy::get_value() const { return call(core_, Op::sem_value).u32(); }
 
 bool ConditionProxy::wait(Timeout timeout) { return call_timed(core_, Op::cond_wait, timeout).boolean(); }
-void ConditionProxy::notify(unsigned n) { call_u32(core_, Op::cond_notify, n); }
+void ConditionProxy::notify(std::uint64_t n) {
+  call_u32(core_, Op::cond_notify, detail::wire_u32(n, "a notify count"));
+}
 void ConditionProxy::notify_all() { call(core_, Op::cond_notify_all); }
 
 bool EventProxy::is_set() const { return call(core_, Op::event_is_set).boolean(); }

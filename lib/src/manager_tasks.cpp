@@ -11,6 +11,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -152,15 +154,23 @@ void Session::track_task(std::uint64_t id, std::shared_ptr<ResultStateBase> stat
 
 namespace {
 
-// A worker process: takes tasks one at a time until the server goes away.
-int run_worker(const Address& address, const std::string& authkey, const std::string& queue) {
+// A worker process: takes tasks one at a time until the server goes away. Its worker
+// connection joins the supervisor's session (`token`): the server takes a report of a worker's
+// exit only from that session. The tasks it runs that use a manager get a session of their own.
+int run_worker(const Address& address, const std::string& authkey, const std::string& queue,
+               std::span<const std::byte> token) {
   ::signal(SIGTERM, SIG_DFL);
   ::signal(SIGINT, SIG_DFL);
   try {
-    auto m = Manager::connect(address, authkey);
-    auto tq = m.task_queue(queue);
-    std::uint64_t oid = tq.core().oid();
-    ClientConn& conn = tq.core().conn();
+    ClientConn conn(address, authkey, token);
+    std::uint64_t oid;
+    {
+      Request req(conn, proto::Op::open, 0);
+      req.w().u8(static_cast<std::uint8_t>(proto::Kind::task_queue));
+      req.w().str(queue);
+      req.w().str("");
+      oid = req.call().u64();
+    }
     {
       Request req(conn, proto::Op::task_serve, oid);
       req.w().i32(static_cast<std::int32_t>(::getpid()));
@@ -215,6 +225,11 @@ void serve_tasks(const Address& address, std::string authkey, std::string_view q
   auto tq = m.task_queue(queue);
   const std::uint64_t oid = tq.core().oid();
   detail::ClientConn& conn = tq.core().conn();
+  std::array<std::byte, proto::kSessionTokenSize> token{};
+  {
+    auto mine = tq.core().session()->current().token();
+    std::copy(mine.begin(), mine.end(), token.begin());
+  }
 
   // SIGTERM/SIGINT end the loop below; the handlers are this call's only.
   int sig_pipe[2];
@@ -262,7 +277,7 @@ void serve_tasks(const Address& address, std::string authkey, std::string_view q
     o.name = "TaskWorker-" + queue + "-" + std::to_string(i + 1);
     o.daemon = true;
     slots[i].child =
-        detail::fork_child(o, [&]() -> int { return detail::run_worker(address, authkey, queue); });
+        detail::fork_child(o, [&]() -> int { return detail::run_worker(address, authkey, queue, token); });
     slots[i].started = steady_clock::now();
   };
   auto report_exit = [&](pid_t pid, int code) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <list>
 #include <map>
 #include <typeinfo>
@@ -61,6 +62,11 @@ namespace server {
 std::int64_t read_timeout(Reader& r) {
   std::int64_t timeout = r.i64();
   r.expect_end();
+  // Refused here, before any handler parks: a parked request's timer takes every negative
+  // value as "forever", so -2 would wait for ever where the caller meant something else.
+  if (timeout < proto::kForever)
+    throw ValueError("mpx: a timeout must be -1 (forever) or a non-negative number of nanoseconds, not " +
+                     std::to_string(timeout));
   return timeout;
 }
 
@@ -391,6 +397,10 @@ class QueueObj final : public Obj {
       case Op::queue_put_many: {
         auto items = read_blobs(r);
         std::int64_t timeout = read_timeout(r);
+        // A parked put_many remembers how many went in as a u32 (Park::saved).
+        if (items.size() > std::numeric_limits<std::uint32_t>::max())
+          throw ValueError("mpx: put_many of " + std::to_string(items.size()) + " items; at most " +
+                           std::to_string(std::numeric_limits<std::uint32_t>::max()) + " per call");
         for (auto item : items) check_item(item.size());
         std::size_t done = 0;
         if (putters_.empty())
@@ -599,6 +609,9 @@ class LockObj : public WaitingObj {
         if (!owner_) {
           take(&c, 1);
         } else if (kind() != Kind::lock && owner_ == &c) {
+          // The depth is a u32 (a condition wait carries it in Park::saved): never wrap to 0.
+          if (depth_ == std::numeric_limits<std::uint32_t>::max())
+            throw ValueError("mpx: " + std::string(proto::kind_name(kind())) + " acquired recursively too often");
           ++depth_;
         } else if (timeout == 0) {
           w.boolean(false);
@@ -679,19 +692,28 @@ class SemaphoreObj final : public WaitingObj {
       case Op::release: {
         std::uint64_t n = r.u32();
         r.expect_end();
+        if (n == 0) throw ValueError("mpx: a semaphore release count must be at least 1");
         if (kind() == Kind::bounded_semaphore && value_ + n > initial_)
           throw StateError("mpx: BoundedSemaphore released too many times");
-        value_ += n;
         auto it = held_.find(&c);
+        std::uint64_t returned = it == held_.end() ? 0 : std::min(it->second, n);
+        // The value goes out as a u32 (sem value), and the slots other connections hold come
+        // back to it when they close: refuse a release that could ever make it exceed that.
+        if (value_ + held_total_ - returned + n > kMaxValue)
+          throw ValueError("mpx: releasing " + std::to_string(n) + " would raise the semaphore above " +
+                           std::to_string(kMaxValue) + " (value " + std::to_string(value_) + ", " +
+                           std::to_string(held_total_) + " held)");
+        value_ += n;
         if (it != held_.end()) {
-          it->second -= std::min(it->second, n);
+          it->second -= returned;
+          held_total_ -= returned;
           if (it->second == 0) held_.erase(it);
         }
         wake();
         return false;
       }
       case Op::sem_value:
-        w.u32(static_cast<std::uint32_t>(value_));
+        w.u32(static_cast<std::uint32_t>(value_));  // at most kMaxValue: see release
         return false;
       default:
         bad_op(op, kind());
@@ -701,6 +723,7 @@ class SemaphoreObj final : public WaitingObj {
     auto it = held_.find(&c);
     if (it == held_.end()) return;
     value_ += it->second;
+    held_total_ -= it->second;
     if (kind() == Kind::bounded_semaphore) value_ = std::min(value_, initial_);
     held_.erase(it);
     wake();
@@ -710,6 +733,7 @@ class SemaphoreObj final : public WaitingObj {
   void take(Conn* c) {
     --value_;
     ++held_[c];
+    ++held_total_;
     c->hold(id());
   }
   void wake() {
@@ -720,7 +744,10 @@ class SemaphoreObj final : public WaitingObj {
     }
   }
 
+  static constexpr std::uint64_t kMaxValue = std::numeric_limits<std::uint32_t>::max();
+  // value_ + held_total_ <= kMaxValue always (the initial value is a u32; release keeps it).
   std::uint64_t value_, initial_;
+  std::uint64_t held_total_ = 0;  // the sum of held_
   std::unordered_map<Conn*, std::uint64_t> held_;
 };
 
@@ -837,8 +864,9 @@ class BarrierObj final : public Obj {
       case Op::barrier_wait: {
         std::int64_t timeout = read_timeout(r);
         if (broken_) throw BrokenBarrierError("mpx: the barrier is broken");
+        // Fewer than parties_ (a u32) wait at any time, so the index fits a u32.
         auto index = static_cast<std::uint32_t>(waiters_.size());
-        if (index + 1 >= parties_) {
+        if (std::uint64_t{index} + 1 >= parties_) {
           auto waiters = std::move(waiters_);
           waiters_ = {};
           std::uint32_t i = 0;

@@ -7,6 +7,7 @@
 #include "log.hpp"
 
 #include <map>
+#include <optional>
 
 namespace mpx::detail::server {
 
@@ -108,7 +109,10 @@ class TaskQueueObj final : public Obj {
       case Op::task_serve: {
         std::int32_t pid = r.i32();
         r.expect_end();
-        workers_[&c].pid = pid;
+        if (!c.session()) throw StateError("mpx: no session");
+        Worker& wk = workers_[&c];
+        wk.pid = pid;
+        wk.session = c.session()->token;
         c.hold(id());
         logger().debug("manager: worker pid {} serves task queue '{}'", pid, name());
         return false;
@@ -149,17 +153,39 @@ class TaskQueueObj final : public Obj {
         std::int32_t pid = r.i32();
         std::int32_t code = r.i32();
         r.expect_end();
-        for (auto it = lost_.begin(); it != lost_.end(); ++it)
-          if (it->pid == pid) {
-            std::uint64_t tid = it->task_id;
-            it->timer->cancel();
-            lost_.erase(it);
-            fail_lost(tid, code, true);
-            return false;
+        // Only the worker's own session may say how it ended (serve_tasks' workers serve in
+        // their supervisor's session): anyone else could fail a running task at will.
+        if (!c.session()) throw StateError("mpx: no session");
+        const std::string& reporter = c.session()->token;
+        bool foreign = false;
+        for (auto it = lost_.begin(); it != lost_.end(); ++it) {
+          if (it->pid != pid) continue;
+          if (it->session != reporter) {
+            foreign = true;
+            continue;
           }
-        reports_.emplace_back(pid, code);
-        if (reports_.size() > 256) reports_.pop_front();
-        return false;
+          std::uint64_t tid = it->task_id;
+          it->timer->cancel();
+          lost_.erase(it);
+          fail_lost(tid, code, true);
+          return false;
+        }
+        // The report can come before the server notices the worker's connection close: it is
+        // kept with the worker and used when it does.
+        bool kept = false;
+        for (auto& [conn, wk] : workers_) {
+          if (wk.pid != pid) continue;
+          if (wk.session != reporter) {
+            foreign = true;
+            continue;
+          }
+          wk.exit_code = code;
+          kept = true;
+        }
+        if (!kept && foreign)
+          throw StateError("mpx: worker " + std::to_string(pid) + " of task queue '" + name() +
+                           "' serves another session; only that session may report its exit");
+        return false;  // a worker the queue does not know (any more): nothing to do
       }
       default:
         bad_op(op, kind());
@@ -182,15 +208,13 @@ class TaskQueueObj final : public Obj {
     auto t = tasks_.find(w.running);
     if (t == tasks_.end()) return;
     t->second.worker = nullptr;
-    for (auto rep = reports_.begin(); rep != reports_.end(); ++rep)
-      if (rep->first == w.pid) {
-        int code = rep->second;
-        reports_.erase(rep);
-        fail_lost(w.running, code, true);
-        return;
-      }
+    if (w.exit_code) {
+      fail_lost(w.running, *w.exit_code, true);
+      return;
+    }
     // Wait a little for the supervisor to say how the worker ended.
-    Lost lost{w.running, w.pid, std::make_shared<boost::asio::steady_timer>(core_.io(), kExitReportGrace)};
+    Lost lost{w.running, w.pid, w.session,
+              std::make_shared<boost::asio::steady_timer>(core_.io(), kExitReportGrace)};
     lost.timer->async_wait([this, alive = alive_, tid = w.running](boost::system::error_code ec) {
       if (ec || !*alive) return;
       for (auto l = lost_.begin(); l != lost_.end(); ++l)
@@ -230,10 +254,13 @@ class TaskQueueObj final : public Obj {
   struct Worker {
     std::int32_t pid = 0;
     std::uint64_t running = 0;  // task id, 0 when idle
+    std::string session;        // token of the session it serves in: who may report its exit
+    std::optional<std::int32_t> exit_code;  // reported before its connection was seen to close
   };
   struct Lost {
     std::uint64_t task_id;
     std::int32_t pid;
+    std::string session;
     std::shared_ptr<boost::asio::steady_timer> timer;
   };
 
@@ -266,7 +293,6 @@ class TaskQueueObj final : public Obj {
   WaitList idle_;                        // workers waiting in task_next
   std::unordered_map<Conn*, Worker> workers_;
   std::vector<Lost> lost_;
-  std::deque<std::pair<std::int32_t, std::int32_t>> reports_;  // recent (pid, exit code)
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

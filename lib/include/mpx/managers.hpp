@@ -504,7 +504,7 @@ class LockableProxy : public ProxyBase<LockableProxy> {
   static void check(const ProxyCore& c);
 
  protected:
-  void release_n(std::uint32_t n);
+  void release_n(std::uint64_t n);
 };
 
 }  // namespace detail
@@ -521,7 +521,9 @@ class RLockProxy : public detail::LockableProxy {
 class SemaphoreProxy : public detail::LockableProxy {
  public:
   using LockableProxy::LockableProxy;
-  void release(unsigned n = 1) { release_n(n); }
+  // n from 1 to 2^32-1 (the wire's u32), else ValueError; taken wide so that a larger count
+  // is refused rather than cut down to its low 32 bits on the way in.
+  void release(std::uint64_t n = 1);
   void unlock() { release(); }
   unsigned get_value() const;
 };
@@ -546,7 +548,7 @@ class ConditionProxy : public detail::LockableProxy {
     }
     return result;
   }
-  void notify(unsigned n = 1);
+  void notify(std::uint64_t n = 1);  // n up to 2^32-1, else ValueError
   void notify_all();
 };
 
@@ -705,11 +707,12 @@ class Manager {
   }
   LockProxy lock(std::string_view name = {});
   RLockProxy rlock(std::string_view name = {});
-  SemaphoreProxy semaphore(unsigned value = 1, std::string_view name = {});
-  BoundedSemaphoreProxy bounded_semaphore(unsigned value = 1, std::string_view name = {});
+  // Counts and parties travel as u32: a value above 2^32-1 is a ValueError, not truncated.
+  SemaphoreProxy semaphore(std::uint64_t value = 1, std::string_view name = {});
+  BoundedSemaphoreProxy bounded_semaphore(std::uint64_t value = 1, std::string_view name = {});
   ConditionProxy condition(std::string_view name = {});
   EventProxy event(std::string_view name = {});
-  BarrierProxy barrier(unsigned parties, std::string_view name = {});
+  BarrierProxy barrier(std::uint64_t parties, std::string_view name = {});
   // A named task queue served by worker processes (serve_tasks).
   TaskQueueProxy task_queue(std::string_view name);
 

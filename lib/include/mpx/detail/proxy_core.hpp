@@ -162,6 +162,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   const Address& address() const noexcept { return address_; }
   const std::string& authkey() const noexcept { return authkey_; }
+  // What the server knows this session by; serve_tasks' workers serve under their
+  // supervisor's token so that the supervisor may report how they end.
+  std::span<const std::byte> token() const noexcept { return token_; }
 
   // Hands task `id`'s result, when it comes, to `complete` (on the session's result thread,
   // which reads results on a connection of its own and runs the callbacks).
@@ -290,5 +293,7 @@ T get_value(proto::Reader& r) {
 }
 
 std::int64_t wire_timeout(bool block, Timeout timeout) noexcept;
+// A count that travels as a u32: ValueError naming `what` when it does not fit.
+std::uint32_t wire_u32(std::uint64_t value, const char* what);
 
 }  // namespace mpx::detail
