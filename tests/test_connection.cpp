@@ -5,6 +5,7 @@
 #include <mpx/proto/handshake.hpp>
 
 #include <doctest/doctest.h>
+#include <support.hpp>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -40,16 +41,8 @@ using mpx::Connection;
 namespace {
 
 // A private directory for socket files, removed with everything in it.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    // Under TMPDIR (ctest sets a per-run one), where the suite's leak check looks.
-    std::string tmpl = (std::filesystem::temp_directory_path() / "mpx-conn-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  std::string operator/(const std::string& name) const { return path + "/" + name; }
+struct TempDir : mpx::test::TempDir {
+  TempDir() : mpx::test::TempDir("mpx-conn") {}
 };
 
 Bytes pattern(std::size_t n, unsigned seed = 1) {

@@ -4,6 +4,7 @@
 #include <mpx/connection.hpp>
 
 #include <doctest/doctest.h>
+#include <support.hpp>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -123,15 +124,8 @@ class PyChild {
   std::string buf_;
 };
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    // Under TMPDIR (ctest sets a per-run one), where the suite's leak check looks.
-    std::string tmpl = (std::filesystem::temp_directory_path() / "mpx-interop-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
+struct TempDir : mpx::test::TempDir {
+  TempDir() : mpx::test::TempDir("mpx-interop") {}
 };
 
 Bytes pattern(std::size_t n) {  // what echo_client.py sends: (i * 131 + 7) & 0xff, period 65536
@@ -196,7 +190,7 @@ TEST_CASE("Python clients against an mpx Listener") {
   REQUIRE_PYTHON(python);
   TempDir dir;
   for (bool modern : {false, true}) {
-    for (auto address : {Address::unix_path(dir.path + "/l.sock"), Address::tcp("127.0.0.1", 0),
+    for (auto address : {Address::unix_path(dir.path().string() + "/l.sock"), Address::tcp("127.0.0.1", 0),
                          Address::abstract("mpx-interop-" + std::to_string(::getpid()))}) {
       for (std::optional<std::string> key :
            {std::optional<std::string>{}, std::optional<std::string>{"sekrit"}}) {
@@ -220,7 +214,7 @@ TEST_CASE("a Python client with the wrong key is refused; the mpx Listener keeps
   TempDir dir;
   for (bool modern : {false, true}) {
     CAPTURE(modern);
-    mpx::Listener listener(Address::unix_path(dir.path + "/k.sock"), 8, "right");
+    mpx::Listener listener(Address::unix_path(dir.path().string() + "/k.sock"), 8, "right");
     {
       PyChild bad(*python, client_args(modern, listener.address(), "wrong"));
       CHECK_THROWS_AS(listener.accept(20s), mpx::AuthenticationError);
@@ -246,8 +240,8 @@ TEST_CASE("mpx Clients against a Python Listener") {
     std::string address;
   };
   for (const auto& c :
-       {Case{false, "", "tcp:127.0.0.1:0"}, Case{false, "", "unix:" + dir.path + "/py.sock"},
-        Case{true, "sha256", "tcp:127.0.0.1:0"}, Case{true, "sha512", "unix:" + dir.path + "/py.sock"},
+       {Case{false, "", "tcp:127.0.0.1:0"}, Case{false, "", "unix:" + dir.path().string() + "/py.sock"},
+        Case{true, "sha256", "tcp:127.0.0.1:0"}, Case{true, "sha512", "unix:" + dir.path().string() + "/py.sock"},
         Case{true, "sha3_256", "unix:@mpx-py-" + std::to_string(::getpid())}}) {
     for (std::optional<std::string> key :
          {std::optional<std::string>{}, std::optional<std::string>{"py key"}}) {
@@ -289,7 +283,7 @@ TEST_CASE("the example programs talk to their Python counterparts") {
   }
   TempDir dir;
   {
-    PyChild cpp(server, {"--address", "unix:" + dir.path + "/echo.sock", "--authkey", "k", "--clients", "1"},
+    PyChild cpp(server, {"--address", "unix:" + dir.path().string() + "/echo.sock", "--authkey", "k", "--clients", "1"},
                 false);
     auto line = cpp.read_line();
     REQUIRE(line);
