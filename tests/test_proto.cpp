@@ -1,7 +1,7 @@
 // Framing and handshake as pure functions, checked against bytes Python produced:
 //   struct.pack('!i', n), struct.pack('!i', -1) + struct.pack('!Q', n),
 //   hmac.new(key, msg, digest).digest() (Python 3.11.7).
-#include <mpx/errors.hpp>
+#include <mpx/proto/errors.hpp>
 #include <mpx/proto/frame.hpp>
 #include <mpx/proto/handshake.hpp>
 
@@ -9,10 +9,10 @@
 
 #include <deque>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
-using namespace mpx;
 using namespace mpx::proto;
 
 namespace {
@@ -158,7 +158,7 @@ TEST_CASE("FrameDecoder: a huge announced length is neither accepted over the li
   d.commit(10);
   CHECK(d.prepare().size() == kMaxUpfrontAllocation - 10);
   CHECK_FALSE(d.ready());
-  CHECK_THROWS_AS(d.take(), StateError);
+  CHECK_THROWS_AS(d.take(), std::logic_error);
   d.reset();
   CHECK_FALSE(d.length().has_value());
 }

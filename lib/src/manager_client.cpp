@@ -4,6 +4,7 @@
 
 #include "log.hpp"
 #include "manager_tasks.hpp"
+#include "wire_errors.hpp"
 
 #include <mpx/proto/frame.hpp>
 
@@ -25,7 +26,7 @@ struct Session::Private {};
 
 std::exception_ptr error_to_exception(const proto::ErrorInfo& e) {
   try {
-    proto::throw_error(e);
+    throw_error(e);
   } catch (...) {
     return std::current_exception();
   }
@@ -268,7 +269,7 @@ std::span<const std::byte> ClientConn::read_frame() {
 }
 
 void ClientConn::deliver(const std::shared_ptr<ReplySlot>& slot, std::span<const std::byte> frame) {
-  proto::Reader r(frame);
+  proto::Reader r(frame, &manager_reply_error);
   auto status = static_cast<proto::Status>(r.u8());
   std::exception_ptr error;
   if (status != proto::Status::ok) {
@@ -334,9 +335,9 @@ proto::Reader ClientConn::call() {
   std::span<const std::byte> frame;
   do frame = read_frame();
   while (consume(frame));
-  proto::Reader r(frame);
+  proto::Reader r(frame, &manager_reply_error);
   auto status = static_cast<proto::Status>(r.u8());
-  if (status != proto::Status::ok) proto::throw_error(proto::read_error(r));
+  if (status != proto::Status::ok) throw_error(proto::read_error(r));
   throw_unobserved();
   return r;
 }

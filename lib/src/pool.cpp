@@ -48,6 +48,7 @@
 
 #include "log.hpp"
 #include "pool_wire.hpp"
+#include "wire_errors.hpp"
 
 namespace mpx {
 namespace detail {
@@ -1040,7 +1041,7 @@ bool PoolCore::read_available(const WorkerPtr& w, bool until_empty) {
         if (total > avail.size())
           need = std::max<std::size_t>(need, static_cast<std::size_t>(total - avail.size()));
       }
-    } catch (const ProtocolError&) {
+    } catch (const proto::ProtocolError&) {
       logger().error("mpx::Pool: garbage from worker {}; stopping it", w->pid);
       signal_worker(w->index, SIGKILL);
       return false;
@@ -1078,7 +1079,7 @@ void PoolCore::process_frames(const WorkerPtr& w) {
   try {
     for (;;) {
       auto rest = avail.subspan(pos);
-      auto h = proto::decode_header(rest);
+      auto h = with_mpx_errors([&] { return proto::decode_header(rest); });
       if (!h || rest.size() - h->header_size < h->length) break;
       auto msg = rest.subspan(h->header_size, static_cast<std::size_t>(h->length));
       pos += h->header_size + static_cast<std::size_t>(h->length);
@@ -1288,7 +1289,7 @@ void PoolCore::handle_exit(std::uint32_t index, std::uint32_t gen, int code, boo
           if (total > avail.size())
             need = std::max<std::size_t>(need, static_cast<std::size_t>(total - avail.size()));
         }
-      } catch (const ProtocolError&) {
+      } catch (const proto::ProtocolError&) {
         break;
       }
       auto room = w->rbuf.prepare(need);
@@ -1448,7 +1449,7 @@ void PoolCore::on_ctl_read(const boost::system::error_code& ec, std::size_t n) {
   try {
     for (;;) {
       auto rest = avail.subspan(pos);
-      auto h = proto::decode_header(rest);
+      auto h = with_mpx_errors([&] { return proto::decode_header(rest); });
       if (!h || rest.size() - h->header_size < h->length) break;
       ByteReader in(rest.subspan(h->header_size, static_cast<std::size_t>(h->length)));
       pos += h->header_size + static_cast<std::size_t>(h->length);

@@ -2,6 +2,7 @@
 
 #include "log.hpp"
 #include "server_impl.hpp"
+#include "wire_errors.hpp"
 
 #include <mpx/proto/handshake.hpp>
 
@@ -104,7 +105,7 @@ void Conn::on_read(std::size_t n) {
     std::size_t used = 0;
     try {
       used = decoder_.feed(data);
-    } catch (const ProtocolError& e) {
+    } catch (const proto::ProtocolError& e) {
       // A frame over the cap: the stream cannot be resynchronised, so answer and close.
       send_error_and_close(make_error(proto::ErrorCode::protocol, e.what()));
       return;
@@ -135,7 +136,7 @@ void Conn::on_handshake_frame(Bytes& frame) {
       case Phase::challenge_sent:
         try {
           proto::verify_response(key, challenge_, frame);
-        } catch (const AuthenticationError&) {
+        } catch (const proto::AuthenticationError&) {
           send_frame(proto::as_bytes(proto::kFailure));
           closing_ = true;
           logger().info("manager: a peer failed the authkey handshake");
@@ -189,7 +190,7 @@ void Conn::on_handshake_frame(Bytes& frame) {
     }
   } catch (const std::exception& e) {
     // Anything wrong before the session starts ends the connection.
-    send_error_and_close(proto::error_from_exception(e));
+    send_error_and_close(detail::error_from_exception(e));
   }
 }
 
@@ -211,7 +212,7 @@ void Conn::handle_request(Bytes& frame) {
       failed = true;
       out_.resize(start + proto::kShortHeaderSize);
       w.u8(quiet ? kQuietError : static_cast<std::uint8_t>(proto::Status::error));
-      proto::write_error(w, proto::error_from_exception(e));
+      proto::write_error(w, detail::error_from_exception(e));
     }
   }
   if (parked || (quiet && !failed))

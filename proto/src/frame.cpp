@@ -1,8 +1,9 @@
-#include <mpx/errors.hpp>
+#include <mpx/proto/errors.hpp>
 #include <mpx/proto/frame.hpp>
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 
 namespace mpx::proto {
@@ -125,7 +126,7 @@ void FrameDecoder::commit(std::size_t n) {
 }
 
 std::vector<std::byte> FrameDecoder::take() {
-  if (state_ != State::ready) throw StateError("mpx: FrameDecoder::take() before a frame is complete");
+  if (state_ != State::ready) throw std::logic_error("mpx: FrameDecoder::take() before a frame is complete");
   std::vector<std::byte> out = std::move(payload_);
   out.resize(length_);  // a zero-length frame never allocated
   reset();
