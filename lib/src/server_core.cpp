@@ -210,7 +210,7 @@ void Conn::handle_request(Bytes& frame) {
     } catch (const std::exception& e) {
       parked = false;
       failed = true;
-      out_.resize(start + proto::kShortHeaderSize);
+      out_.resize(proto::payload_start(start));
       w.u8(quiet ? kQuietError : static_cast<std::uint8_t>(proto::Status::error));
       proto::write_error(w, detail::error_from_exception(e));
     }
@@ -324,20 +324,9 @@ void Conn::drain() {
 
 void Conn::send_frame(std::span<const std::byte> payload) { proto::append_frame(out_, payload); }
 
-std::size_t Conn::begin_frame() {
-  std::size_t start = out_.size();
-  out_.resize(start + proto::kShortHeaderSize);
-  return start;
-}
+std::size_t Conn::begin_frame() { return proto::begin_frame(out_); }
 
-void Conn::end_frame(std::size_t start) {
-  std::uint64_t len = out_.size() - start - proto::kShortHeaderSize;
-  auto header = proto::encode_header(len);
-  if (header.size() != proto::kShortHeaderSize)
-    out_.insert(out_.begin() + static_cast<std::ptrdiff_t>(start + proto::kShortHeaderSize),
-                header.size() - proto::kShortHeaderSize, std::byte{0});
-  std::memcpy(out_.data() + start, header.bytes().data(), header.size());
-}
+void Conn::end_frame(std::size_t start) { proto::end_frame(out_, start); }
 
 void Conn::flush() {
   if (closed_) return;
