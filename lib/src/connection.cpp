@@ -1,4 +1,5 @@
 #include <mpx/connection.hpp>
+#include <mpx/detail/timespec.hpp>
 #include <mpx/proto/handshake.hpp>
 
 #include "log.hpp"
@@ -51,8 +52,7 @@ int poll_until(pollfd* fds, nfds_t n, const Deadline& deadline) {
     timespec ts{};
     timespec* tsp = nullptr;
     if (auto left = deadline.remaining()) {
-      ts.tv_sec = static_cast<time_t>(left->count() / 1'000'000'000);
-      ts.tv_nsec = static_cast<long>(left->count() % 1'000'000'000);
+      ts = detail::to_timespec(left->count());
       tsp = &ts;
     }
     int r = ::ppoll(fds, n, tsp, nullptr);

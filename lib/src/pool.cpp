@@ -9,6 +9,7 @@
 // Tasks go to workers with a small adaptive window each (about 1 ms of measured work, 1 for
 // long tasks), many tasks per write; workers answer many results per write.
 #include <mpx/detail/shm.hpp>
+#include <mpx/detail/timespec.hpp>
 #include <mpx/pool.hpp>
 #include <mpx/process.hpp>
 #include <mpx/proto/frame.hpp>
@@ -983,8 +984,7 @@ bool PoolCore::direct_wait(const Waitable& w, const Deadline& d) {
     if (!spin.spin_polling([&] { return (r = ::poll(p, nfds, 0)) != 0; }, d)) {
       timespec ts{};
       if (auto left = d.remaining()) {
-        ts.tv_sec = static_cast<time_t>(left->count() / 1000000000);
-        ts.tv_nsec = static_cast<long>(left->count() % 1000000000);
+        ts = to_timespec(left->count());
       }
       r = ::ppoll(p, nfds, d.infinite() ? nullptr : &ts, nullptr);
     }
