@@ -1,8 +1,9 @@
-# install() rules and the exported package: find_package(mpx CONFIG REQUIRED) + mpx::mpx.
+# install() rules and the exported package: find_package(mpx CONFIG REQUIRED) + mpx::mpx
+# (and mpx::proto, the wire layer it links).
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
-set(mpx_installed_targets mpx)
+set(mpx_installed_targets mpx_proto mpx)
 if(MPX_MPI)
   list(APPEND mpx_installed_targets mpx_mpi)
 endif()

@@ -11,3 +11,10 @@ elseif(MPX_SANITIZE STREQUAL "thread")
 elseif(NOT MPX_SANITIZE STREQUAL "")
   message(FATAL_ERROR "MPX_SANITIZE must be '', 'address' or 'thread' (got '${MPX_SANITIZE}')")
 endif()
+
+# A fuzz build instruments every target for the fuzzer (coverage) and for ASan + UBSan, so the
+# libraries the fuzz targets link are explored as well as the targets' own code.
+if(MPX_FUZZ AND CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+  add_compile_options(-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address,undefined)
+endif()

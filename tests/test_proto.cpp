@@ -1,18 +1,23 @@
 // Framing and handshake as pure functions, checked against bytes Python produced:
 //   struct.pack('!i', n), struct.pack('!i', -1) + struct.pack('!Q', n),
 //   hmac.new(key, msg, digest).digest() (Python 3.11.7).
+#include <mpx/connection.hpp>
 #include <mpx/errors.hpp>
+#include <mpx/proto/codec.hpp>
+#include <mpx/proto/errors.hpp>
 #include <mpx/proto/frame.hpp>
 #include <mpx/proto/handshake.hpp>
 
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
 #include <deque>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
-using namespace mpx;
 using namespace mpx::proto;
 
 namespace {
@@ -39,6 +44,8 @@ std::vector<std::byte> bytes(std::string_view s) {
   auto b = as_bytes(s);
   return {b.begin(), b.end()};
 }
+
+std::vector<std::byte> copy(std::span<const std::byte> b) { return {b.begin(), b.end()}; }
 
 std::vector<std::byte> concat(std::vector<std::byte> a, std::span<const std::byte> b) {
   a.insert(a.end(), b.begin(), b.end());
@@ -158,9 +165,117 @@ TEST_CASE("FrameDecoder: a huge announced length is neither accepted over the li
   d.commit(10);
   CHECK(d.prepare().size() == kMaxUpfrontAllocation - 10);
   CHECK_FALSE(d.ready());
-  CHECK_THROWS_AS(d.take(), StateError);
+  CHECK_THROWS_AS(d.take(), std::logic_error);
   d.reset();
   CHECK_FALSE(d.length().has_value());
+}
+
+TEST_CASE("FrameReader: several frames in one buffer, views into it, the tail left alone") {
+  std::vector<std::byte> buf;
+  append_frame(buf, bytes("one"));
+  append_frame(buf, {});
+  append_frame(buf, bytes("three"));
+  const auto whole = buf.size();
+  append_frame(buf, bytes("incomplete"));
+  buf.resize(buf.size() - 1);
+  FrameReader frames(buf);
+  auto a = frames.next();
+  REQUIRE(a);
+  CHECK(copy(*a) == bytes("one"));
+  CHECK(a->data() == buf.data() + 4);  // a view, not a copy
+  auto b = frames.next();
+  REQUIRE(b);
+  CHECK(b->empty());
+  auto c = frames.next();
+  REQUIRE(c);
+  CHECK(copy(*c) == bytes("three"));
+  CHECK_FALSE(frames.next());
+  CHECK(frames.consumed() == whole);
+  CHECK_FALSE(frames.next());  // asking again changes nothing
+  CHECK(frames.consumed() == whole);
+}
+
+TEST_CASE("FrameReader and peek_frame: a frame split at every byte boundary") {
+  std::vector<std::byte> frame;
+  append_frame(frame, bytes("split me anywhere"));
+  for (std::size_t cut = 0; cut < frame.size(); ++cut) {
+    std::span<const std::byte> part(frame.data(), cut);
+    FrameReader frames(part);
+    CHECK_FALSE(frames.next());
+    CHECK(frames.consumed() == 0);
+    auto f = peek_frame(part);
+    CHECK(f.has_value() == (cut >= kShortHeaderSize));
+    if (f) {
+      CHECK_FALSE(f->complete());
+      CHECK(f->missing() == frame.size() - cut);
+      CHECK(f->size() == frame.size());
+    }
+  }
+  FrameReader frames(frame);
+  auto p = frames.next();
+  REQUIRE(p);
+  CHECK(copy(*p) == bytes("split me anywhere"));
+  CHECK(frames.consumed() == frame.size());
+}
+
+TEST_CASE("FrameReader accepts the 12-byte long form for any length") {
+  auto buf = concat(hex("ffffffff0000000000000003"), bytes("abc"));
+  for (std::size_t cut = 0; cut < buf.size(); ++cut) {
+    FrameReader partial(std::span<const std::byte>(buf.data(), cut));
+    CHECK_FALSE(partial.next());
+  }
+  FrameReader frames(buf);
+  auto p = frames.next();
+  REQUIRE(p);
+  CHECK(copy(*p) == bytes("abc"));
+  CHECK(frames.consumed() == kLongHeaderSize + 3);
+}
+
+TEST_CASE("a header announcing more than the cap: refused before the payload, never waited for") {
+  auto header = FrameHeader(std::uint64_t{1} << 40);
+  FrameDecoder capped(1000);
+  CHECK_THROWS_WITH_AS(capped.feed(header.bytes()), doctest::Contains("exceeds the limit of 1000"),
+                       mpx::proto::ProtocolError);
+  auto f = peek_frame(header.bytes());
+  REQUIRE(f);
+  CHECK(f->header.length == std::uint64_t{1} << 40);
+  CHECK(f->missing() == std::uint64_t{1} << 40);
+  CHECK_THROWS_AS(FrameReader(hex("fffffffe00")).next(), mpx::proto::ProtocolError);
+}
+
+TEST_CASE("begin_frame/end_frame: the header written last reads back, in place, several per buffer") {
+  std::vector<std::byte> out = bytes("prefix");
+  std::vector<std::string> messages{"", "x", std::string(70000, 'y'), "last"};
+  for (const auto& m : messages) {
+    auto at = begin_frame(out);
+    CHECK(payload_start(at) == at + kShortHeaderSize);
+    auto payload = bytes(m);
+    out.insert(out.end(), payload.begin(), payload.end());
+    end_frame(out, at);
+  }
+  std::vector<std::byte> expected = bytes("prefix");
+  for (const auto& m : messages) append_frame(expected, bytes(m));
+  CHECK(out == expected);
+  FrameReader frames(std::span<const std::byte>(out).subspan(6));
+  for (const auto& m : messages) {
+    auto p = frames.next();
+    REQUIRE(p);
+    CHECK(copy(*p) == bytes(m));
+  }
+  CHECK(frames.consumed() == out.size() - 6);
+}
+
+TEST_CASE("proto's errors reach a library user as mpx's, message unchanged") {
+  auto [a, b] = mpx::Pipe();
+  auto bad = hex("fffffffe");  // a negative length other than -1
+  REQUIRE(::write(a.fileno(), bad.data(), bad.size()) == 4);
+  CHECK_THROWS_WITH_AS(b.recv_bytes(), doctest::Contains("negative length -2"), mpx::ProtocolError);
+
+  // The codec's failure hook decides the type: proto's by default, the library's when it asks.
+  std::vector<std::byte> short_message{std::byte{1}};
+  CHECK_THROWS_AS(Reader(short_message).u64(), mpx::proto::ProtocolError);
+  auto as_mpx = [](const char* what) { throw mpx::ProtocolError(what); };
+  CHECK_THROWS_WITH_AS(Reader(short_message, as_mpx).u64(), "truncated message", mpx::ProtocolError);
 }
 
 TEST_CASE("grow_payload_buffer doubles after the upfront allowance and never exceeds the length") {

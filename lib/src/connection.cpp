@@ -1,7 +1,9 @@
 #include <mpx/connection.hpp>
+#include <mpx/detail/timespec.hpp>
 #include <mpx/proto/handshake.hpp>
 
 #include "log.hpp"
+#include "wire_errors.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -50,8 +52,7 @@ int poll_until(pollfd* fds, nfds_t n, const Deadline& deadline) {
     timespec ts{};
     timespec* tsp = nullptr;
     if (auto left = deadline.remaining()) {
-      ts.tv_sec = static_cast<time_t>(left->count() / 1'000'000'000);
-      ts.tv_nsec = static_cast<long>(left->count() % 1'000'000'000);
+      ts = detail::to_timespec(left->count());
       tsp = &ts;
     }
     int r = ::ppoll(fds, n, tsp, nullptr);
@@ -339,7 +340,7 @@ struct ConnectionState {
       std::optional<proto::DecodedHeader> h;
       try {
         h = proto::decode_header(available());
-      } catch (const ProtocolError& e) {
+      } catch (const proto::ProtocolError& e) {
         protocol_error(e.what());
       }
       if (h) return *h;
@@ -527,7 +528,7 @@ AsyncRecvNext async_recv_next(ConnectionState& s) {
     std::optional<proto::DecodedHeader> h;
     try {
       h = proto::decode_header(s.available());
-    } catch (const ProtocolError& e) {
+    } catch (const proto::ProtocolError& e) {
       logger().warn("{}; closing the connection", e.what());
       s.close();
       return {{}, make_error_code(boost::system::errc::protocol_error), false};
@@ -880,8 +881,10 @@ Connection Listener::accept(Timeout timeout) {
     Deadline handshake_deadline(s_->handshake_timeout);
     detail::TimedChannel channel{*state, handshake_deadline};
     try {
-      proto::deliver_challenge(channel, *s_->authkey);
-      proto::answer_challenge(channel, *s_->authkey);
+      detail::with_mpx_errors([&] {
+        proto::deliver_challenge(channel, *s_->authkey);
+        proto::answer_challenge(channel, *s_->authkey);
+      });
     } catch (const TimeoutError&) {
       throw AuthenticationError("mpx: the peer did not complete the authkey handshake in time");
     }
@@ -928,8 +931,10 @@ Connection Client(const Address& address, std::optional<std::string> authkey) {
   if (fd < 0) throw ConnectionError("mpx: cannot connect to " + address.str() + ": " + errno_text(last_err));
   Connection conn(fd);
   if (authkey) {
-    proto::answer_challenge(conn, *authkey);
-    proto::deliver_challenge(conn, *authkey);
+    detail::with_mpx_errors([&] {
+      proto::answer_challenge(conn, *authkey);
+      proto::deliver_challenge(conn, *authkey);
+    });
   }
   return conn;
 }

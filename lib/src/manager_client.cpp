@@ -4,6 +4,7 @@
 
 #include "log.hpp"
 #include "manager_tasks.hpp"
+#include "wire_errors.hpp"
 
 #include <mpx/proto/frame.hpp>
 
@@ -26,7 +27,7 @@ struct Session::Private {};
 
 std::exception_ptr error_to_exception(const proto::ErrorInfo& e) {
   try {
-    proto::throw_error(e);
+    throw_error(e);
   } catch (...) {
     return std::current_exception();
   }
@@ -163,8 +164,7 @@ void ClientConn::abandon_after_fork() noexcept {
 proto::Writer ClientConn::begin(proto::Op op, std::uint64_t oid) {
   if (fd_ < 0) throw ConnectionClosed("mpx: the connection to the manager is lost");
   if (in_request_) abandon();
-  frame_start_ = out_.size();
-  out_.resize(frame_start_ + proto::kShortHeaderSize);
+  frame_start_ = proto::begin_frame(out_);
   proto::Writer w(out_);
   w.u8(static_cast<std::uint8_t>(op));
   w.u64(oid);
@@ -179,12 +179,7 @@ void ClientConn::abandon() noexcept {
 }
 
 void ClientConn::end_frame() {
-  std::uint64_t len = out_.size() - frame_start_ - proto::kShortHeaderSize;
-  auto header = proto::encode_header(len);
-  if (header.size() != proto::kShortHeaderSize)
-    out_.insert(out_.begin() + static_cast<std::ptrdiff_t>(frame_start_ + proto::kShortHeaderSize),
-                header.size() - proto::kShortHeaderSize, std::byte{0});
-  std::memcpy(out_.data() + frame_start_, header.bytes().data(), header.size());
+  proto::end_frame(out_, frame_start_);
   in_request_ = false;
 }
 
@@ -221,15 +216,13 @@ std::span<const std::byte> ClientConn::read_frame() {
   for (;;) {
     std::span<const std::byte> avail(in_.data() + in_pos_, in_end_ - in_pos_);
     std::size_t need;
-    if (auto h = proto::decode_header(avail)) {
-      std::size_t total = h->header_size + static_cast<std::size_t>(h->length);
-      if (avail.size() >= total) {
-        in_pos_ += total;
-        auto payload = avail.subspan(h->header_size, static_cast<std::size_t>(h->length));
+    if (auto f = with_mpx_errors([&] { return proto::peek_frame(avail); })) {
+      if (f->complete()) {
+        in_pos_ += static_cast<std::size_t>(f->size());
         if (in_pos_ == in_end_) in_pos_ = in_end_ = 0;  // the next read starts at the front
-        return payload;
+        return f->payload;
       }
-      need = total;
+      need = static_cast<std::size_t>(f->size());
     } else {
       need = proto::kMaxHeaderSize;
     }
@@ -269,7 +262,7 @@ std::span<const std::byte> ClientConn::read_frame() {
 }
 
 void ClientConn::deliver(const std::shared_ptr<ReplySlot>& slot, std::span<const std::byte> frame) {
-  proto::Reader r(frame);
+  proto::Reader r(frame, &manager_reply_error);
   auto status = static_cast<proto::Status>(r.u8());
   std::exception_ptr error;
   if (status != proto::Status::ok) {
@@ -335,9 +328,9 @@ proto::Reader ClientConn::call() {
   std::span<const std::byte> frame;
   do frame = read_frame();
   while (consume(frame));
-  proto::Reader r(frame);
+  proto::Reader r(frame, &manager_reply_error);
   auto status = static_cast<proto::Status>(r.u8());
-  if (status != proto::Status::ok) proto::throw_error(proto::read_error(r));
+  if (status != proto::Status::ok) throw_error(proto::read_error(r));
   throw_unobserved();
   return r;
 }
@@ -345,7 +338,7 @@ proto::Reader ClientConn::call() {
 void ClientConn::call_async(std::shared_ptr<ReplySlot> slot, bool quiet) {
   if (quiet) {
     // The id's top byte is the last of its 8 little-endian bytes, after the op byte.
-    out_[frame_start_ + proto::kShortHeaderSize + 8] |= std::byte{0x80};
+    out_[proto::payload_start(frame_start_) + 8] |= std::byte{0x80};
   }
   end_frame();
   if (slot) {

@@ -9,6 +9,7 @@
 // Tasks go to workers with a small adaptive window each (about 1 ms of measured work, 1 for
 // long tasks), many tasks per write; workers answer many results per write.
 #include <mpx/detail/shm.hpp>
+#include <mpx/detail/timespec.hpp>
 #include <mpx/pool.hpp>
 #include <mpx/process.hpp>
 #include <mpx/proto/frame.hpp>
@@ -48,6 +49,7 @@
 
 #include "log.hpp"
 #include "pool_wire.hpp"
+#include "wire_errors.hpp"
 
 namespace mpx {
 namespace detail {
@@ -126,9 +128,9 @@ std::string describe_exit(int code) {
 
 Bytes small_frame(std::uint8_t type) {
   Bytes f;
-  std::size_t at = begin_frame(f);
+  std::size_t at = proto::begin_frame(f);
   put_u8(f, type);
-  end_frame(f, at);
+  proto::end_frame(f, at);
   return f;
 }
 
@@ -982,8 +984,7 @@ bool PoolCore::direct_wait(const Waitable& w, const Deadline& d) {
     if (!spin.spin_polling([&] { return (r = ::poll(p, nfds, 0)) != 0; }, d)) {
       timespec ts{};
       if (auto left = d.remaining()) {
-        ts.tv_sec = static_cast<time_t>(left->count() / 1000000000);
-        ts.tv_nsec = static_cast<long>(left->count() % 1000000000);
+        ts = to_timespec(left->count());
       }
       r = ::ppoll(p, nfds, d.infinite() ? nullptr : &ts, nullptr);
     }
@@ -1035,12 +1036,8 @@ bool PoolCore::read_available(const WorkerPtr& w, bool until_empty) {
     std::size_t need = kReadChunk / 4;
     auto avail = w->rbuf.data();
     try {
-      if (auto h = proto::decode_header(avail)) {
-        std::uint64_t total = h->header_size + h->length;
-        if (total > avail.size())
-          need = std::max<std::size_t>(need, static_cast<std::size_t>(total - avail.size()));
-      }
-    } catch (const ProtocolError&) {
+      if (auto f = proto::peek_frame(avail)) need = std::max<std::size_t>(need, f->missing());
+    } catch (const proto::ProtocolError&) {
       logger().error("mpx::Pool: garbage from worker {}; stopping it", w->pid);
       signal_worker(w->index, SIGKILL);
       return false;
@@ -1073,15 +1070,10 @@ void PoolCore::process_frames(const WorkerPtr& w) {
   answers_.clear();
   std::exception_ptr init_error;
   bool bad = false;
-  std::size_t pos = 0;
-  auto avail = w->rbuf.data();
+  proto::FrameReader frames(w->rbuf.data());
   try {
-    for (;;) {
-      auto rest = avail.subspan(pos);
-      auto h = proto::decode_header(rest);
-      if (!h || rest.size() - h->header_size < h->length) break;
-      auto msg = rest.subspan(h->header_size, static_cast<std::size_t>(h->length));
-      pos += h->header_size + static_cast<std::size_t>(h->length);
+    while (auto frame = with_mpx_errors([&] { return frames.next(); })) {
+      auto msg = *frame;
       if (msg.empty()) throw ProtocolError("empty message");
       ByteReader in(msg.subspan(1));
       auto type = static_cast<std::uint8_t>(msg[0]);
@@ -1135,7 +1127,7 @@ void PoolCore::process_frames(const WorkerPtr& w) {
   // Counted out only once delivered: join() then knows every callback has been scheduled.
   if (finished) outstanding_.fetch_sub(finished);
   if (!failed.empty()) fail_all(failed, broken_);
-  w->rbuf.consume(pos);
+  w->rbuf.consume(frames.consumed());
   if (any) notify_followers();
   if (bad) signal_worker(w->index, SIGKILL);
 }
@@ -1229,11 +1221,11 @@ void PoolCore::spawn_worker(std::uint32_t index, bool direct) {
       return;
     }
     Bytes f;
-    std::size_t at = begin_frame(f);
+    std::size_t at = proto::begin_frame(f);
     put_u8(f, kSpawn);
     put_le<std::uint32_t>(f, index);
     put_le<std::uint32_t>(f, w->gen);
-    end_frame(f, at);
+    proto::end_frame(f, at);
     try {
       ctl_send(f, sv[1]);
     } catch (const std::exception& e) {
@@ -1283,12 +1275,8 @@ void PoolCore::handle_exit(std::uint32_t index, std::uint32_t gen, int code, boo
       std::size_t need = kReadChunk / 4;
       auto avail = w->rbuf.data();
       try {
-        if (auto h = proto::decode_header(avail)) {
-          std::uint64_t total = h->header_size + h->length;
-          if (total > avail.size())
-            need = std::max<std::size_t>(need, static_cast<std::size_t>(total - avail.size()));
-        }
-      } catch (const ProtocolError&) {
+        if (auto f = proto::peek_frame(avail)) need = std::max<std::size_t>(need, f->missing());
+      } catch (const proto::ProtocolError&) {
         break;
       }
       auto room = w->rbuf.prepare(need);
@@ -1412,11 +1400,11 @@ void PoolCore::signal_worker(std::uint32_t index, int sig) {
   for (auto& p : direct) p->signal(sig);
   if (!via_server) return;
   Bytes f;
-  std::size_t at = begin_frame(f);
+  std::size_t at = proto::begin_frame(f);
   put_u8(f, kSignal);
   put_le<std::uint32_t>(f, index);
   put_le<std::int32_t>(f, sig);
-  end_frame(f, at);
+  proto::end_frame(f, at);
   try {
     ctl_send(f);
   } catch (const std::exception& e) {
@@ -1443,15 +1431,10 @@ void PoolCore::on_ctl_read(const boost::system::error_code& ec, std::size_t n) {
     std::int32_t value;
   };
   std::vector<Report> reports;
-  std::size_t pos = 0;
-  auto avail = ctl_buf_.data();
+  proto::FrameReader frames(ctl_buf_.data());
   try {
-    for (;;) {
-      auto rest = avail.subspan(pos);
-      auto h = proto::decode_header(rest);
-      if (!h || rest.size() - h->header_size < h->length) break;
-      ByteReader in(rest.subspan(h->header_size, static_cast<std::size_t>(h->length)));
-      pos += h->header_size + static_cast<std::size_t>(h->length);
+    while (auto frame = with_mpx_errors([&] { return frames.next(); })) {
+      ByteReader in(*frame);
       Report r;
       r.type = in.u8();
       r.index = in.u32();
@@ -1462,7 +1445,7 @@ void PoolCore::on_ctl_read(const boost::system::error_code& ec, std::size_t n) {
   } catch (const ProtocolError& e) {
     logger().error("mpx::Pool: bad message from the process server: {}", e.what());
   }
-  ctl_buf_.consume(pos);
+  ctl_buf_.consume(frames.consumed());
   for (auto& r : reports) {
     if (r.type == kSpawned) {
       std::lock_guard lk(m_);

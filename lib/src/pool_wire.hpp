@@ -41,26 +41,6 @@ struct alignas(64) Slot {
   std::atomic<std::uint64_t> running{0};
 };
 
-// Frames with the header written last: begin_frame() leaves room for the short header,
-// end_frame() fills it in (moving the payload for the rare >2 GiB message).
-inline std::size_t begin_frame(Bytes& out) {
-  std::size_t at = out.size();
-  out.resize(at + proto::kShortHeaderSize);
-  return at;
-}
-inline void end_frame(Bytes& out, std::size_t at) {
-  std::uint64_t len = out.size() - at - proto::kShortHeaderSize;
-  auto h = proto::encode_header(len);
-  if (h.size() > proto::kShortHeaderSize) [[unlikely]] {
-    // Grown and moved by hand: GCC's -O3 flow analysis reports false out-of-bounds accesses
-    // in vector::insert here.
-    std::size_t payload = out.size() - at - proto::kShortHeaderSize;
-    out.resize(out.size() + h.size() - proto::kShortHeaderSize);
-    std::memmove(out.data() + at + h.size(), out.data() + at + proto::kShortHeaderSize, payload);
-  }
-  std::memcpy(out.data() + at, h.bytes().data(), h.size());
-}
-
 inline constexpr std::size_t kReadChunk = std::size_t{256} << 10;
 
 // A growable read buffer without zero-filling (large results arrive straight into it). Memory

@@ -75,10 +75,10 @@ int worker_main(int fd, Slot* slot, const ServerConfig& config) {
     try {
       (*config.initializer)();
     } catch (...) {
-      std::size_t at = begin_frame(out);
+      std::size_t at = proto::begin_frame(out);
       put_u8(out, kInitError);
       encode_raised_fields(out, std::current_exception());
-      end_frame(out, at);
+      proto::end_frame(out, at);
       flush();
       return 1;
     }
@@ -92,11 +92,9 @@ int worker_main(int fd, Slot* slot, const ServerConfig& config) {
     Clock::time_point last = Clock::now();
     // Every complete frame in the buffer, then flush, then read: a read takes whatever the pool
     // has sent meanwhile, so tasks and results travel in batches.
-    for (;;) {
-      auto avail = in.data();
-      auto hdr = proto::decode_header(avail);
-      if (!hdr || avail.size() - hdr->header_size < hdr->length) break;
-      auto msg = avail.subspan(hdr->header_size, static_cast<std::size_t>(hdr->length));
+    proto::FrameReader frames(in.data());
+    while (auto frame = frames.next()) {
+      auto msg = *frame;
       if (msg.empty()) return 2;
       auto type = static_cast<std::uint8_t>(msg[0]);
       if (type == kExit) return flush() ? 0 : 1;
@@ -107,7 +105,7 @@ int worker_main(int fd, Slot* slot, const ServerConfig& config) {
       std::uint64_t seq = ByteReader(msg.subspan(1, 8)).u64();
       slot->running.store(seq, std::memory_order_release);
       if (out.empty()) first_unflushed = last;
-      std::size_t at = begin_frame(out);
+      std::size_t at = proto::begin_frame(out);
       put_u8(out, kResult);
       put_le<std::uint64_t>(out, seq);
       std::size_t time_at = out.size();
@@ -118,22 +116,18 @@ int worker_main(int fd, Slot* slot, const ServerConfig& config) {
                               static_cast<std::uint64_t>(
                                   std::chrono::duration_cast<std::chrono::nanoseconds>(now - last).count()));
       last = now;
-      end_frame(out, at);
+      proto::end_frame(out, at);
       slot->running.store(0, std::memory_order_release);
-      in.consume(hdr->header_size + static_cast<std::size_t>(hdr->length));
       ++done;
       if (config.maxtasksperchild && done >= config.maxtasksperchild) return flush() ? 0 : 1;
       if (out.size() >= kMaxResultBuffer || now - first_unflushed >= kMaxResultDelay) {
         if (!flush()) return 1;
       }
     }
+    in.consume(frames.consumed());
     if (!flush()) return 1;
     std::size_t need = kReadChunk / 4;
-    auto avail = in.data();
-    if (auto hdr = proto::decode_header(avail)) {
-      std::size_t total = hdr->header_size + static_cast<std::size_t>(hdr->length);
-      if (total > avail.size()) need = std::max(need, total - avail.size());
-    }
+    if (auto f = proto::peek_frame(in.data())) need = std::max<std::size_t>(need, f->missing());
     auto room = in.prepare(need);
     // The next batch often follows within a cross-CPU wake-up's time of the last results (an
     // apply() loop): polling that long first saves this worker the wake-up. The budget adapts
@@ -169,12 +163,12 @@ struct Child {
 
 void send_report(int ctl, std::uint8_t type, std::uint32_t index, std::uint32_t gen, std::int32_t value) {
   Bytes f;
-  std::size_t at = begin_frame(f);
+  std::size_t at = proto::begin_frame(f);
   put_u8(f, type);
   put_le<std::uint32_t>(f, index);
   put_le<std::uint32_t>(f, gen);
   put_le<std::int32_t>(f, value);
-  end_frame(f, at);
+  proto::end_frame(f, at);
   write_all(ctl, f.data(), f.size());
 }
 
@@ -233,13 +227,9 @@ int server_main(int ctl, const ServerConfig& config) {
       } else {
         in.insert(in.end(), buf, buf + n);
       }
-      std::size_t pos = 0;
-      for (;;) {
-        auto avail = std::span<const std::byte>(in).subspan(pos);
-        auto hdr = proto::decode_header(avail);
-        if (!hdr || avail.size() - hdr->header_size < hdr->length) break;
-        ByteReader msg(avail.subspan(hdr->header_size, static_cast<std::size_t>(hdr->length)));
-        pos += hdr->header_size + static_cast<std::size_t>(hdr->length);
+      proto::FrameReader frames(in);
+      while (auto frame = frames.next()) {
+        ByteReader msg(*frame);
         auto type = msg.u8();
         if (type == kSpawn) {
           std::uint32_t index = msg.u32(), gen = msg.u32();
@@ -277,7 +267,7 @@ int server_main(int ctl, const ServerConfig& config) {
           quitting = true;
         }
       }
-      in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(pos));
+      in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(frames.consumed()));
     }
     std::vector<std::size_t> ended;
     for (std::size_t i = 0; i < polled; ++i, ++p)

@@ -25,6 +25,7 @@
 // because on a busy queue the next item usually arrives sooner than a wake-up would.
 #include <mpx/detail/queue_core.hpp>
 #include <mpx/detail/shm.hpp>
+#include <mpx/detail/timespec.hpp>
 #include <mpx/errors.hpp>
 
 #include <linux/futex.h>
@@ -149,9 +150,7 @@ struct Until {
   }
   bool never() const { return ns == kNever; }
   bool expired() const { return ns == 0 || (ns != kNever && now_ns() >= ns); }
-  timespec to_timespec() const {
-    return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
-  }
+  timespec to_timespec() const { return detail::to_timespec(ns); }
 };
 
 // Shared futexes (not FUTEX_PRIVATE): the word lives in memory mapped by several processes.
@@ -250,9 +249,9 @@ int timed_lock(pthread_mutex_t* m, Until until) {
     }
     timespec wall;
     ::clock_gettime(CLOCK_REALTIME, &wall);
-    const std::int64_t at = wall.tv_nsec + std::min(left, kSlice);
-    wall.tv_sec += static_cast<time_t>(at / 1'000'000'000);
-    wall.tv_nsec = static_cast<long>(at % 1'000'000'000);
+    const timespec step = detail::to_timespec(wall.tv_nsec + std::min(left, kSlice));
+    wall.tv_sec += step.tv_sec;
+    wall.tv_nsec = step.tv_nsec;
     int rc = pthread_mutex_timedlock(m, &wall);
     if (rc != ETIMEDOUT) return rc;
   }

@@ -2,6 +2,7 @@
 
 #include "log.hpp"
 #include "server_impl.hpp"
+#include "wire_errors.hpp"
 
 #include <mpx/proto/handshake.hpp>
 
@@ -110,7 +111,7 @@ void Conn::on_read(std::size_t n) {
     std::size_t used = 0;
     try {
       used = decoder_.feed(data);
-    } catch (const ProtocolError& e) {
+    } catch (const proto::ProtocolError& e) {
       // A frame over the cap: the stream cannot be resynchronised, so answer and close.
       send_error_and_close(make_error(proto::ErrorCode::protocol, e.what()));
       return;
@@ -142,7 +143,7 @@ void Conn::on_handshake_frame(Bytes& frame) {
       case Phase::challenge_sent:
         try {
           proto::verify_response(key, challenge_, frame);
-        } catch (const AuthenticationError&) {
+        } catch (const proto::AuthenticationError&) {
           send_frame(proto::as_bytes(proto::kFailure));
           closing_ = true;
           core_.note(Core::Event::handshake_failed, peer_description());
@@ -197,7 +198,7 @@ void Conn::on_handshake_frame(Bytes& frame) {
     }
   } catch (const std::exception& e) {
     // Anything wrong before the session starts ends the connection.
-    send_error_and_close(proto::error_from_exception(e));
+    send_error_and_close(detail::error_from_exception(e));
   }
 }
 
@@ -217,9 +218,9 @@ void Conn::handle_request(Bytes& frame) {
     } catch (const std::exception& e) {
       parked = false;
       failed = true;
-      out_.resize(start + proto::kShortHeaderSize);
+      out_.resize(proto::payload_start(start));
       w.u8(quiet ? kQuietError : static_cast<std::uint8_t>(proto::Status::error));
-      proto::write_error(w, proto::error_from_exception(e));
+      proto::write_error(w, detail::error_from_exception(e));
     }
   }
   if (parked || (quiet && !failed))
@@ -387,20 +388,9 @@ void Conn::drain() {
 
 void Conn::send_frame(std::span<const std::byte> payload) { proto::append_frame(out_, payload); }
 
-std::size_t Conn::begin_frame() {
-  std::size_t start = out_.size();
-  out_.resize(start + proto::kShortHeaderSize);
-  return start;
-}
+std::size_t Conn::begin_frame() { return proto::begin_frame(out_); }
 
-void Conn::end_frame(std::size_t start) {
-  std::uint64_t len = out_.size() - start - proto::kShortHeaderSize;
-  auto header = proto::encode_header(len);
-  if (header.size() != proto::kShortHeaderSize)
-    out_.insert(out_.begin() + static_cast<std::ptrdiff_t>(start + proto::kShortHeaderSize),
-                header.size() - proto::kShortHeaderSize, std::byte{0});
-  std::memcpy(out_.data() + start, header.bytes().data(), header.size());
-}
+void Conn::end_frame(std::size_t start) { proto::end_frame(out_, start); }
 
 void Conn::flush() {
   if (closed_) return;

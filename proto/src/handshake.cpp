@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 
 namespace mpx::proto {
@@ -38,7 +39,7 @@ constexpr std::size_t kMaxDigestNameLength = 8;
 const DigestInfo& info(Digest d) {
   for (const auto& i : kDigests)
     if (i.digest == d) return i;
-  throw ValueError("mpx: unknown digest");
+  throw std::invalid_argument("mpx: unknown digest");
 }
 
 std::string_view as_chars(std::span<const std::byte> b) {

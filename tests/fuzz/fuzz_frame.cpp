@@ -2,7 +2,7 @@
 // header decoder, the streaming FrameDecoder under arbitrary chunking, and the handshake's
 // challenge/response parsers.
 //   fuzz_frame -max_total_time=60 corpus/
-#include <mpx/errors.hpp>
+#include <mpx/proto/errors.hpp>
 #include <mpx/proto/frame.hpp>
 #include <mpx/proto/handshake.hpp>
 
@@ -44,7 +44,7 @@ void fuzz_decoder(std::span<const std::byte> data) {
         if (room.size() > *length || room.size() > mpx::proto::kMaxUpfrontAllocation) fail();
       }
     }
-  } catch (const mpx::ProtocolError&) {
+  } catch (const mpx::proto::ProtocolError&) {
   }
 }
 
@@ -56,7 +56,7 @@ void fuzz_header(std::span<const std::byte> data) {
       auto again = mpx::proto::decode_header(mpx::proto::FrameHeader(h->length).bytes());
       if (!again || again->length != h->length) fail();
     }
-  } catch (const mpx::ProtocolError&) {
+  } catch (const mpx::proto::ProtocolError&) {
   }
 }
 
@@ -67,17 +67,17 @@ void fuzz_handshake(std::span<const std::byte> data) {
     if (response.empty() || response.size() > mpx::proto::kMaxHandshakeMessage) fail();
     // Our own answer must satisfy our own verifier.
     mpx::proto::verify_response("key", data, response);
-  } catch (const mpx::AuthenticationError&) {
+  } catch (const mpx::proto::AuthenticationError&) {
   }
   // As a response to a challenge of ours.
   static const auto challenge = mpx::proto::make_challenge();
   try {
     mpx::proto::verify_response("key", challenge, data);
-  } catch (const mpx::AuthenticationError&) {
+  } catch (const mpx::proto::AuthenticationError&) {
   }
   try {
     (void)mpx::proto::split_digest_prefix(data);
-  } catch (const mpx::AuthenticationError&) {
+  } catch (const mpx::proto::AuthenticationError&) {
   }
   (void)mpx::proto::is_welcome(data);
 }

@@ -19,6 +19,7 @@
 #include <ctime>
 #include <optional>
 
+#include <mpx/detail/timespec.hpp>
 #include <mpx/timeout.hpp>
 
 namespace mpx::detail {
@@ -33,9 +34,7 @@ inline bool futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
   timespec ts{};
   if (deadline) {
     auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline->time_since_epoch()).count();
-    if (ns < 0) ns = 0;
-    ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
-    ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+    ts = to_timespec(ns < 0 ? 0 : ns);
   }
   // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time, so repeated waits keep one budget.
   long r = ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT_BITSET, expected,

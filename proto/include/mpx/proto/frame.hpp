@@ -60,6 +60,46 @@ struct DecodedHeader {
 // with more). Throws ProtocolError for a negative length other than the -1 marker.
 std::optional<DecodedHeader> decode_header(std::span<const std::byte> buffer);
 
+// The frame at the front of a buffer, as far as it has arrived.
+struct FramePrefix {
+  DecodedHeader header;
+  std::span<const std::byte> payload;  // what has arrived of the payload: all of it once complete()
+  bool complete() const noexcept { return payload.size() == header.length; }
+  std::uint64_t size() const noexcept { return header.header_size + header.length; }  // on the wire
+  std::uint64_t missing() const noexcept { return header.length - payload.size(); }
+};
+// std::nullopt: the header is not complete yet. Throws as decode_header() does.
+std::optional<FramePrefix> peek_frame(std::span<const std::byte> buffer);
+
+// The complete frames at the front of a buffer, in place (payloads are views into it):
+//   FrameReader frames(buffer);
+//   while (auto payload = frames.next()) handle(*payload);
+//   drop the first frames.consumed() bytes of buffer
+// What follows the last complete frame stays for the next read to complete.
+class FrameReader {
+ public:
+  explicit FrameReader(std::span<const std::byte> buffer) noexcept : buffer_(buffer) {}
+  std::optional<std::span<const std::byte>> next() {
+    auto f = peek_frame(buffer_.subspan(consumed_));
+    if (!f || !f->complete()) return std::nullopt;
+    consumed_ += static_cast<std::size_t>(f->size());
+    return f->payload;
+  }
+  std::size_t consumed() const noexcept { return consumed_; }
+
+ private:
+  std::span<const std::byte> buffer_;
+  std::size_t consumed_ = 0;
+};
+
+// Frames written header last, for messages encoded straight into the output buffer (their
+// length is known only at the end): begin_frame() reserves the 4-byte header and returns where
+// the frame starts, the payload is appended from payload_start(), end_frame() fills the header
+// in (moving the payload up for the 12-byte form, above 2 GiB).
+std::size_t begin_frame(std::vector<std::byte>& out);
+constexpr std::size_t payload_start(std::size_t frame) noexcept { return frame + kShortHeaderSize; }
+void end_frame(std::vector<std::byte>& out, std::size_t frame);
+
 // Header + payload in one buffer; append_frame() lets a sender batch several messages.
 void append_frame(std::vector<std::byte>& out, std::span<const std::byte> payload);
 std::vector<std::byte> make_frame(std::span<const std::byte> payload);

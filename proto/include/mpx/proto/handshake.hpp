@@ -8,9 +8,10 @@
 // one frame of at most 256 bytes. proto/README.md is the spec.
 #pragma once
 
-#include <mpx/errors.hpp>
+#include <mpx/proto/errors.hpp>
 
 #include <cstddef>
+#include <exception>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -78,7 +79,7 @@ void deliver_challenge(Conn& conn, std::string_view authkey, Digest digest = Dig
   } catch (const AuthenticationError&) {
     try {
       conn.send_bytes(as_bytes(kFailure));
-    } catch (const Error&) {  // the peer may already be gone; the verdict is the same
+    } catch (const std::exception&) {  // the peer may already be gone; the verdict is the same
     }
     throw;
   }

@@ -4,21 +4,17 @@
 //   u8 op | u64 object id | op-specific body
 // and each request gets exactly one response, in request order:
 //   u8 status (0 ok, 1 error) | body
-// Scalars are little-endian and fixed-width; a "blob" (string, encoded value) is a u64 length
-// followed by that many bytes, which is also how cereal's binary format writes a std::string.
+// Scalars and blobs (u64 length + bytes) are codec.hpp's.
 // Values are stored by the server as opaque blobs: the mpx::encode<T> bytes of the value.
 #pragma once
 
-#include <mpx/errors.hpp>
+#include <mpx/proto/codec.hpp>
 
-#include <bit>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
-#include <vector>
 
 namespace mpx::proto {
 
@@ -155,85 +151,6 @@ enum class ErrorCode : std::uint8_t {
 // Timeouts on the wire: nanoseconds, 0 = do not block, -1 = forever.
 inline constexpr std::int64_t kForever = -1;
 
-// Appends the scalar/blob encodings to a byte vector.
-class Writer {
- public:
-  explicit Writer(std::vector<std::byte>& out) noexcept : out_(&out) {}
-  void u8(std::uint8_t v) { out_->push_back(static_cast<std::byte>(v)); }
-  void u32(std::uint32_t v) { raw(&v, sizeof v); }
-  void u64(std::uint64_t v) { raw(&v, sizeof v); }
-  void i32(std::int32_t v) { raw(&v, sizeof v); }
-  void i64(std::int64_t v) { raw(&v, sizeof v); }
-  void boolean(bool v) { u8(v ? 1 : 0); }
-  void blob(std::span<const std::byte> b) {
-    u64(b.size());
-    raw(b.data(), b.size());
-  }
-  void str(std::string_view s) {
-    u64(s.size());
-    raw(s.data(), s.size());
-  }
-  void raw(const void* p, std::size_t n) {
-    auto* b = static_cast<const std::byte*>(p);
-    out_->insert(out_->end(), b, b + n);
-  }
-  std::vector<std::byte>& buffer() noexcept { return *out_; }
-
- private:
-  static_assert(std::endian::native == std::endian::little, "the manager protocol is little-endian");
-  std::vector<std::byte>* out_;
-};
-
-// Reads them back from a span; ProtocolError on truncation. Views point into the span.
-class Reader {
- public:
-  explicit Reader(std::span<const std::byte> in) noexcept : in_(in) {}
-  std::uint8_t u8() { return static_cast<std::uint8_t>(take(1)[0]); }
-  std::uint32_t u32() { return scalar<std::uint32_t>(); }
-  std::uint64_t u64() { return scalar<std::uint64_t>(); }
-  std::int32_t i32() { return scalar<std::int32_t>(); }
-  std::int64_t i64() { return scalar<std::int64_t>(); }
-  bool boolean() { return u8() != 0; }
-  std::span<const std::byte> blob() {
-    std::uint64_t n = u64();
-    if (n > remaining()) fail("blob length exceeds the message");
-    return take(static_cast<std::size_t>(n));
-  }
-  std::string_view str() {
-    auto b = blob();
-    return {reinterpret_cast<const char*>(b.data()), b.size()};
-  }
-  // A count of items that each take at least `min_item` bytes: refused when it cannot fit.
-  std::uint64_t count(std::size_t min_item) {
-    std::uint64_t n = u64();
-    if (min_item && n > remaining() / min_item) fail("item count exceeds the message");
-    return n;
-  }
-  std::span<const std::byte> take(std::size_t n) {
-    if (n > remaining()) fail("truncated message");
-    auto s = in_.subspan(pos_, n);
-    pos_ += n;
-    return s;
-  }
-  std::span<const std::byte> rest() { return take(remaining()); }
-  std::size_t remaining() const noexcept { return in_.size() - pos_; }
-  void expect_end() const {
-    if (remaining()) fail("trailing bytes after the request body");
-  }
-
- private:
-  template <class T>
-  T scalar() {
-    T v;
-    std::memcpy(&v, take(sizeof v).data(), sizeof v);
-    return v;
-  }
-  [[noreturn]] static void fail(const char* what);
-
-  std::span<const std::byte> in_;
-  std::size_t pos_ = 0;
-};
-
 // Error responses: u8 code | str type_name | str message | i32 exitcode.
 // type_name is the original exception's type for `remote` (empty otherwise); exitcode is
 // meaningful for `worker_lost` only.
@@ -245,10 +162,8 @@ struct ErrorInfo {
 };
 void write_error(Writer& w, const ErrorInfo& e);
 ErrorInfo read_error(Reader& r);
-// Classifies an exception caught while serving: mpx's own errors keep their type.
-ErrorInfo error_from_exception(const std::exception& e);
-// Throws the mpx error an ErrorInfo stands for.
-[[noreturn]] void throw_error(const ErrorInfo& e);
+// Which exception an ErrorInfo stands for, and back, is the library's to say: the codes name
+// its exception types (lib/src/wire_errors.hpp).
 
 // hello request body: "MPXM" | u32 version | 16-byte session token.
 // hello response body (ok): "MPXM" | u32 version | str server description.
