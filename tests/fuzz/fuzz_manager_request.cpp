@@ -5,7 +5,7 @@
 //   fuzz_manager_request -max_total_time=60 corpus/
 // Input layout: repeated [u16 little-endian length][that many bytes of request payload];
 // a short tail is sent as raw stream bytes (a truncated frame).
-#include "server_core.hpp"
+#include "server/core.hpp"
 
 #include <mpx/proto/frame.hpp>
 #include <mpx/proto/manager.hpp>

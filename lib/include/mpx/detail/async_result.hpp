@@ -56,7 +56,7 @@ class Driver {
   virtual void schedule_callbacks(std::shared_ptr<ResultStateBase> s) = 0;
 };
 
-void report_callback_exception(std::exception_ptr e) noexcept;  // lib/src/task.cpp
+void report_callback_exception(std::exception_ptr e) noexcept;  // lib/src/pool/task.cpp
 
 class ResultStateBase : public Waitable, public std::enable_shared_from_this<ResultStateBase> {
  public:

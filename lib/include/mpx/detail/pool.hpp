@@ -1,4 +1,4 @@
-// The pool's engine (lib/src/pool.cpp) as the templates in <mpx/pool.hpp> see it: submit
+// The pool's engine (lib/src/pool/pool.cpp) as the templates in <mpx/pool.hpp> see it: submit
 // encoded task frames with a sink that receives each outcome, and wait through the pool's driver.
 #pragma once
 

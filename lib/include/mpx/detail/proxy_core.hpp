@@ -133,7 +133,7 @@ class ClientConn {
   std::exception_ptr unobserved_;
 };
 
-// Collects the results of named tasks a session submitted (lib/src/manager_tasks.cpp).
+// Collects the results of named tasks a session submitted (lib/src/manager/tasks.cpp).
 class TaskCollector;
 using TaskCompleter = void (*)(ResultStateBase& state, std::span<const std::byte> result);
 

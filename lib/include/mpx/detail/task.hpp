@@ -98,7 +98,7 @@ class ByteReader {
 };
 
 // ------------------------------------------------------------------------------------------
-// Code identity (lib/src/task.cpp).
+// Code identity (lib/src/pool/task.cpp).
 // ------------------------------------------------------------------------------------------
 struct CodeRef {
   std::uint64_t module = 0;  // hash of the module's build-id (or of path + size)
@@ -149,7 +149,7 @@ enum TaskKind : std::uint8_t { kTaskByCode = 1, kTaskByName = 2 };
 // loop only bumps its own counter).
 class TaskIndexScope {
  public:
-  explicit TaskIndexScope(const std::uint64_t* index) noexcept;  // lib/src/task.cpp
+  explicit TaskIndexScope(const std::uint64_t* index) noexcept;  // lib/src/pool/task.cpp
   ~TaskIndexScope();
   TaskIndexScope(const TaskIndexScope&) = delete;
   TaskIndexScope& operator=(const TaskIndexScope&) = delete;

@@ -1,3 +1,6 @@
+// queue/ — Queue, JoinableQueue and SimpleQueue over one shared-memory ring (<mpx/queues.hpp>).
+// May include: sync, process, serialize, common.
+//
 // The queue engine: see mpx/detail/queue_core.hpp for the shape.
 //
 // Storage. The mapping holds N chunks of S bytes (S a power of two), a `next` link per chunk
@@ -43,7 +46,7 @@
 #include <string>
 #include <system_error>
 
-#include "log.hpp"
+#include "common/log.hpp"
 
 namespace mpx::detail {
 namespace {

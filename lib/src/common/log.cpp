@@ -1,4 +1,6 @@
-#include "log.hpp"
+// common/ — what every layer may use: the library's spdlog logger (log.hpp). Includes nothing
+// of the library but its own folder.
+#include "common/log.hpp"
 
 #include <spdlog/sinks/stdout_sinks.h>
 

@@ -1,7 +1,7 @@
 // The serve loop shared by mpx::Server, the private Manager() process and mpxd.
 #pragma once
 
-#include "server_core.hpp"
+#include "server/core.hpp"
 
 #include <mpx/connection.hpp>
 

@@ -1,8 +1,8 @@
-#include "server_core.hpp"
+#include "server/core.hpp"
 
-#include "log.hpp"
-#include "server_impl.hpp"
-#include "wire_errors.hpp"
+#include "common/log.hpp"
+#include "server/internals.hpp"
+#include "ipc/wire_errors.hpp"
 
 #include <mpx/proto/handshake.hpp>
 

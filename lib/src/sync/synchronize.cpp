@@ -1,4 +1,6 @@
-#include "mpx/synchronize.hpp"
+// sync/ — process-shared locks, semaphores, conditions, events and barriers
+// (<mpx/synchronize.hpp>), robust against a holder that dies. May include: process, common.
+#include <mpx/synchronize.hpp>
 
 #include <fcntl.h>
 #include <sys/random.h>
@@ -12,9 +14,9 @@
 #include <string>
 #include <thread>
 
-#include "log.hpp"
-#include "mpx/detail/futex.hpp"
-#include "mpx/process.hpp"
+#include "common/log.hpp"
+#include <mpx/detail/futex.hpp>
+#include <mpx/process.hpp>
 
 namespace mpx {
 namespace detail {

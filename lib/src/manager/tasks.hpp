@@ -11,7 +11,7 @@
 
 namespace mpx::detail {
 
-// An error reply from the server as the exception it stands for (lib/src/manager_client.cpp).
+// An error reply from the server as the exception it stands for (lib/src/manager/client.cpp).
 std::exception_ptr error_to_exception(const proto::ErrorInfo& e);
 
 // Reads this session's finished tasks (task_wait) on a connection of its own and completes

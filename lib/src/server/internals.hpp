@@ -5,7 +5,7 @@
 // other connection is served as usual.
 #pragma once
 
-#include "server_core.hpp"
+#include "server/core.hpp"
 
 #include <mpx/proto/frame.hpp>
 #include <mpx/proto/manager.hpp>

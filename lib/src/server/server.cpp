@@ -1,9 +1,9 @@
 // mpx::Server: the manager server hosted in the calling thread, and the serve loop that the
 // private Manager() process and mpxd share.
-#include "server_serve.hpp"
+#include "server/serve.hpp"
 
-#include "log.hpp"
-#include "server_core.hpp"
+#include "common/log.hpp"
+#include "server/core.hpp"
 
 #include <mpx/detail/futex.hpp>
 #include <mpx/managers.hpp>

@@ -1,9 +1,12 @@
+// ipc/ — message sockets (<mpx/connection.hpp>: Connection, Listener, Client, Pipe, wait) on
+// proto's frames and handshake, and the one place proto's errors become mpx's (wire_errors).
+// May include: proto, serialize, common.
 #include <mpx/connection.hpp>
 #include <mpx/detail/timespec.hpp>
 #include <mpx/proto/handshake.hpp>
 
-#include "log.hpp"
-#include "wire_errors.hpp"
+#include "common/log.hpp"
+#include "ipc/wire_errors.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

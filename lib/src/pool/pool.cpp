@@ -1,3 +1,9 @@
+// pool/ — mpx::Pool: this file is the engine in the caller's process, worker.cpp the worker side
+// and the spawner process, wire.hpp their messages (proto/pool.md), task.cpp how a task and its
+// result are encoded and run (a function crosses as its build id + offset; the managers' named
+// task queues and the MPI pool use the same encoding). May include: process, ipc, serialize,
+// common.
+//
 // The pool's engine in the pool's own process.
 //
 // I/O runs on one Boost.Asio io_context over Unix stream sockets (one per worker, one to the
@@ -47,9 +53,9 @@
 #include <utility>
 #include <vector>
 
-#include "log.hpp"
-#include "pool_wire.hpp"
-#include "wire_errors.hpp"
+#include "common/log.hpp"
+#include "pool/wire.hpp"
+#include "ipc/wire_errors.hpp"
 
 namespace mpx {
 namespace detail {

@@ -1,9 +1,13 @@
+// manager/ — the client side of managers: Manager, the proxies' connection and session
+// (client.cpp), named task queues and their workers (tasks.cpp). The only layer that may include
+// server/ (a private Manager() runs one).
+//
 // mpx::Manager: the private server process it forks, and the handle.
 #include <mpx/managers.hpp>
 #include <mpx/process.hpp>
 
-#include "log.hpp"
-#include "server_serve.hpp"
+#include "common/log.hpp"
+#include "server/serve.hpp"
 
 #include <openssl/rand.h>
 #include <poll.h>

@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "log.hpp"
-#include "pool_wire.hpp"
+#include "common/log.hpp"
+#include "pool/wire.hpp"
 
 namespace mpx::detail::poolwire {
 namespace {

@@ -2,9 +2,9 @@
 // non-template members.
 #include <mpx/managers.hpp>
 
-#include "log.hpp"
-#include "manager_tasks.hpp"
-#include "wire_errors.hpp"
+#include "common/log.hpp"
+#include "manager/tasks.hpp"
+#include "ipc/wire_errors.hpp"
 
 #include <mpx/proto/frame.hpp>
 

@@ -1,8 +1,13 @@
+// server/ — the one object server (mpx::Server, the private Manager() process, mpxd): connections
+// with bounded input and output, the object table and kinds (objects.cpp), named task queues
+// (task_queue.cpp), the serve loop (serve.hpp). May include: ipc, process, serialize, common;
+// never manager/ or pool/.
+//
 // The manager server core: one Boost.Asio server hosting shared objects and named task
 // queues, for the private Manager() process, mpx::Server and mpxd alike.
 #pragma once
 
-#include "server_asio.hpp"
+#include "server/asio.hpp"
 
 #include <mpx/detail/server_types.hpp>
 

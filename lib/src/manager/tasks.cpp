@@ -1,7 +1,7 @@
 // Named task queues, client side: collecting results, serve_tasks() and its workers.
-#include "manager_tasks.hpp"
+#include "manager/tasks.hpp"
 
-#include "log.hpp"
+#include "common/log.hpp"
 
 #include <mpx/managers.hpp>
 #include <mpx/process.hpp>

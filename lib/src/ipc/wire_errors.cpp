@@ -1,4 +1,4 @@
-#include "wire_errors.hpp"
+#include "ipc/wire_errors.hpp"
 
 #include <string>
 

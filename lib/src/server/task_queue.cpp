@@ -2,9 +2,9 @@
 // take them one at a time and send back the result encoding, which goes to the mailbox of
 // the submitting session. The server never decodes a task; it only routes bytes and notices
 // workers that vanish.
-#include "server_impl.hpp"
+#include "server/internals.hpp"
 
-#include "log.hpp"
+#include "common/log.hpp"
 
 #include <map>
 #include <optional>

@@ -1,4 +1,6 @@
-#include "mpx/process.hpp"
+// process/ — starting, watching and reaping processes (<mpx/process.hpp>). May include: ipc,
+// serialize, common.
+#include <mpx/process.hpp>
 
 #include <cxxabi.h>
 #include <fcntl.h>
@@ -23,7 +25,7 @@
 #include <thread>
 #include <typeinfo>
 
-#include "log.hpp"
+#include "common/log.hpp"
 
 namespace mpx {
 namespace detail {

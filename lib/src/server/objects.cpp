@@ -1,5 +1,5 @@
 // The built-in object kinds of the manager server, and registered types.
-#include "server_impl.hpp"
+#include "server/internals.hpp"
 
 #include <cxxabi.h>
 

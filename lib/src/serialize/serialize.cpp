@@ -1,3 +1,6 @@
+// serialize/ — the codec facade (<mpx/serialize.hpp>): cereal by default, Boost.Serialization on
+// opt-in. Owns the compiled half of the bounded Boost archive. Includes only <mpx/serialize.hpp>
+// and <mpx/errors.hpp>.
 #include <mpx/serialize.hpp>
 
 // The bounded Boost archive is a derived archive: its template members are compiled here once.
