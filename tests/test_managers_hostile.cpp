@@ -8,6 +8,7 @@
 #include <mpx/proto/manager.hpp>
 
 #include <doctest/doctest.h>
+#include <raw_manager.hpp>
 
 #include <array>
 #include <chrono>
@@ -29,80 +30,19 @@ constexpr int kState = static_cast<int>(mpx::proto::ErrorCode::state);
 constexpr int kProtocol = static_cast<int>(mpx::proto::ErrorCode::protocol);
 constexpr int kWorkerLost = static_cast<int>(mpx::proto::ErrorCode::worker_lost);
 
-using Token = std::array<std::byte, 16>;
-Token token(std::uint8_t n) {
-  Token t{};
-  t[0] = std::byte{n};
-  t[15] = std::byte{0x5a};
-  return t;
-}
-
-// Every reply a test waits for must come within this, or the test fails instead of hanging.
-constexpr auto kReplyBound = 5s;
-
-mpx::Bytes recv_bounded(mpx::Connection& c) {
-  REQUIRE_MESSAGE(c.poll(kReplyBound), "no reply from the server within 5 s");
-  return c.recv_bytes();
-}
-
-// A raw, authenticated connection that has sent hello with `tok` and read its answer.
+using Token = mpx::test::SessionToken;
+using mpx::test::recv_bounded;
+using mpx::test::Reply;
+Token token(std::uint8_t n) { return mpx::test::session_token(n); }
 mpx::Connection raw_session(const mpx::Manager& m, const Token& tok) {
-  mpx::Connection c = mpx::Client(m.address(), m.authkey());
-  mpx::Bytes hello;
-  mpx::proto::Writer w(hello);
-  w.u8(static_cast<std::uint8_t>(Op::hello));
-  w.u64(0);
-  w.raw("MPXM", 4);
-  w.u32(1);
-  w.raw(tok.data(), tok.size());
-  c.send_bytes(std::span<const std::byte>(hello));
-  auto reply = recv_bounded(c);
-  REQUIRE(static_cast<int>(reply[0]) == 0);
-  return c;
+  return mpx::test::raw_manager_session(m.address(), m.authkey(), tok);
 }
-
 mpx::Bytes request(Op op, std::uint64_t oid, const std::function<void(mpx::proto::Writer&)>& body = {}) {
-  mpx::Bytes out;
-  mpx::proto::Writer w(out);
-  w.u8(static_cast<std::uint8_t>(op));
-  w.u64(oid);
-  if (body) body(w);
-  return out;
+  return mpx::test::manager_request(op, oid, body);
 }
-
-// One request, its reply: status, error code (0 for ok) and the rest of the body.
-struct Reply {
-  int status = -1;
-  int code = 0;
-  mpx::Bytes body;  // after status (and for an error, after the code)
-  std::pair<int, int> sc() const { return {status, code}; }
-};
-Reply roundtrip(mpx::Connection& c, const mpx::Bytes& req) {
-  c.send_bytes(std::span<const std::byte>(req));
-  auto bytes = recv_bounded(c);
-  Reply out;
-  out.status = static_cast<int>(bytes.at(0));
-  std::size_t skip = 1;
-  if (out.status != 0) {
-    out.code = static_cast<int>(bytes.at(1));
-    skip = 2;
-  }
-  out.body.assign(bytes.begin() + static_cast<std::ptrdiff_t>(skip), bytes.end());
-  return out;
-}
-
-std::uint64_t open_raw(mpx::Connection& c, mpx::proto::Kind kind, const std::string& name,
-                       const std::function<void(mpx::proto::Writer&)>& init = {}) {
-  auto r = roundtrip(c, request(Op::open, 0, [&](auto& w) {
-                       w.u8(static_cast<std::uint8_t>(kind));
-                       w.str(name);
-                       w.str("");
-                       if (init) init(w);
-                     }));
-  REQUIRE(r.status == 0);
-  mpx::proto::Reader rd(r.body);
-  return rd.u64();
-}
+Reply roundtrip(mpx::Connection& c, const mpx::Bytes& req) { return mpx::test::roundtrip(c, req); }
+using mpx::test::kReplyBound;
+using mpx::test::open_raw;
 
 }  // namespace
 

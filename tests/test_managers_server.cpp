@@ -7,6 +7,7 @@
 #include <mpx/proto/manager.hpp>
 
 #include <doctest/doctest.h>
+#include <raw_manager.hpp>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -73,38 +74,16 @@ struct Hosted {
   }
 };
 
-// A raw, authenticated connection that has sent hello: for speaking the protocol by hand.
+// Raw requests; the status and error code of their replies.
 mpx::Connection raw_session(const mpx::Address& a, const std::string& key, std::uint32_t version = 1) {
-  mpx::Connection c = mpx::Client(a, key);
-  mpx::Bytes hello;
-  mpx::proto::Writer w(hello);
-  w.u8(static_cast<std::uint8_t>(mpx::proto::Op::hello));
-  w.u64(0);
-  w.raw("MPXM", 4);
-  w.u32(version);
-  std::byte token[16] = {std::byte{1}};
-  w.raw(token, sizeof token);
-  c.send_bytes(std::span<const std::byte>(hello));
-  return c;
+  return mpx::test::send_hello(a, key, mpx::test::session_token(1), version);
 }
-
-// The response to one request: status and error code (0 for ok).
 std::pair<int, int> roundtrip(mpx::Connection& c, std::span<const std::byte> request) {
-  c.send_bytes(request);
-  auto reply = c.recv_bytes();
-  mpx::proto::Reader r(reply);
-  int status = r.u8();
-  return {status, status == 0 ? 0 : r.u8()};
+  return mpx::test::roundtrip(c, request).sc();
 }
-
-mpx::Bytes request(mpx::proto::Op op, std::uint64_t oid,
-                   const std::function<void(mpx::proto::Writer&)>& body = {}) {
-  mpx::Bytes out;
-  mpx::proto::Writer w(out);
-  w.u8(static_cast<std::uint8_t>(op));
-  w.u64(oid);
-  if (body) body(w);
-  return out;
+using request_fn = std::function<void(mpx::proto::Writer&)>;
+mpx::Bytes request(mpx::proto::Op op, std::uint64_t oid, const request_fn& body = {}) {
+  return mpx::test::manager_request(op, oid, body);
 }
 
 constexpr int kProtocol = static_cast<int>(mpx::proto::ErrorCode::protocol);

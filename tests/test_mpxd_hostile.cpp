@@ -8,6 +8,7 @@
 #include <mpx/proto/manager.hpp>
 
 #include <doctest/doctest.h>
+#include <raw_manager.hpp>
 #include <poll.h>
 #include <signal.h>
 #include <support.hpp>
@@ -76,35 +77,13 @@ struct Daemon {
   }
 };
 
-mpx::Bytes request(mpx::proto::Op op, std::uint64_t oid, const std::function<void(mpx::proto::Writer&)>& body = {}) {
-  mpx::Bytes out;
-  mpx::proto::Writer w(out);
-  w.u8(static_cast<std::uint8_t>(op));
-  w.u64(oid);
-  if (body) body(w);
-  return out;
-}
-
-// An authenticated connection that has said hello, for speaking the protocol by hand.
-mpx::Connection raw_session(const mpx::Address& a) {
-  mpx::Connection c = mpx::Client(a, kKey);
-  std::byte token[16] = {std::byte{7}};
-  c.send_bytes(request(mpx::proto::Op::hello, 0, [&](mpx::proto::Writer& w) {
-    w.raw("MPXM", 4);
-    w.u32(mpx::proto::kManagerVersion);
-    w.raw(token, sizeof token);
-  }));
-  auto reply = c.recv_bytes();
-  REQUIRE(static_cast<int>(reply.at(0)) == 0);
-  return c;
-}
+using mpx::test::manager_request;
 
 // A request whose reply is ok; returns the reply's body.
 mpx::Bytes call_ok(mpx::Connection& c, const mpx::Bytes& req) {
-  c.send_bytes(req);
-  auto reply = c.recv_bytes();
-  REQUIRE(static_cast<int>(reply.at(0)) == 0);
-  return mpx::Bytes(reply.begin() + 1, reply.end());
+  auto reply = mpx::test::roundtrip(c, req);
+  REQUIRE(reply.status == 0);
+  return reply.body;
 }
 
 std::span<const std::byte> as_bytes(std::string_view s) { return std::as_bytes(std::span(s.data(), s.size())); }
@@ -152,21 +131,15 @@ void raise_own_fd_limit(rlim_t want) {
 
 TEST_CASE("mpxd: a client that pipelines 1,500 gets of 1 MiB and never reads is held to the pending bound") {
   Daemon d({"--pending-timeout", "2"});
-  auto c = raw_session(d.address);
-  auto opened = call_ok(c, request(mpx::proto::Op::open, 0, [](mpx::proto::Writer& w) {
-    w.u8(static_cast<std::uint8_t>(mpx::proto::Kind::dict));
-    w.str("big");
-    w.str("raw");
-  }));
-  std::uint64_t oid = 0;
-  std::memcpy(&oid, opened.data(), sizeof oid);
+  auto c = mpx::test::raw_manager_session(d.address, kKey);
+  std::uint64_t oid = mpx::test::open_raw(c, mpx::proto::Kind::dict, "big");
   std::string value(1 << 20, 'v');
-  call_ok(c, request(mpx::proto::Op::dict_set, oid, [&](mpx::proto::Writer& w) {
+  call_ok(c, manager_request(mpx::proto::Op::dict_set, oid, [&](mpx::proto::Writer& w) {
     w.blob(as_bytes("k"));
     w.blob(as_bytes(value));
   }));
   std::size_t rss_before = mpx::test::resident_bytes(d.proc->pid());
-  auto get = request(mpx::proto::Op::dict_get, oid, [](mpx::proto::Writer& w) { w.blob(as_bytes("k")); });
+  auto get = manager_request(mpx::proto::Op::dict_get, oid, [](mpx::proto::Writer& w) { w.blob(as_bytes("k")); });
   // Once the daemon stops reading it, the socket fills and sends block: they go from a thread,
   // which stops when the daemon hangs up.
   int sent = 0;
