@@ -67,7 +67,10 @@ struct Daemon {
   ~Daemon() {
     if (std::getenv("MPX_TEST_SHOW_LOG")) MESSAGE(proc->output());  // for debugging a failure
     proc->signal(SIGTERM);
-    if (!proc->wait(10s)) proc->signal(SIGKILL);
+    auto rc = proc->wait(10s);
+    if (!rc) proc->signal(SIGKILL);
+    INFO(proc->output());
+    CHECK(rc == 0);  // a clean shutdown, whatever the clients did (and, under ASan, no leaks)
   }
   std::size_t lines_with(const std::string& text) const {
     auto out = proc->output();
