@@ -9,6 +9,7 @@
 //   bye     worker -> root   empty
 // Task bodies and result encodings are the pool's (proto/pool.md), so a task means the same here.
 #include <mpx/mpi.hpp>
+#include <mpx/proto/codec.hpp>
 #include <mpx/timeout.hpp>
 
 #include <malloc.h>
@@ -74,15 +75,16 @@ void check_mpi(int rc, const char* what) {
 }
 
 void put_record(Bytes& out, std::uint64_t seq, std::span<const std::byte> bytes) {
-  put_le<std::uint64_t>(out, seq);
-  put_le<std::uint64_t>(out, bytes.size());
-  out.insert(out.end(), bytes.begin(), bytes.end());
+  proto::Writer w(out);
+  w.u64(seq);
+  w.u64(bytes.size());
+  w.raw(bytes.data(), bytes.size());
 }
 
 // Reads one batch message: calls f(seq, bytes) per record. ProtocolError on a malformed one.
 template <class F>
 void for_each_record(std::span<const std::byte> msg, F&& f) {
-  ByteReader in(msg);
+  auto in = task_reader(msg);
   std::uint32_t n = in.u32();
   for (std::uint32_t i = 0; i < n; ++i) {
     std::uint64_t seq = in.u64();
@@ -321,7 +323,7 @@ class MpiPoolCore final : public Driver {
         continue;
       }
       Bytes msg;
-      put_le<std::uint32_t>(msg, 0);
+      proto::Writer(msg).u32(0);
       std::vector<std::uint64_t> seqs;
       while (!pending_.empty() && seqs.size() < share) {
         auto& t = pending_.front();
@@ -341,7 +343,7 @@ class MpiPoolCore final : public Driver {
         pending_.pop_front();
       }
       if (seqs.empty()) continue;
-      patch_le<std::uint32_t>(msg, 0, static_cast<std::uint32_t>(seqs.size()));
+      proto::Writer(msg).patch(0, static_cast<std::uint32_t>(seqs.size()));
       auto& s = sends_.emplace_back(Send{MPI_REQUEST_NULL, std::move(msg)});
       check_mpi(MPI_Isend(s.buffer.data(), static_cast<int>(s.buffer.size()), MPI_BYTE, w->rank, kTagTasks,
                           comm_, &s.request),
@@ -365,9 +367,10 @@ class MpiPoolCore final : public Driver {
     static_assert(kTaskPrefix >= kRecordHeader);
     std::size_t at = kTaskPrefix - kRecordHeader;
     std::uint64_t seq = next_seq_++;
-    patch_le<std::uint32_t>(t.frame, at, 1);
-    patch_le<std::uint64_t>(t.frame, at + 4, seq);
-    patch_le<std::uint64_t>(t.frame, at + 12, len);
+    proto::Writer header(t.frame);
+    header.patch(at, std::uint32_t{1});
+    header.patch(at + 4, seq);
+    header.patch<std::uint64_t>(at + 12, len);
     inflight_.emplace(seq, InFlight{std::move(t.sink), t.tag});
     auto& s = sends_.emplace_back(Send{MPI_REQUEST_NULL, std::move(t.frame)});
     check_mpi(MPI_Isend(s.buffer.data() + at, static_cast<int>(s.buffer.size() - at), MPI_BYTE, w.rank,
@@ -545,6 +548,7 @@ void serve(MPI_Comm comm, int root) {
   ::mallopt(M_TRIM_THRESHOLD, 128 << 20);
   Backoff backoff;
   Bytes in, out;
+  proto::Writer w(out);
   for (;;) {
     int flag = 0;
     MPI_Status status;
@@ -558,15 +562,15 @@ void serve(MPI_Comm comm, int root) {
     if (status.MPI_TAG == kTagExit) break;
     if (status.MPI_TAG != kTagTasks) throw ProtocolError("mpx::mpi: unexpected message from the root");
     out.clear();
-    put_le<std::uint32_t>(out, 0);
+    w.u32(0);
     std::uint32_t n = 0;
     auto flush = [&] {
       if (n == 0) return;
-      patch_le<std::uint32_t>(out, 0, n);
+      w.patch(0, n);
       check_mpi(MPI_Send(out.data(), static_cast<int>(out.size()), MPI_BYTE, root, kTagResults, comm),
                 "send results");
       out.clear();
-      put_le<std::uint32_t>(out, 0);
+      w.u32(0);
       n = 0;
     };
     Bytes result;

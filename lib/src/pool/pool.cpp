@@ -18,6 +18,7 @@
 #include <mpx/detail/timespec.hpp>
 #include <mpx/pool.hpp>
 #include <mpx/process.hpp>
+#include <mpx/proto/codec.hpp>
 #include <mpx/proto/frame.hpp>
 
 #include <fcntl.h>
@@ -135,7 +136,7 @@ std::string describe_exit(int code) {
 Bytes small_frame(std::uint8_t type) {
   Bytes f;
   std::size_t at = proto::begin_frame(f);
-  put_u8(f, type);
+  proto::Writer(f).u8(type);
   proto::end_frame(f, at);
   return f;
 }
@@ -683,7 +684,7 @@ bool PoolCore::submit(TaskSubmission* tasks, std::size_t n, bool caller_waits, b
     if (!broken) {
       for (std::size_t i = 0; i < n; ++i) {
         recs[i]->seq = next_seq_++;
-        patch_le<std::uint64_t>(recs[i]->frame, proto::kLongHeaderSize + 1, recs[i]->seq);
+        proto::Writer(recs[i]->frame).patch(proto::kLongHeaderSize + 1, recs[i]->seq);
         pending_.push_back(recs[i]);
       }
       outstanding_.fetch_add(n);
@@ -1081,7 +1082,7 @@ void PoolCore::process_frames(const WorkerPtr& w) {
     while (auto frame = with_mpx_errors([&] { return frames.next(); })) {
       auto msg = *frame;
       if (msg.empty()) throw ProtocolError("empty message");
-      ByteReader in(msg.subspan(1));
+      auto in = task_reader(msg.subspan(1));
       auto type = static_cast<std::uint8_t>(msg[0]);
       if (type == kResult) {
         std::uint64_t seq = in.u64(), ns = in.u64();
@@ -1228,9 +1229,10 @@ void PoolCore::spawn_worker(std::uint32_t index, bool direct) {
     }
     Bytes f;
     std::size_t at = proto::begin_frame(f);
-    put_u8(f, kSpawn);
-    put_le<std::uint32_t>(f, index);
-    put_le<std::uint32_t>(f, w->gen);
+    proto::Writer out(f);
+    out.u8(kSpawn);
+    out.u32(index);
+    out.u32(w->gen);
     proto::end_frame(f, at);
     try {
       ctl_send(f, sv[1]);
@@ -1407,9 +1409,10 @@ void PoolCore::signal_worker(std::uint32_t index, int sig) {
   if (!via_server) return;
   Bytes f;
   std::size_t at = proto::begin_frame(f);
-  put_u8(f, kSignal);
-  put_le<std::uint32_t>(f, index);
-  put_le<std::int32_t>(f, sig);
+  proto::Writer out(f);
+  out.u8(kSignal);
+  out.u32(index);
+  out.i32(sig);
   proto::end_frame(f, at);
   try {
     ctl_send(f);
@@ -1440,12 +1443,12 @@ void PoolCore::on_ctl_read(const boost::system::error_code& ec, std::size_t n) {
   proto::FrameReader frames(ctl_buf_.data());
   try {
     while (auto frame = with_mpx_errors([&] { return frames.next(); })) {
-      ByteReader in(*frame);
+      auto in = task_reader(*frame);
       Report r;
       r.type = in.u8();
       r.index = in.u32();
       r.gen = in.u32();
-      r.value = in.le<std::int32_t>();
+      r.value = in.i32();
       reports.push_back(r);
     }
   } catch (const ProtocolError& e) {

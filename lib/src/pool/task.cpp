@@ -219,18 +219,23 @@ TaskIndexScope::~TaskIndexScope() { t_task_index = previous_; }
 
 void encode_raised_fields(Bytes& out, std::exception_ptr e) {
   auto [type, message] = describe(std::move(e));
-  put_str(out, type);
-  put_str(out, message);
+  proto::Writer w(out);
+  w.str32(type);
+  w.str32(message);
 }
 
 void encode_raised(Bytes& out, std::exception_ptr e) {
-  put_u8(out, kResultRaised);
+  proto::Writer(out).u8(kResultRaised);
   encode_raised_fields(out, std::move(e));
 }
 
-std::exception_ptr read_raised_fields(ByteReader& in) {
-  std::string type = in.str();
-  std::string message = in.str();
+// Whatever proto found wrong, a task message that does not parse has always reached users as
+// this one error: only take() can fail on the fields the library reads.
+void truncated_task_message(const char*) { throw ProtocolError("mpx: truncated task message"); }
+
+std::exception_ptr read_raised_fields(proto::Reader& in) {
+  std::string type(in.str32());
+  std::string message(in.str32());
   return std::make_exception_ptr(RemoteError(std::move(type), std::move(message)));
 }
 
@@ -247,11 +252,11 @@ void throw_setup_error(SetupErrorKind kind, std::string message) {
   }
 }
 
-void throw_result_error(std::uint8_t status, ByteReader& in) {
+void throw_result_error(std::uint8_t status, proto::Reader& in) {
   if (status == kResultRaised) std::rethrow_exception(read_raised_fields(in));
   if (status == kResultSetupErr) {
     auto kind = static_cast<SetupErrorKind>(in.u8());
-    throw_setup_error(kind, in.str());
+    throw_setup_error(kind, std::string(in.str32()));
   }
   throw ProtocolError("mpx: unknown task result status " + std::to_string(status));
 }
@@ -260,12 +265,13 @@ void run_task(std::span<const std::byte> body, Bytes& out) {
   std::size_t mark = out.size();
   auto setup_error = [&](SetupErrorKind kind, const std::string& message) {
     out.resize(mark);
-    put_u8(out, kResultSetupErr);
-    put_u8(out, static_cast<std::uint8_t>(kind));
-    put_str(out, message);
+    proto::Writer w(out);
+    w.u8(kResultSetupErr);
+    w.u8(static_cast<std::uint8_t>(kind));
+    w.str32(message);
   };
   try {
-    ByteReader in(body);
+    auto in = task_reader(body);
     auto kind = in.u8();
     if (kind == kTaskByCode) {
       std::uint64_t module = in.u64(), offset = in.u64(), tag = in.u64();
@@ -277,7 +283,7 @@ void run_task(std::span<const std::byte> body, Bytes& out) {
       Invoker inv = resolve_invoker(module, offset, tag);
       inv(&call);
     } else if (kind == kTaskByName) {
-      std::string name = in.str();
+      std::string name(in.str32());
       std::uint64_t tag = in.u64();
       TaskCall call;
       call.index = in.u64();

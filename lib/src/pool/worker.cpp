@@ -3,6 +3,7 @@
 // the pool's process: both loops use plain system calls on their own fds.
 #include <mpx/detail/task.hpp>
 #include <mpx/process.hpp>
+#include <mpx/proto/codec.hpp>
 #include <mpx/proto/frame.hpp>
 
 #include <malloc.h>
@@ -76,7 +77,7 @@ int worker_main(int fd, Slot* slot, const ServerConfig& config) {
       (*config.initializer)();
     } catch (...) {
       std::size_t at = proto::begin_frame(out);
-      put_u8(out, kInitError);
+      proto::Writer(out).u8(kInitError);
       encode_raised_fields(out, std::current_exception());
       proto::end_frame(out, at);
       flush();
@@ -102,19 +103,19 @@ int worker_main(int fd, Slot* slot, const ServerConfig& config) {
         logger().error("pool worker: unexpected message type {} from the pool", type);
         return 2;
       }
-      std::uint64_t seq = ByteReader(msg.subspan(1, 8)).u64();
+      std::uint64_t seq = task_reader(msg.subspan(1, 8)).u64();
       slot->running.store(seq, std::memory_order_release);
       if (out.empty()) first_unflushed = last;
       std::size_t at = proto::begin_frame(out);
-      put_u8(out, kResult);
-      put_le<std::uint64_t>(out, seq);
+      proto::Writer w(out);
+      w.u8(kResult);
+      w.u64(seq);
       std::size_t time_at = out.size();
-      put_le<std::uint64_t>(out, 0);
+      w.u64(0);
       run_task(msg.subspan(9), out);
       auto now = Clock::now();
-      patch_le<std::uint64_t>(out, time_at,
-                              static_cast<std::uint64_t>(
-                                  std::chrono::duration_cast<std::chrono::nanoseconds>(now - last).count()));
+      w.patch(time_at, static_cast<std::uint64_t>(
+                           std::chrono::duration_cast<std::chrono::nanoseconds>(now - last).count()));
       last = now;
       proto::end_frame(out, at);
       slot->running.store(0, std::memory_order_release);
@@ -164,10 +165,11 @@ struct Child {
 void send_report(int ctl, std::uint8_t type, std::uint32_t index, std::uint32_t gen, std::int32_t value) {
   Bytes f;
   std::size_t at = proto::begin_frame(f);
-  put_u8(f, type);
-  put_le<std::uint32_t>(f, index);
-  put_le<std::uint32_t>(f, gen);
-  put_le<std::int32_t>(f, value);
+  proto::Writer w(f);
+  w.u8(type);
+  w.u32(index);
+  w.u32(gen);
+  w.i32(value);
   proto::end_frame(f, at);
   write_all(ctl, f.data(), f.size());
 }
@@ -229,7 +231,7 @@ int server_main(int ctl, const ServerConfig& config) {
       }
       proto::FrameReader frames(in);
       while (auto frame = frames.next()) {
-        ByteReader msg(*frame);
+        auto msg = task_reader(*frame);
         auto type = msg.u8();
         if (type == kSpawn) {
           std::uint32_t index = msg.u32(), gen = msg.u32();
@@ -260,7 +262,7 @@ int server_main(int ctl, const ServerConfig& config) {
           ::close(fd);
         } else if (type == kSignal) {
           std::uint32_t index = msg.u32();
-          int sig = static_cast<int>(msg.le<std::int32_t>());
+          int sig = static_cast<int>(msg.i32());
           for (auto& c : children)
             if (index == kAllWorkers || c.index == index) c.proc->signal(sig);
         } else if (type == kQuit) {

@@ -169,7 +169,7 @@ class MapState final : public ResultState<std::vector<R>>, public TaskSink {
   bool take_flat(std::span<const std::byte> bytes, std::size_t start, std::size_t count) {
     if constexpr (kFlat) {
       if (bytes.size() < 9 || static_cast<std::uint8_t>(bytes[0]) != kResultOk) return false;
-      ByteReader in(bytes.subspan(1));
+      auto in = task_reader(bytes.subspan(1));
       if (in.u64() != count || in.remaining() != count * sizeof(R))
         throw ProtocolError("mpx: chunk result has the wrong number of items");
       if (count) std::memcpy(flat_.data() + start, in.take(count * sizeof(R)).data(), count * sizeof(R));

@@ -14,12 +14,11 @@
 #pragma once
 
 #include <mpx/errors.hpp>
+#include <mpx/proto/codec.hpp>
 #include <mpx/serialize.hpp>
 
-#include <bit>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <exception>
 #include <functional>
 #include <optional>
@@ -36,66 +35,13 @@
 namespace mpx::detail {
 
 // ------------------------------------------------------------------------------------------
-// Little-endian fixed-width fields around the codec's payloads.
+// The fixed-width fields around the codec's payloads are proto's (codec.hpp); a task message
+// too short for what it announces is reported in the library's own words.
 // ------------------------------------------------------------------------------------------
-template <class U>
-constexpr U byteswap(U v) noexcept {
-  U r = 0;
-  for (std::size_t i = 0; i < sizeof(U); ++i) r = static_cast<U>((r << 8) | ((v >> (8 * i)) & 0xff));
-  return r;
+[[noreturn]] void truncated_task_message(const char* what);  // lib/src/pool/task.cpp
+inline proto::Reader task_reader(std::span<const std::byte> in) noexcept {
+  return proto::Reader(in, &truncated_task_message);
 }
-
-template <class U>
-inline void put_le(Bytes& out, U v) {
-  static_assert(std::is_integral_v<U>);
-  if constexpr (std::endian::native == std::endian::big) v = detail::byteswap(v);
-  auto at = out.size();
-  out.resize(at + sizeof(U));
-  std::memcpy(out.data() + at, &v, sizeof(U));
-}
-template <class U>
-inline void patch_le(Bytes& out, std::size_t at, U v) {
-  if constexpr (std::endian::native == std::endian::big) v = detail::byteswap(v);
-  std::memcpy(out.data() + at, &v, sizeof(U));
-}
-inline void put_u8(Bytes& out, std::uint8_t v) { out.push_back(static_cast<std::byte>(v)); }
-inline void put_str(Bytes& out, std::string_view s) {
-  put_le<std::uint32_t>(out, static_cast<std::uint32_t>(s.size()));
-  auto* p = reinterpret_cast<const std::byte*>(s.data());
-  out.insert(out.end(), p, p + s.size());
-}
-
-class ByteReader {
- public:
-  explicit ByteReader(std::span<const std::byte> in) : in_(in) {}
-  std::uint8_t u8() { return static_cast<std::uint8_t>(take(1)[0]); }
-  template <class U>
-  U le() {
-    U v;
-    std::memcpy(&v, take(sizeof(U)).data(), sizeof(U));
-    if constexpr (std::endian::native == std::endian::big) v = detail::byteswap(v);
-    return v;
-  }
-  std::uint32_t u32() { return le<std::uint32_t>(); }
-  std::uint64_t u64() { return le<std::uint64_t>(); }
-  std::string str() {
-    auto n = u32();
-    auto b = take(n);
-    return {reinterpret_cast<const char*>(b.data()), b.size()};
-  }
-  std::span<const std::byte> take(std::uint64_t n) {
-    if (n > remaining()) throw ProtocolError("mpx: truncated task message");
-    auto s = in_.subspan(pos_, static_cast<std::size_t>(n));
-    pos_ += static_cast<std::size_t>(n);
-    return s;
-  }
-  std::span<const std::byte> rest() { return take(remaining()); }
-  std::size_t remaining() const { return in_.size() - pos_; }
-
- private:
-  std::span<const std::byte> in_;
-  std::size_t pos_ = 0;
-};
 
 // ------------------------------------------------------------------------------------------
 // Code identity (lib/src/pool/task.cpp).
@@ -161,9 +107,9 @@ class TaskIndexScope {
 // Appends kResultRaised for the exception (demangled dynamic type name + what()).
 void encode_raised(Bytes& out, std::exception_ptr e);
 void encode_raised_fields(Bytes& out, std::exception_ptr e);  // type + message only
-std::exception_ptr read_raised_fields(ByteReader& in);        // -> RemoteError
+std::exception_ptr read_raised_fields(proto::Reader& in);     // -> RemoteError
 // Throws what a non-ok result stands for.
-[[noreturn]] void throw_result_error(std::uint8_t status, ByteReader& in);
+[[noreturn]] void throw_result_error(std::uint8_t status, proto::Reader& in);
 // An error raised while setting a task up, before user code runs.
 [[noreturn]] void throw_setup_error(SetupErrorKind kind, std::string message);
 
@@ -219,10 +165,11 @@ inline constexpr bool all_cereal = (!use_boost_serialization<std::remove_cvref_t
 
 template <class T>
 void encode_prefixed(Bytes& out, const T& v) {
+  proto::Writer w(out);
   auto at = out.size();
-  put_le<std::uint64_t>(out, 0);
+  w.u64(0);
   encode_append(out, v);
-  patch_le<std::uint64_t>(out, at, out.size() - at - 8);
+  w.patch<std::uint64_t>(at, out.size() - at - 8);
 }
 
 template <class... A>
@@ -254,7 +201,7 @@ std::tuple<A...> decode_args(std::span<const std::byte> bytes) {
     }
     if (ar.remaining() != 0) throw ProtocolError("mpx: trailing bytes after task arguments");
   } else {
-    ByteReader in(bytes);
+    auto in = task_reader(bytes);
     std::apply([&](auto&... x) { ((x = decode<std::remove_cvref_t<decltype(x)>>(in.take(in.u64()))), ...); },
                t);
     if (in.remaining() != 0) throw ProtocolError("mpx: trailing bytes after task arguments");
@@ -267,7 +214,7 @@ std::tuple<A...> decode_args(std::span<const std::byte> bytes) {
 template <class T, class It>
 void encode_seq(Bytes& out, It first, std::size_t n) {
   if constexpr (!all_cereal<T>) {
-    put_le<std::uint64_t>(out, n);
+    proto::Writer(out).u64(n);
     for (std::size_t i = 0; i < n; ++i, ++first) encode_prefixed(out, static_cast<const T&>(*first));
   } else {
     require_transferable<T>();
@@ -299,7 +246,7 @@ std::vector<T> decode_seq(std::span<const std::byte> bytes) {
   if constexpr (all_cereal<T>) {
     return decode<std::vector<T>>(bytes);
   } else {
-    ByteReader in(bytes);
+    auto in = task_reader(bytes);
     auto n = in.u64();
     if (n > in.remaining()) throw ProtocolError("mpx: element count exceeds the input");
     std::vector<T> v;
@@ -316,18 +263,16 @@ void encode_fn(Bytes& out, const D& f) {
   constexpr FnKind kind = fn_kind<D>();
   if constexpr (kind == FnKind::pointer) {
     CodeRef r = code_ref(reinterpret_cast<std::uintptr_t>(f));
-    put_le<std::uint64_t>(out, r.module);
-    put_le<std::uint64_t>(out, r.offset);
+    proto::Writer w(out);
+    w.u64(r.module);
+    w.u64(r.offset);
   } else if constexpr (kind == FnKind::stateful) {
-    auto at = out.size();
-    put_le<std::uint64_t>(out, 0);
-    encode_append(out, f);
-    patch_le<std::uint64_t>(out, at, out.size() - at - 8);
+    encode_prefixed(out, f);
   }
 }
 
 template <class D>
-D decode_fn(ByteReader& in) {
+D decode_fn(proto::Reader& in) {
   constexpr FnKind kind = fn_kind<D>();
   if constexpr (kind == FnKind::pointer) {
     CodeRef r{in.u64(), in.u64()};
@@ -380,7 +325,7 @@ struct InvokerTag {};
 template <class D, class... A>
 std::uint64_t call_invoker(const TaskCall* call) {
   if (!call) return type_tag<InvokerTag<D, A...>>();
-  ByteReader in(call->payload);
+  auto in = task_reader(call->payload);
   D f = decode_fn<D>(in);
   auto args = decode_args<A...>(in.rest());
   Bytes& out = *call->out;
@@ -390,10 +335,10 @@ std::uint64_t call_invoker(const TaskCall* call) {
   try {
     if constexpr (std::is_void_v<R>) {
       call_fn(f, args);
-      put_u8(out, kResultOk);
+      proto::Writer(out).u8(kResultOk);
     } else {
       R r = call_fn(f, args);
-      put_u8(out, kResultOk);
+      proto::Writer(out).u8(kResultOk);
       encode_append(out, r);
     }
   } catch (...) {
@@ -407,7 +352,7 @@ std::uint64_t call_invoker(const TaskCall* call) {
 template <class D, class Item, bool Star>
 std::uint64_t chunk_invoker(const TaskCall* call) {
   if (!call) return type_tag<InvokerTag<D, Item, std::bool_constant<Star>>>();
-  ByteReader in(call->payload);
+  auto in = task_reader(call->payload);
   D f = decode_fn<D>(in);
   auto items = decode_seq<Item>(in.rest());
   if (items.size() != call->count) throw ProtocolError("mpx: chunk item count does not match its header");
@@ -429,31 +374,32 @@ std::uint64_t chunk_invoker(const TaskCall* call) {
   std::size_t mark = out.size();
   if (errors.empty()) {
     try {
-      put_u8(out, kResultOk);
+      proto::Writer(out).u8(kResultOk);
       encode_seq<R>(out, results.begin(), results.size());
       return 0;
     } catch (...) {
       out.resize(mark);  // some item cannot be encoded: find which, item by item
     }
   }
-  put_u8(out, kResultMixed);
-  put_le<std::uint64_t>(out, results.size());
+  proto::Writer w(out);
+  w.u8(kResultMixed);
+  w.u64(results.size());
   std::size_t e = 0;
   for (std::size_t i = 0; i < results.size(); ++i) {
     if (e < errors.size() && errors[e].first == i) {
-      put_u8(out, 1);
+      w.u8(1);
       encode_raised_fields(out, errors[e++].second);
       continue;
     }
     std::size_t item_mark = out.size();
     try {
-      put_u8(out, 0);
-      put_le<std::uint64_t>(out, 0);
+      w.u8(0);
+      w.u64(0);
       encode_append<R>(out, results[i]);
-      patch_le<std::uint64_t>(out, item_mark + 1, out.size() - item_mark - 9);
+      w.patch<std::uint64_t>(item_mark + 1, out.size() - item_mark - 9);
     } catch (...) {
       out.resize(item_mark);
-      put_u8(out, 1);
+      w.u8(1);
       encode_raised_fields(out, std::current_exception());
     }
   }
@@ -475,11 +421,12 @@ void write_code_header(Bytes& out, std::uint64_t index, std::uint32_t count) {
   std::size_t at = out.size();
   out.resize(at + 1 + 4 * 8 + 4);  // one resize for the whole header: it is on every task's path
   out[at] = static_cast<std::byte>(kTaskByCode);
-  patch_le<std::uint64_t>(out, at + 1, ref.module);
-  patch_le<std::uint64_t>(out, at + 9, ref.offset);
-  patch_le<std::uint64_t>(out, at + 17, tag);
-  patch_le<std::uint64_t>(out, at + 25, index);
-  patch_le<std::uint32_t>(out, at + 33, count);
+  proto::Writer w(out);
+  w.patch(at + 1, ref.module);
+  w.patch(at + 9, ref.offset);
+  w.patch(at + 17, tag);
+  w.patch(at + 25, index);
+  w.patch(at + 33, count);
 }
 
 // Encodes f(args...) as a task body.
@@ -505,7 +452,7 @@ void encode_chunk_task(Bytes& out, const F& f, std::uint64_t index, It first, st
 // ------------------------------------------------------------------------------------------
 template <class R>
 R decode_call_result(std::span<const std::byte> bytes) {
-  ByteReader in(bytes);
+  auto in = task_reader(bytes);
   auto st = in.u8();
   if (st != kResultOk) throw_result_error(st, in);
   if constexpr (!std::is_void_v<R>) return decode<R>(in.rest());
@@ -522,7 +469,7 @@ struct ChunkOutcome {
 template <class R>
 ChunkOutcome<R> decode_chunk_result(std::span<const std::byte> bytes, std::size_t count) {
   ChunkOutcome<R> o;
-  ByteReader in(bytes);
+  auto in = task_reader(bytes);
   auto st = in.u8();
   if (st == kResultOk) {
     o.values = decode_seq<R>(in.rest());
@@ -617,10 +564,10 @@ NamedTask make_named_task(F f) {
     try {
       if constexpr (std::is_void_v<R>) {
         std::apply(f, std::move(args));
-        put_u8(out, kResultOk);
+        proto::Writer(out).u8(kResultOk);
       } else {
         R r = std::apply(f, std::move(args));
-        put_u8(out, kResultOk);
+        proto::Writer(out).u8(kResultOk);
         encode_append(out, r);
       }
     } catch (...) {
@@ -634,11 +581,12 @@ NamedTask make_named_task(F f) {
 // Encodes a call of the task registered as `name`, with the submitter's view of its signature.
 template <class R, class... Args>
 void encode_named_task(Bytes& out, std::string_view name, std::uint64_t index, const Args&... args) {
-  put_u8(out, kTaskByName);
-  put_str(out, name);
-  put_le<std::uint64_t>(out, named_signature_tag<R, Args...>());
-  put_le<std::uint64_t>(out, index);
-  put_le<std::uint32_t>(out, 1);
+  proto::Writer w(out);
+  w.u8(kTaskByName);
+  w.str32(name);
+  w.u64(named_signature_tag<R, Args...>());
+  w.u64(index);
+  w.u32(1);
   encode_args<std::decay_t<Args>...>(out, args...);
 }
 
