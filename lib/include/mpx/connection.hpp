@@ -39,6 +39,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -207,7 +208,7 @@ class ErasedHandler {
 
   template <class Handler>
   ErasedHandler(Handler&& handler, const executor_type& fallback)
-      : executor_(boost::asio::get_associated_executor(handler, fallback)),
+      : executor_(held_executor(handler, fallback)),
         impl_(std::make_unique<Impl<std::decay_t<Handler>>>(std::forward<Handler>(handler))) {}
 
   executor_type get_executor() const noexcept { return executor_; }
@@ -229,6 +230,18 @@ class ErasedHandler {
     void call(Args&&... args) override { std::move(handler)(std::move(args)...); }
     Handler handler;
   };
+
+  // An executor that is not an I/O executor (use_future's runs the handler inline, wherever
+  // the result is set) cannot be held here; the connection's executor is then the context the
+  // handler would have run in anyway.
+  template <class Handler>
+  static executor_type held_executor(const Handler& handler, const executor_type& fallback) {
+    auto executor = boost::asio::get_associated_executor(handler, fallback);
+    if constexpr (std::is_constructible_v<executor_type, decltype(executor)>)
+      return executor_type(std::move(executor));
+    else
+      return fallback;
+  }
 
   executor_type executor_;
   std::unique_ptr<Base> impl_;
