@@ -17,21 +17,19 @@
 #include <mpx/serialize.hpp>
 #include <mpx/timeout.hpp>
 
+// Only the vocabulary of the async members lives here (executor, completion tokens, error
+// codes); the socket and composed-operation machinery is compiled once, in connection.cpp,
+// so a TU that includes this header does not pay for it.
 // GCC's -Wnull-dereference flags code inlined from Asio's scheduler; the pragma keeps
 // users' -Werror builds working (it takes effect where those headers are first included).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wnull-dereference"
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
-#include <boost/asio/buffer.hpp>
-#include <boost/asio/compose.hpp>
 #include <boost/asio/error.hpp>
-#include <boost/asio/generic/stream_protocol.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/write.hpp>
 #pragma GCC diagnostic pop
 
-#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -41,6 +39,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -74,7 +73,6 @@ class Address {
 
 namespace detail {
 struct ConnectionState;
-using AsyncSocket = boost::asio::generic::stream_protocol::socket;
 }  // namespace detail
 
 class Connection;
@@ -199,75 +197,66 @@ Connection Client(const Address& address, std::optional<std::string> authkey = {
 
 namespace detail {
 
-// Hooks the asynchronous operations below use; defined in connection.cpp.
-AsyncSocket& async_socket(ConnectionState& s);  // StateError unless open and rebound
-bool async_usable(const ConnectionState& s) noexcept;
-std::array<boost::asio::const_buffer, 2> async_send_buffers(ConnectionState& s,
-                                                            std::span<const std::byte> message);
+// A completion handler behind one virtual call, carrying the executor it must complete on.
+// The asynchronous operations are instantiated once in connection.cpp for this type rather
+// than in every TU for every token; the handler's own executor is captured here, where its
+// type is still known, so completions land where the token expects them.
+template <class... Args>
+class ErasedHandler {
+ public:
+  using executor_type = boost::asio::any_io_executor;
 
-struct AsyncRecvNext {
-  boost::asio::mutable_buffer buffer;  // read into this, then async_recv_commit
-  boost::system::error_code error;     // the message cannot be received (connection now closed)
-  bool done = false;                   // a whole message is ready: async_recv_take
-};
-void async_recv_begin(ConnectionState& s);
-AsyncRecvNext async_recv_next(ConnectionState& s);
-void async_recv_commit(ConnectionState& s, std::size_t n);
-Bytes async_recv_take(ConnectionState& s);
+  template <class Handler>
+  ErasedHandler(Handler&& handler, const executor_type& fallback)
+      : executor_(held_executor(handler, fallback)),
+        impl_(std::make_unique<Impl<std::decay_t<Handler>>>(std::forward<Handler>(handler))) {}
 
-struct AsyncSendOp {
-  std::shared_ptr<ConnectionState> state;
-  std::array<boost::asio::const_buffer, 2> buffers;
-  bool started = false;
+  executor_type get_executor() const noexcept { return executor_; }
 
-  template <class Self>
-  void operator()(Self& self, boost::system::error_code ec = {}, std::size_t = 0) {
-    if (!started) {
-      started = true;
-      boost::asio::async_write(async_socket(*state), buffers, std::move(self));
-      return;
-    }
-    self.complete(ec);
+  void operator()(Args... args) {
+    auto impl = std::move(impl_);  // a handler runs once; free it even if it throws
+    impl->call(std::move(args)...);
   }
-};
 
-struct AsyncRecvOp {
-  enum class Phase { start, reading, finish };
-  std::shared_ptr<ConnectionState> state;
-  Phase phase = Phase::start;
-  boost::system::error_code result{};
+ private:
+  struct Base {
+    virtual ~Base() = default;
+    virtual void call(Args&&... args) = 0;
+  };
+  template <class Handler>
+  struct Impl final : Base {
+    template <class H>
+    explicit Impl(H&& h) : handler(std::forward<H>(h)) {}
+    void call(Args&&... args) override { std::move(handler)(std::move(args)...); }
+    Handler handler;
+  };
 
-  template <class Self>
-  void operator()(Self& self, boost::system::error_code ec = {}, std::size_t n = 0) {
-    switch (phase) {
-      case Phase::start:
-        async_recv_begin(*state);
-        break;
-      case Phase::reading:
-        if (!async_usable(*state)) return self.complete(boost::asio::error::operation_aborted, Bytes{});
-        if (ec) return self.complete(ec, Bytes{});
-        async_recv_commit(*state, n);
-        break;
-      case Phase::finish:
-        if (result) return self.complete(result, Bytes{});
-        return self.complete(result, async_recv_take(*state));
-    }
-    auto next = async_recv_next(*state);
-    if (next.error || next.done) {
-      result = next.error;
-      if (phase == Phase::start) {  // never complete inside the initiating call
-        phase = Phase::finish;
-        boost::asio::post(std::move(self));
-        return;
-      }
-      phase = Phase::finish;
-      (*this)(self);
-      return;
-    }
-    phase = Phase::reading;
-    async_socket(*state).async_read_some(next.buffer, std::move(self));
+  // An executor that is not an I/O executor (use_future's runs the handler inline, wherever
+  // the result is set) cannot be held here; the connection's executor is then the context the
+  // handler would have run in anyway.
+  template <class Handler>
+  static executor_type held_executor(const Handler& handler, const executor_type& fallback) {
+    auto executor = boost::asio::get_associated_executor(handler, fallback);
+    if constexpr (std::is_constructible_v<executor_type, decltype(executor)>)
+      return executor_type(std::move(executor));
+    else
+      return fallback;
   }
+
+  executor_type executor_;
+  std::unique_ptr<Base> impl_;
 };
+
+using SendHandler = ErasedHandler<boost::system::error_code>;
+using RecvHandler = ErasedHandler<boost::system::error_code, Bytes>;
+
+// Defined in connection.cpp. The checks run when the operation is requested (StateError
+// unless open and rebound; the send also needs a writable end), as before a deferred token
+// such as use_awaitable starts it.
+void async_send_prepare(ConnectionState& s, std::span<const std::byte> message);
+void async_recv_prepare(ConnectionState& s);
+void async_send_start(const std::shared_ptr<ConnectionState>& s, SendHandler handler);
+void async_recv_start(const std::shared_ptr<ConnectionState>& s, RecvHandler handler);
 
 }  // namespace detail
 
@@ -286,17 +275,22 @@ T Connection::recv() {
 
 template <class Token>
 auto Connection::async_send_bytes(std::span<const std::byte> message, Token&& token) {
-  auto& socket = detail::async_socket(live());
-  auto buffers = detail::async_send_buffers(*s_, message);
-  return boost::asio::async_compose<Token, void(boost::system::error_code)>(detail::AsyncSendOp{s_, buffers},
-                                                                            token, socket);
+  detail::async_send_prepare(live(), message);
+  return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
+      [state = s_, executor = get_executor()](auto handler) {
+        detail::async_send_start(state, detail::SendHandler(std::move(handler), executor));
+      },
+      token);
 }
 
 template <class Token>
 auto Connection::async_recv_bytes(Token&& token) {
-  auto& socket = detail::async_socket(live());
-  return boost::asio::async_compose<Token, void(boost::system::error_code, Bytes)>(
-      detail::AsyncRecvOp{s_, detail::AsyncRecvOp::Phase::start, {}}, token, socket);
+  detail::async_recv_prepare(live());
+  return boost::asio::async_initiate<Token, void(boost::system::error_code, Bytes)>(
+      [state = s_, executor = get_executor()](auto handler) {
+        detail::async_recv_start(state, detail::RecvHandler(std::move(handler), executor));
+      },
+      token);
 }
 
 }  // namespace mpx

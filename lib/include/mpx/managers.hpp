@@ -748,8 +748,8 @@ class Server {
   const Address& address() const;
   // Register before serve_forever().
   template <class T>
-  detail::TypeRegistration<T> register_type(std::string name) {
-    return detail::TypeRegistration<T>(types_->add(std::move(name), detail::wire_type_tag<T>()));
+  TypeRegistration<T> register_type(std::string name) {
+    return TypeRegistration<T>(types_->add(std::move(name), detail::wire_type_tag<T>()));
   }
   // The most bytes (encoded items) any one queue may hold, 1 GiB unless set (before
   // serve_forever()). Past it an unbounded queue's put throws Full at once and a bounded
@@ -784,8 +784,8 @@ class Server {
 
 // For the private server of Manager(): register in the parent before constructing it.
 template <class T>
-detail::TypeRegistration<T> register_type(std::string name) {
-  return detail::TypeRegistration<T>(
+TypeRegistration<T> register_type(std::string name) {
+  return TypeRegistration<T>(
       detail::global_type_registry()->add(std::move(name), detail::wire_type_tag<T>()));
 }
 

@@ -89,19 +89,35 @@ class Pool : public detail::PoolApi<detail::PoolCore> {
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
 
-  // From PoolApi (<mpx/detail/pool_api.hpp>), with the same rules as Python's Pool:
-  //   apply(f, args...)                 -> f's result (blocks)
-  //   apply_async(f, args...)           -> AsyncResult<R>
-  //   map / starmap(f, range, chunksize = 0)        -> std::vector<R>, in input order
-  //   map_async / starmap_async(f, range, chunksize = 0) -> AsyncResult<std::vector<R>>
-  //   imap / imap_unordered(f, range, chunksize = 1)     -> a lazy input range of R
-  //   processes()
-  // chunksize 0 is Python's rule, ceil(len / (4 * processes())). imap* read the input lazily in
-  // the iterating thread with a bounded number of tasks in flight; an rvalue range is kept alive
-  // by the result, which must not outlive the pool. A failed item rethrows from operator* and
-  // iteration may go on (a WorkerLost fails every item of its chunk). Feeding goes on after
-  // close(); after join()/terminate()/~Pool the first item that could not be sent throws
-  // StateError and the range ends there.
+  // The submitting members, with the same rules as Python's Pool. They are written once for
+  // this pool and the MPI one (<mpx/detail/pool_api.hpp>); the using-declarations make them
+  // Pool's own, so they are found, documented and named here. R is f's decayed result.
+
+  // template <class F, class... Args> R apply(F f, Args&&... args);    f(args...) in a worker; blocks
+  using PoolApi::apply;
+  // template <class F, class... Args> AsyncResult<R> apply_async(F f, Args&&... args);
+  using PoolApi::apply_async;
+  // template <class F, class Range> std::vector<R> map(F f, Range&& xs, std::size_t chunksize = 0);
+  // in input order; chunksize 0 is Python's rule, ceil(len / (4 * processes())).
+  using PoolApi::map;
+  // template <class F, class Range> AsyncResult<std::vector<R>> map_async(F f, Range&& xs, std::size_t chunksize = 0);
+  using PoolApi::map_async;
+  // template <class F, class Range> std::vector<R> starmap(F f, Range&& tuples, std::size_t chunksize = 0);
+  // f(get<0>(t), get<1>(t), ...) for each tuple-like item t.
+  using PoolApi::starmap;
+  // template <class F, class Range> AsyncResult<std::vector<R>> starmap_async(F f, Range&& tuples, std::size_t chunksize = 0);
+  using PoolApi::starmap_async;
+  // template <class F, class Range> /*input range of R*/ auto imap(F f, Range&& xs, std::size_t chunksize = 1);
+  // template <class F, class Range> /*input range of R*/ auto imap_unordered(F f, Range&& xs, std::size_t chunksize = 1);
+  // They read the input lazily in the iterating thread with a bounded number of tasks in flight;
+  // an rvalue range is kept alive by the result, which must not outlive the pool. A failed item
+  // rethrows from operator* and iteration may go on (a WorkerLost fails every item of its chunk).
+  // Feeding goes on after close(); after join()/terminate()/~Pool the first item that could not
+  // be sent throws StateError and the range ends there.
+  using PoolApi::imap;
+  using PoolApi::imap_unordered;
+  // unsigned processes() const noexcept;
+  using PoolApi::processes;
 
   void close();      // no more submissions (StateError after)
   void terminate();  // stop the workers now; pending results fail with StateError

@@ -8,6 +8,16 @@
 #include "common/log.hpp"
 #include "ipc/wire_errors.hpp"
 
+// GCC's -Wnull-dereference flags code inlined from Asio's scheduler.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnull-dereference"
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/compose.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/write.hpp>
+#pragma GCC diagnostic pop
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -23,6 +33,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -235,6 +246,8 @@ void set_nodelay(int fd) {
 
 namespace detail {
 
+using AsyncSocket = boost::asio::generic::stream_protocol::socket;
+
 struct ConnectionState {
   int fd = -1;
   bool readable = true;
@@ -253,6 +266,7 @@ struct ConnectionState {
   std::unique_ptr<AsyncSocket> socket;
   pid_t socket_owner = 0;  // the process that registered it with its io_context
   proto::FrameHeader send_header{0};
+  std::span<const std::byte> send_message;  // the caller keeps it alive until completion
 
   // The asynchronous receive in progress.
   bool recv_payload = false;   // past the header
@@ -498,7 +512,9 @@ struct TimedChannel {
   Bytes recv_bytes(std::optional<std::size_t> maxlength) { return s.recv_bytes(maxlength, &deadline); }
 };
 
-// --- hooks for the asynchronous operations in connection.hpp
+// --- the asynchronous operations behind Connection::async_send_bytes / async_recv_bytes
+
+namespace {
 
 AsyncSocket& async_socket(ConnectionState& s) {
   s.check_open();
@@ -509,14 +525,6 @@ AsyncSocket& async_socket(ConnectionState& s) {
 
 bool async_usable(const ConnectionState& s) noexcept { return s.fd >= 0 && s.socket != nullptr; }
 
-std::array<boost::asio::const_buffer, 2> async_send_buffers(ConnectionState& s,
-                                                            std::span<const std::byte> message) {
-  s.check_writable();
-  s.send_header = proto::FrameHeader(message.size());
-  return {boost::asio::buffer(s.send_header.bytes().data(), s.send_header.size()),
-          boost::asio::buffer(message.data(), message.size())};
-}
-
 void async_recv_begin(ConnectionState& s) {
   s.check_readable();
   s.compact();
@@ -525,6 +533,12 @@ void async_recv_begin(ConnectionState& s) {
   s.recv_filled = 0;
   s.recv_out = Bytes();
 }
+
+struct AsyncRecvNext {
+  boost::asio::mutable_buffer buffer;  // read into this, then async_recv_commit
+  boost::system::error_code error;     // the message cannot be received (connection now closed)
+  bool done = false;                   // a whole message is ready: async_recv_take
+};
 
 AsyncRecvNext async_recv_next(ConnectionState& s) {
   if (!s.recv_payload) {
@@ -585,6 +599,86 @@ Bytes async_recv_take(ConnectionState& s) {
   s.recv_payload = false;
   if (s.rpos == s.rend) s.rpos = s.rend = 0;
   return std::move(s.recv_out);
+}
+
+struct AsyncSendOp {
+  std::shared_ptr<ConnectionState> state;
+  std::array<boost::asio::const_buffer, 2> buffers;
+  bool started = false;
+
+  template <class Self>
+  void operator()(Self& self, boost::system::error_code ec = {}, std::size_t = 0) {
+    if (!started) {
+      started = true;
+      boost::asio::async_write(async_socket(*state), buffers, std::move(self));
+      return;
+    }
+    self.complete(ec);
+  }
+};
+
+struct AsyncRecvOp {
+  enum class Phase { start, reading, finish };
+  std::shared_ptr<ConnectionState> state;
+  Phase phase = Phase::start;
+  boost::system::error_code result{};
+
+  template <class Self>
+  void operator()(Self& self, boost::system::error_code ec = {}, std::size_t n = 0) {
+    switch (phase) {
+      case Phase::start:
+        async_recv_begin(*state);
+        break;
+      case Phase::reading:
+        if (!async_usable(*state)) return self.complete(boost::asio::error::operation_aborted, Bytes{});
+        if (ec) return self.complete(ec, Bytes{});
+        async_recv_commit(*state, n);
+        break;
+      case Phase::finish:
+        if (result) return self.complete(result, Bytes{});
+        return self.complete(result, async_recv_take(*state));
+    }
+    auto next = async_recv_next(*state);
+    if (next.error || next.done) {
+      result = next.error;
+      if (phase == Phase::start) {  // never complete inside the initiating call
+        phase = Phase::finish;
+        boost::asio::post(std::move(self));
+        return;
+      }
+      phase = Phase::finish;
+      (*this)(self);
+      return;
+    }
+    phase = Phase::reading;
+    async_socket(*state).async_read_some(next.buffer, std::move(self));
+  }
+};
+
+}  // namespace
+
+void async_send_prepare(ConnectionState& s, std::span<const std::byte> message) {
+  async_socket(s);
+  s.check_writable();
+  s.send_header = proto::FrameHeader(message.size());
+  s.send_message = message;
+}
+
+void async_recv_prepare(ConnectionState& s) { async_socket(s); }
+
+void async_send_start(const std::shared_ptr<ConnectionState>& s, SendHandler handler) {
+  auto& socket = async_socket(*s);
+  std::array<boost::asio::const_buffer, 2> buffers{
+      boost::asio::buffer(s->send_header.bytes().data(), s->send_header.size()),
+      boost::asio::buffer(s->send_message.data(), s->send_message.size())};
+  boost::asio::async_compose<SendHandler, void(boost::system::error_code)>(AsyncSendOp{s, buffers}, handler,
+                                                                           socket);
+}
+
+void async_recv_start(const std::shared_ptr<ConnectionState>& s, RecvHandler handler) {
+  auto& socket = async_socket(*s);
+  boost::asio::async_compose<RecvHandler, void(boost::system::error_code, Bytes)>(
+      AsyncRecvOp{s, AsyncRecvOp::Phase::start, {}}, handler, socket);
 }
 
 }  // namespace detail

@@ -58,11 +58,16 @@ class TypeRegistry {
 // The table a private Manager() server starts with (it is copied into the forked server).
 std::shared_ptr<TypeRegistry> global_type_registry();
 
+}  // namespace mpx::detail
+
+namespace mpx {
+
 // What register_type<T>(name) returns: add methods (and constructors beyond the default one).
+// Public, so users can name the type they hold while chaining registrations.
 template <class T>
 class TypeRegistration {
  public:
-  explicit TypeRegistration(std::shared_ptr<RegisteredType> t) : t_(std::move(t)) {
+  explicit TypeRegistration(std::shared_ptr<detail::RegisteredType> t) : t_(std::move(t)) {
     if constexpr (std::is_default_constructible_v<T>) constructor<>();
   }
 
@@ -70,16 +75,16 @@ class TypeRegistration {
   template <class... Args>
   TypeRegistration& constructor() {
     static_assert(std::is_constructible_v<T, Args...>, "mpx::register_type: T has no such constructor");
-    (require_transferable<std::decay_t<Args>>(), ...);
+    (detail::require_transferable<std::decay_t<Args>>(), ...);
     t_->constructors.push_back(
-        {wire_type_tags<std::decay_t<Args>...>(), [](std::span<const std::byte> args) {
+        {detail::wire_type_tags<std::decay_t<Args>...>(), [](std::span<const std::byte> args) {
            auto tuple = decode<std::tuple<std::decay_t<Args>...>>(args);
            try {
              return std::apply(
                  [](auto&&... a) -> std::shared_ptr<void> { return std::make_shared<T>(std::move(a)...); },
                  std::move(tuple));
            } catch (...) {
-             rethrow_as_remote();
+             detail::rethrow_as_remote();
            }
          }});
     return *this;
@@ -106,11 +111,11 @@ class TypeRegistration {
   template <class R, class... A, class F>
   TypeRegistration& add_method(std::string name, F f) {
     using Result = std::decay_t<R>;
-    if constexpr (!std::is_void_v<Result>) require_transferable<Result>();
-    (require_transferable<std::decay_t<A>>(), ...);
-    RegisteredType::Method m;
-    m.args_tag = wire_type_tags<std::decay_t<A>...>();
-    m.result_tag = wire_type_tag<Result>();
+    if constexpr (!std::is_void_v<Result>) detail::require_transferable<Result>();
+    (detail::require_transferable<std::decay_t<A>>(), ...);
+    detail::RegisteredType::Method m;
+    m.args_tag = detail::wire_type_tags<std::decay_t<A>...>();
+    m.result_tag = detail::wire_type_tag<Result>();
     m.invoke = [f](void* self, std::span<const std::byte> args) -> Bytes {
       auto tuple = decode<std::tuple<std::decay_t<A>...>>(args);
       auto call = [&](auto&... a) -> decltype(auto) {
@@ -120,7 +125,7 @@ class TypeRegistration {
         try {
           std::apply(call, tuple);
         } catch (...) {
-          rethrow_as_remote();
+          detail::rethrow_as_remote();
         }
         return {};
       } else {
@@ -128,7 +133,7 @@ class TypeRegistration {
         try {
           result.emplace(std::apply(call, tuple));
         } catch (...) {
-          rethrow_as_remote();
+          detail::rethrow_as_remote();
         }
         return encode<Result>(*result);
       }
@@ -137,7 +142,13 @@ class TypeRegistration {
     return *this;
   }
 
-  std::shared_ptr<RegisteredType> t_;
+  std::shared_ptr<detail::RegisteredType> t_;
 };
 
-}  // namespace mpx::detail
+namespace detail {
+// The name this type had before it was public; kept so code that spelled it still compiles.
+template <class T>
+using TypeRegistration = mpx::TypeRegistration<T>;
+}  // namespace detail
+
+}  // namespace mpx
