@@ -42,7 +42,8 @@ inline std::string read_authkey_file(const std::string& path) {
     // A socket file cannot be opened at all (ENXIO): name what is there rather than the errno.
     struct stat lst {};
     if (::lstat(path.c_str(), &lst) == 0 && !S_ISREG(lst.st_mode))
-      throw AuthkeyFileError("authkey file " + path + " is " + file_kind(lst.st_mode) + ", not a regular file");
+      throw AuthkeyFileError("authkey file " + path + " is " + file_kind(lst.st_mode) +
+                             ", not a regular file");
     throw AuthkeyFileError("cannot open authkey file " + path + ": " + std::strerror(err));
   }
   struct stat st {};
@@ -53,8 +54,7 @@ inline std::string read_authkey_file(const std::string& path) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    throw AuthkeyFileError("authkey file " + path + " is " + file_kind(st.st_mode) +
-                           ", not a regular file");
+    throw AuthkeyFileError("authkey file " + path + " is " + file_kind(st.st_mode) + ", not a regular file");
   }
   if (st.st_mode & 077) {
     ::close(fd);

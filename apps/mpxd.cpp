@@ -175,9 +175,10 @@ int main(int argc, char** argv) {
   limits.handshake_timeout = std::chrono::seconds(handshake_timeout_s);
   server->set_limits(limits);
   if (address->kind() == mpx::Address::Kind::abstract)
-    log->warn("{} is an abstract socket: it has no file permissions, so any local user can connect "
-              "(the authkey still guards every object)",
-              address->str());
+    log->warn(
+        "{} is an abstract socket: it has no file permissions, so any local user can connect "
+        "(the authkey still guards every object)",
+        address->str());
   try {
     log->info("mpxd {} serving on {} (pid {})", MPX_VERSION, server->address().str(), ::getpid());
     server->serve_forever();

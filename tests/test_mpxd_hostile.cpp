@@ -8,14 +8,14 @@
 #include <mpx/proto/manager.hpp>
 
 #include <doctest/doctest.h>
-#include <raw_manager.hpp>
 #include <poll.h>
 #include <signal.h>
-#include <support.hpp>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <raw_manager.hpp>
+#include <support.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -50,7 +50,8 @@ struct Daemon {
     const std::string hint = "build the mpxd target first: " + kMpxd;
     REQUIRE_MESSAGE(fs::exists(kMpxd), hint);
     std::string key = mpx::test::write_file(dir / "key", kKey, 0600);
-    std::vector<std::string> args{kMpxd, "--address", "unix:" + sock, "--authkey-file", key, "--log-level", "info"};
+    std::vector<std::string> args{kMpxd, "--address",   "unix:" + sock, "--authkey-file",
+                                  key,   "--log-level", "info"};
     args.insert(args.end(), extra.begin(), extra.end());
     if (fd_limit > 0) {
       std::string cmd = "ulimit -n " + std::to_string(fd_limit) + " && exec";
@@ -88,7 +89,9 @@ mpx::Bytes call_ok(mpx::Connection& c, const mpx::Bytes& req) {
   return reply.body;
 }
 
-std::span<const std::byte> as_bytes(std::string_view s) { return std::as_bytes(std::span(s.data(), s.size())); }
+std::span<const std::byte> as_bytes(std::string_view s) {
+  return std::as_bytes(std::span(s.data(), s.size()));
+}
 
 // A unix socket connected to `path` that sends nothing (non-blocking connect: a full backlog
 // is retried, bounded).
@@ -137,11 +140,12 @@ TEST_CASE("mpxd: a client that pipelines 1,500 gets of 1 MiB and never reads is 
   std::uint64_t oid = mpx::test::open_raw(c, mpx::proto::Kind::dict, "big");
   std::string value(1 << 20, 'v');
   call_ok(c, manager_request(mpx::proto::Op::dict_set, oid, [&](mpx::proto::Writer& w) {
-    w.blob(as_bytes("k"));
-    w.blob(as_bytes(value));
-  }));
+            w.blob(as_bytes("k"));
+            w.blob(as_bytes(value));
+          }));
   std::size_t rss_before = mpx::test::resident_bytes(d.proc->pid());
-  auto get = manager_request(mpx::proto::Op::dict_get, oid, [](mpx::proto::Writer& w) { w.blob(as_bytes("k")); });
+  auto get =
+      manager_request(mpx::proto::Op::dict_get, oid, [](mpx::proto::Writer& w) { w.blob(as_bytes("k")); });
   // Once the daemon stops reading it, the socket fills and sends block: they go from a thread,
   // which stops when the daemon hangs up.
   int sent = 0;
@@ -236,7 +240,8 @@ TEST_CASE("mpxd: 2,000 wrong-key handshakes are refused and logged as summaries"
   auto out = d.proc->output();
   long total = 0, lines = 0;
   const std::string first = "failed authkey handshake (", more = "failed authkey handshake: ";
-  for (std::size_t at = 0; (at = out.find(first, at)) != std::string::npos; at += first.size()) ++total, ++lines;
+  for (std::size_t at = 0; (at = out.find(first, at)) != std::string::npos; at += first.size())
+    ++total, ++lines;
   for (std::size_t at = 0; (at = out.find(more, at)) != std::string::npos; at += more.size())
     total += std::stol(out.substr(at + more.size(), 12)), ++lines;  // "N more in the last ..."
   INFO(out);

@@ -21,7 +21,8 @@ std::vector<mpx::Process> start_children(int n, F f) {
 }
 
 // True when every child ended within `limit` with exit code 0.
-inline bool join_all(std::vector<mpx::Process>& children, std::chrono::seconds limit = std::chrono::seconds(60)) {
+inline bool join_all(std::vector<mpx::Process>& children,
+                     std::chrono::seconds limit = std::chrono::seconds(60)) {
   bool ok = true;
   for (auto& c : children) ok = c.join(limit) && c.exitcode() == 0 && ok;
   return ok;

@@ -25,7 +25,8 @@ Bytes manager_request(proto::Op op, std::uint64_t oid, const std::function<void(
   return out;
 }
 
-Connection send_hello(const Address& a, const std::string& key, const SessionToken& token, std::uint32_t version) {
+Connection send_hello(const Address& a, const std::string& key, const SessionToken& token,
+                      std::uint32_t version) {
   Connection c = Client(a, key);
   c.send_bytes(manager_request(proto::Op::hello, 0, [&](proto::Writer& w) {
     w.raw("MPXM", 4);

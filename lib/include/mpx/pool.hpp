@@ -100,17 +100,19 @@ class Pool : public detail::PoolApi<detail::PoolCore> {
   // template <class F, class Range> std::vector<R> map(F f, Range&& xs, std::size_t chunksize = 0);
   // in input order; chunksize 0 is Python's rule, ceil(len / (4 * processes())).
   using PoolApi::map;
-  // template <class F, class Range> AsyncResult<std::vector<R>> map_async(F f, Range&& xs, std::size_t chunksize = 0);
+  // template <class F, class Range> AsyncResult<std::vector<R>> map_async(F f, Range&& xs, std::size_t
+  // chunksize = 0);
   using PoolApi::map_async;
   // template <class F, class Range> std::vector<R> starmap(F f, Range&& tuples, std::size_t chunksize = 0);
   // f(get<0>(t), get<1>(t), ...) for each tuple-like item t.
   using PoolApi::starmap;
-  // template <class F, class Range> AsyncResult<std::vector<R>> starmap_async(F f, Range&& tuples, std::size_t chunksize = 0);
+  // template <class F, class Range> AsyncResult<std::vector<R>> starmap_async(F f, Range&& tuples,
+  // std::size_t chunksize = 0);
   using PoolApi::starmap_async;
-  // template <class F, class Range> /*input range of R*/ auto imap(F f, Range&& xs, std::size_t chunksize = 1);
-  // template <class F, class Range> /*input range of R*/ auto imap_unordered(F f, Range&& xs, std::size_t chunksize = 1);
-  // They read the input lazily in the iterating thread with a bounded number of tasks in flight;
-  // an rvalue range is kept alive by the result, which must not outlive the pool. A failed item
+  // template <class F, class Range> /*input range of R*/ auto imap(F f, Range&& xs, std::size_t chunksize =
+  // 1); template <class F, class Range> /*input range of R*/ auto imap_unordered(F f, Range&& xs, std::size_t
+  // chunksize = 1); They read the input lazily in the iterating thread with a bounded number of tasks in
+  // flight; an rvalue range is kept alive by the result, which must not outlive the pool. A failed item
   // rethrows from operator* and iteration may go on (a WorkerLost fails every item of its chunk).
   // Feeding goes on after close(); after join()/terminate()/~Pool the first item that could not
   // be sent throws StateError and the range ends there.

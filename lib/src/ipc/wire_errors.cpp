@@ -42,7 +42,8 @@ proto::ErrorInfo error_from_exception(const std::exception& e) {
     info.code = proto::ErrorCode::connection_closed;
   } else if (dynamic_cast<const ConnectionError*>(&e)) {
     info.code = proto::ErrorCode::connection;
-  } else if (dynamic_cast<const AuthenticationError*>(&e) || dynamic_cast<const proto::AuthenticationError*>(&e)) {
+  } else if (dynamic_cast<const AuthenticationError*>(&e) ||
+             dynamic_cast<const proto::AuthenticationError*>(&e)) {
     info.code = proto::ErrorCode::authentication;
   } else if (dynamic_cast<const ProtocolError*>(&e) || dynamic_cast<const proto::WireError*>(&e)) {
     info.code = proto::ErrorCode::protocol;

@@ -3,8 +3,8 @@
 #include <mpx/managers.hpp>
 
 #include "common/log.hpp"
-#include "manager/tasks.hpp"
 #include "ipc/wire_errors.hpp"
+#include "manager/tasks.hpp"
 
 #include <mpx/proto/frame.hpp>
 
@@ -471,8 +471,8 @@ std::int64_t wire_timeout(bool block, Timeout timeout) noexcept {
 std::uint32_t wire_u32(std::uint64_t value, const char* what) {
   if (value > std::numeric_limits<std::uint32_t>::max())
     throw ValueError("mpx: " + std::string(what) + " must be at most " +
-                     std::to_string(std::numeric_limits<std::uint32_t>::max()) + ", not " + std::to_string(value) +
-                     " (a negative number converts to a huge one)");
+                     std::to_string(std::numeric_limits<std::uint32_t>::max()) + ", not " +
+                     std::to_string(value) + " (a negative number converts to a huge one)");
   return static_cast<std::uint32_t>(value);
 }
 

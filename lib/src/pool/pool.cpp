@@ -55,8 +55,8 @@
 #include <vector>
 
 #include "common/log.hpp"
-#include "pool/wire.hpp"
 #include "ipc/wire_errors.hpp"
+#include "pool/wire.hpp"
 
 namespace mpx {
 namespace detail {

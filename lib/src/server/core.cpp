@@ -1,8 +1,8 @@
 #include "server/core.hpp"
 
 #include "common/log.hpp"
-#include "server/internals.hpp"
 #include "ipc/wire_errors.hpp"
+#include "server/internals.hpp"
 
 #include <mpx/proto/handshake.hpp>
 

@@ -274,8 +274,15 @@ class Core {
   void queue_resume(std::shared_ptr<Conn> c);
 
   // What a hostile or broken peer does is logged as a summary, one line a second at most.
-  enum class Event { handshake_failed, handshake_stalled, handshake_evicted, refused_at_cap,
-                     accept_failed, slow_reader_closed, count_ };
+  enum class Event {
+    handshake_failed,
+    handshake_stalled,
+    handshake_evicted,
+    refused_at_cap,
+    accept_failed,
+    slow_reader_closed,
+    count_
+  };
   void note(Event e, std::string detail);
 
   // Called by connections.

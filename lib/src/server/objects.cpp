@@ -611,7 +611,8 @@ class LockObj : public WaitingObj {
         } else if (kind() != Kind::lock && owner_ == &c) {
           // The depth is a u32 (a condition wait carries it in Park::saved): never wrap to 0.
           if (depth_ == std::numeric_limits<std::uint32_t>::max())
-            throw ValueError("mpx: " + std::string(proto::kind_name(kind())) + " acquired recursively too often");
+            throw ValueError("mpx: " + std::string(proto::kind_name(kind())) +
+                             " acquired recursively too often");
           ++depth_;
         } else if (timeout == 0) {
           w.boolean(false);

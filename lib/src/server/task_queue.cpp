@@ -253,8 +253,8 @@ class TaskQueueObj final : public Obj {
   };
   struct Worker {
     std::int32_t pid = 0;
-    std::uint64_t running = 0;  // task id, 0 when idle
-    std::string session;        // token of the session it serves in: who may report its exit
+    std::uint64_t running = 0;              // task id, 0 when idle
+    std::string session;                    // token of the session it serves in: who may report its exit
     std::optional<std::int32_t> exit_code;  // reported before its connection was seen to close
   };
   struct Lost {
