@@ -420,7 +420,7 @@ TEST_CASE("workers ignore SIGINT; the pool's process dying takes every worker wi
     CHECK(::kill(w, 0) == 0);
     CHECK(pool.apply(pid_of, 0) == w);
   }
-  // Built with no other thread, the pool forks its workers itself; with one, a process server
+  // Built with no other thread, the pool forks its workers itself; with one, a spawner
   // forks them. Either way they go with the pool's process.
   for (int sig : {SIGINT, SIGKILL, SIGTERM}) {
     const bool threaded = sig == SIGTERM;
@@ -519,7 +519,7 @@ TEST_CASE("no fds or children left behind by this file's pools") {
   CHECK(mpx::active_children().empty());
 }
 
-TEST_CASE("a pool built without threads forks its workers itself, and its process server the replacements") {
+TEST_CASE("a pool built without threads forks its workers itself, and its spawner the replacements") {
   auto [rd, wr] = mpx::Pipe(false);
   mpx::Process owner([&wr] {
     const int me = static_cast<int>(::getpid());
@@ -553,7 +553,7 @@ TEST_CASE("a pool built without threads forks its workers itself, and its proces
   REQUIRE(v.size() == 5);
   CHECK(v[0] == 1);  // the first workers are the owner's children
   CHECK(v[1] == 1);  // the killed one failed its task with WorkerLost
-  CHECK(v[2] >= 1);  // its replacement is a child of the process server
+  CHECK(v[2] >= 1);  // its replacement is a child of the spawner
   CHECK(v[3] == 1);
   CHECK(v[4] == 40);  // the replacement is a copy of the program as it was when the pool was built
   CHECK(owner.join(kLong));

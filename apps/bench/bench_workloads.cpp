@@ -28,7 +28,7 @@ namespace wl = mpx::workloads;
 [[noreturn]] void fail(const std::string& what) { throw std::runtime_error("workloads bench: " + what); }
 
 // CPU seconds (user + system) used so far by this process and all its live descendants: the
-// pool's server and workers. Wall-clock speedup needs idle cores; on a shared, busy machine this
+// pool's spawner and workers. Wall-clock speedup needs idle cores; on a shared, busy machine this
 // still shows what the pool costs in extra work.
 double tree_cpu_seconds() {
   std::map<long, std::pair<long, double>> procs;  // pid -> (parent, cpu seconds)

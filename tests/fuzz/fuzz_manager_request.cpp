@@ -5,7 +5,7 @@
 //   fuzz_manager_request -max_total_time=60 corpus/
 // Input layout: repeated [u16 little-endian length][that many bytes of request payload];
 // a short tail is sent as raw stream bytes (a truncated frame).
-#include "server/core.hpp"
+#include "server/object_server.hpp"
 
 #include <mpx/proto/frame.hpp>
 #include <mpx/proto/manager.hpp>
@@ -28,7 +28,7 @@ namespace {
 
 struct Harness {
   boost::asio::io_context io;
-  mpx::detail::ServerCore core;
+  mpx::detail::ObjectServer core;
   Harness() : core(io, options()) {}
   static mpx::detail::ServerOptions options() {
     mpx::detail::ServerOptions o;

@@ -7,7 +7,7 @@
 // The pool's engine in the pool's own process.
 //
 // I/O runs on one Boost.Asio io_context over Unix stream sockets (one per worker, one to the
-// process server). Whichever thread needs progress drives it ("leader/follower"): a thread blocked
+// spawner). Whichever thread needs progress drives it ("leader/follower"): a thread blocked
 // in get()/apply()/map()/imap becomes the leader and does the socket I/O itself, so a result
 // reaches it without a hand-off between threads; other waiters follow and are woken when results
 // land. With nobody waiting, the pool's result thread leads; it also runs every callback.
@@ -90,7 +90,7 @@ struct Worker {
   explicit Worker(asio::io_context& io) : sock(io) {}
   std::uint32_t index = 0, gen = 0;
   Socket sock;
-  // A worker forked by the pool's process itself (not by the process server): its process, and
+  // A worker forked by the pool's process itself (not by the spawner): its process, and
   // a watch on (a duplicate of) its exit sentinel.
   std::shared_ptr<ChildProcess> proc;
   std::unique_ptr<asio::posix::stream_descriptor> exit_watch;
@@ -142,7 +142,7 @@ Bytes small_frame(std::uint8_t type) {
 }
 
 // Forking the workers from the pool's process is only safe while it has no other thread (one
-// could hold a lock the workers need); then the process server's fork is not on their way.
+// could hold a lock the workers need); then the spawner's fork is not on their way.
 bool only_thread() {
   int fd = ::open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
@@ -282,14 +282,14 @@ class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCo
   void handle_exit(std::uint32_t index, std::uint32_t gen, int code, bool spawn_failed);
   void spawn_worker(std::uint32_t index, bool direct);
   std::vector<int> fds_children_drop();
-  void start_server(int also_drop = -1);
-  bool ensure_server(int also_drop);
+  void start_spawner(int also_drop = -1);
+  bool ensure_spawner(int also_drop);
   void watch_exit(const WorkerPtr& w);
   void wait_children();
   void retire(const WorkerPtr& w);
   void ctl_send(const Bytes& frame, int fd = -1);
   void signal_worker(std::uint32_t index, int sig);
-  void server_lost();
+  void spawner_lost();
   void break_pool_locked(std::exception_ptr e, std::vector<TaskPtr>& failed);
   void update_window_locked(std::uint64_t ns);
   static void fail_all(std::vector<TaskPtr>& recs, const std::exception_ptr& e) {
@@ -305,8 +305,8 @@ class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCo
   Socket ctl_;
   std::mutex ctl_mutex_;
   ReadBuffer ctl_buf_;
-  std::shared_ptr<ChildProcess> server_;  // set under m_; none until a worker is forked there
-  ServerConfig sc_;
+  std::shared_ptr<ChildProcess> spawner_;  // set under m_; none until a worker is forked there
+  SpawnerConfig spawner_config_;
   Slot* slots_ = nullptr;
   std::size_t slots_bytes_ = 0;
   int wake_fd_ = -1;       // eventfd: wakes a leader in direct_wait
@@ -322,8 +322,8 @@ class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCo
   std::uint32_t next_gen_ = 0;
   std::atomic<std::size_t> outstanding_{0};  // pending + in flight
   bool accepting_ = true, feeding_ = true, terminated_ = false, joining_ = false, joined_ = false;
-  bool server_gone_ = false;
-  std::exception_ptr broken_;  // set when no task can run any more (failed initializer, lost server)
+  bool spawner_gone_ = false;
+  std::exception_ptr broken_;  // set when no task can run any more (failed initializer, lost spawner)
   unsigned spawn_failures_ = 0;
   bool leader_active_ = false;
   bool direct_active_ = false;
@@ -363,19 +363,19 @@ void PoolCore::start() {
   slots_bytes_ = sizeof(Slot) * processes_;
   slots_ = static_cast<Slot*>(map_shared(slots_bytes_));
   for (unsigned i = 0; i < processes_; ++i) ::new (&slots_[i]) Slot;
-  sc_ = ServerConfig{slots_, &cfg_.initializer, cfg_.maxtasksperchild, 0};
+  spawner_config_ = SpawnerConfig{slots_, &cfg_.initializer, cfg_.maxtasksperchild, 0};
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) throw Error(std::string("mpx::Pool: eventfd: ") + std::strerror(errno));
   workers_.resize(processes_);
-  // With no other thread here, the workers are forked right away (not asked of a process server
-  // forked first: the server's fork is no longer on their way). The server, which forks the
+  // With no other thread here, the workers are forked right away (not asked of a spawner
+  // forked first: the spawner's fork is no longer on their way). The spawner, which forks the
   // replacements, is still forked now, while no other thread can hold a lock: forked later, it
   // would copy the program as it is then, locks held by other threads included. With threads,
-  // the server is forked first and forks every worker.
+  // the spawner is forked first and forks every worker.
   bool direct = only_thread();
-  if (!direct) start_server();
+  if (!direct) start_spawner();
   for (unsigned i = 0; i < processes_; ++i) spawn_worker(i, direct);
-  if (direct) start_server();
+  if (direct) start_spawner();
 }
 
 // Every fd of this pool a child must not keep: copies would hold the workers' channels open
@@ -395,24 +395,24 @@ std::vector<int> PoolCore::fds_children_drop() {
   return fds;
 }
 
-void PoolCore::start_server(int also_drop) {
+void PoolCore::start_spawner(int also_drop) {
   int ctl[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
     throw Error(std::string("mpx::Pool: socketpair: ") + std::strerror(errno));
   std::vector<int> drop = fds_children_drop();
   if (also_drop >= 0) drop.push_back(also_drop);
-  ServerConfig sc = sc_;
+  SpawnerConfig sc = spawner_config_;
   sc.spawned = spawned_;
   ForkOptions fo;
-  fo.name = "PoolServer";
+  fo.name = "PoolSpawner";
   fo.daemon = true;
   fo.die_with_parent = true;
-  std::shared_ptr<ChildProcess> server;
+  std::shared_ptr<ChildProcess> spawner;
   try {
-    server = fork_child(fo, [&]() -> int {
+    spawner = fork_child(fo, [&]() -> int {
       ::close(ctl[0]);
       for (int fd : drop) ::close(fd);
-      return server_main(ctl[1], sc);
+      return spawner_main(ctl[1], sc);
     });
   } catch (...) {
     ::close(ctl[0]);
@@ -426,27 +426,27 @@ void PoolCore::start_server(int also_drop) {
   }
   {
     std::lock_guard lk(m_);
-    server_ = std::move(server);
+    spawner_ = std::move(spawner);
   }
   start_ctl_read();
 }
 
-// The process server (forked when the pool is built; this only reports whether it is still
+// The spawner (forked when the pool is built; this only reports whether it is still
 // there). False when it cannot be had: then no worker can be replaced, and the pool is broken.
-bool PoolCore::ensure_server(int also_drop) {
+bool PoolCore::ensure_spawner(int also_drop) {
   {
     std::lock_guard lk(m_);
-    if (server_) return !server_gone_;
+    if (spawner_) return !spawner_gone_;
   }
   try {
-    start_server(also_drop);
+    start_spawner(also_drop);
     return true;
   } catch (const std::exception& e) {
-    logger().error("mpx::Pool: cannot start the process server: {}", e.what());
+    logger().error("mpx::Pool: cannot start the spawner: {}", e.what());
     std::vector<TaskPtr> failed;
     {
       std::lock_guard lk(m_);
-      server_gone_ = true;
+      spawner_gone_ = true;
       if (!broken_)
         break_pool_locked(
             std::make_exception_ptr(Error(std::string("mpx::Pool: cannot replace a worker: ") + e.what())),
@@ -478,7 +478,7 @@ void PoolCore::watch_exit(const WorkerPtr& w) {
                             });
 }
 
-// Every process of this pool that runs: the workers it forked itself, and the process server
+// Every process of this pool that runs: the workers it forked itself, and the spawner
 // (which exits after its own workers).
 void PoolCore::wait_children() {
   std::vector<std::shared_ptr<ChildProcess>> procs;
@@ -488,7 +488,7 @@ void PoolCore::wait_children() {
       if (w && w->proc) procs.push_back(w->proc);
     for (auto& w : retired_)
       if (w->proc) procs.push_back(w->proc);
-    if (server_) procs.push_back(server_);
+    if (spawner_) procs.push_back(spawner_);
   }
   for (auto& p : procs) p->wait();
 }
@@ -517,7 +517,7 @@ PoolCore::~PoolCore() {
   for (auto& w : workers_) close_worker(w);
   for (auto& w : retired_) close_worker(w);
   ctl_.close(ec);
-  server_.reset();  // kills and reaps the server if it still runs (a failed start)
+  spawner_.reset();  // kills and reaps the spawner if it still runs (a failed start)
   if (wake_fd_ >= 0) ::close(wake_fd_);
   if (slots_) unmap_shared(slots_, slots_bytes_);
 }
@@ -551,13 +551,13 @@ void PoolCore::terminate() {
   fail_all(failed, std::make_exception_ptr(StateError("mpx::Pool: terminated before this task finished")));
   notify_followers();
   wake_leader();
-  bool server_alive;
+  bool spawner_alive;
   {
     std::lock_guard lk(m_);
-    server_alive = server_ && !server_gone_;
+    spawner_alive = spawner_ && !spawner_gone_;
   }
   signal_worker(kAllWorkers, SIGKILL);
-  if (server_alive) {
+  if (spawner_alive) {
     try {
       ctl_send(small_frame(kQuit));
     } catch (const std::exception& e) {
@@ -585,19 +585,19 @@ void PoolCore::join() {
     } idle(outstanding_);
     wait(idle, Deadline::never());
     // Every task is answered, so no write is in progress: tell each worker to exit and the
-    // server to quit once they have.
+    // spawner to quit once they have.
     std::vector<WorkerPtr> live;
-    bool server_alive;
+    bool spawner_alive;
     {
       std::lock_guard lk(m_);
       joining_ = true;
       for (auto& w : workers_)
         if (w && !w->dead) live.push_back(w);
-      server_alive = server_ && !server_gone_;
+      spawner_alive = spawner_ && !spawner_gone_;
     }
     Bytes bye = small_frame(kExit);
     for (auto& w : live) send_all_raw(w->sock.native_handle(), bye);
-    if (server_alive) {
+    if (spawner_alive) {
       try {
         ctl_send(small_frame(kQuit));
       } catch (const std::exception& e) {
@@ -958,7 +958,7 @@ void PoolCore::end_write(const WorkerPtr& w, bool ok) {
 // sent and no write is pending, reads that worker's socket itself: one ppoll and one recv per
 // answer instead of a reactor round (epoll_wait, completion queue, possibly a speculative read).
 // It also wakes for the wake eventfd (new tasks, callbacks, terminate) and for the worker's exit
-// (its pidfd, or the process server's reports), and leaves those to the reactor. True when it
+// (its pidfd, or the spawner's reports), and leaves those to the reactor. True when it
 // waited (the caller re-checks its result), false when the reactor must run.
 bool PoolCore::direct_wait(const Waitable& w, const Deadline& d) {
   WorkerPtr x;
@@ -976,7 +976,7 @@ bool PoolCore::direct_wait(const Waitable& w, const Deadline& d) {
     if (!x || !x->usable || x->dead || x->writing || x->write_scheduled || !x->queued.empty()) return false;
     if (x->exit_watch)
       exit_fd = x->exit_watch->native_handle();
-    else if (server_ && !server_gone_)
+    else if (spawner_ && !spawner_gone_)
       exit_fd = ctl_.native_handle();
     if (w.is_ready()) return true;
     direct_active_ = true;
@@ -1166,7 +1166,7 @@ void PoolCore::retire(const WorkerPtr& w) {
 }
 
 // direct: fork it here (only while the pool's process has no other thread); else the process
-// server forks it.
+// spawner forks it.
 void PoolCore::spawn_worker(std::uint32_t index, bool direct) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
@@ -1185,7 +1185,7 @@ void PoolCore::spawn_worker(std::uint32_t index, bool direct) {
   w->sock.assign(asio::local::stream_protocol(), sv[0], ec);
   {
     std::lock_guard lk(m_);
-    if (terminated_ || joining_ || server_gone_ || broken_) {
+    if (terminated_ || joining_ || spawner_gone_ || broken_) {
       ::close(sv[1]);
       w->sock.close(ec);
       w->dead = true;
@@ -1206,7 +1206,7 @@ void PoolCore::spawn_worker(std::uint32_t index, bool direct) {
     try {
       w->proc = fork_child(fo, [&]() -> int {
         for (int fd : drop) ::close(fd);
-        return worker_main(sv[1], &slots_[index], sc_);
+        return worker_main(sv[1], &slots_[index], spawner_config_);
       });
     } catch (...) {
       ::close(sv[1]);
@@ -1219,7 +1219,7 @@ void PoolCore::spawn_worker(std::uint32_t index, bool direct) {
     }
     watch_exit(w);
   } else {
-    if (!ensure_server(sv[1])) {
+    if (!ensure_spawner(sv[1])) {
       ::close(sv[1]);
       std::lock_guard lk(m_);
       w->sock.close(ec);
@@ -1237,7 +1237,7 @@ void PoolCore::spawn_worker(std::uint32_t index, bool direct) {
     try {
       ctl_send(f, sv[1]);
     } catch (const std::exception& e) {
-      logger().error("mpx::Pool: cannot reach the process server: {}", e.what());
+      logger().error("mpx::Pool: cannot reach the spawner: {}", e.what());
     }
     ::close(sv[1]);
   }
@@ -1319,7 +1319,7 @@ void PoolCore::handle_exit(std::uint32_t index, std::uint32_t gen, int code, boo
     } else {
       spawn_failures_ = 0;
     }
-    respawn = !terminated_ && !joining_ && !server_gone_ && !broken_;
+    respawn = !terminated_ && !joining_ && !spawner_gone_ && !broken_;
   }
   w->sock.close(ec);
   if (std::size_t n_lost = lost.size()) {
@@ -1335,16 +1335,16 @@ void PoolCore::handle_exit(std::uint32_t index, std::uint32_t gen, int code, boo
   notify_followers();
 }
 
-void PoolCore::server_lost() {
+void PoolCore::spawner_lost() {
   std::vector<TaskPtr> failed;
   {
     std::lock_guard lk(m_);
-    if (server_gone_) return;
-    server_gone_ = true;
+    if (spawner_gone_) return;
+    spawner_gone_ = true;
     if (joining_ || terminated_) return;  // it was told to quit
     if (!broken_)
       break_pool_locked(std::make_exception_ptr(WorkerLost(
-                            "mpx::Pool: the pool's process server died, and its workers with it", -SIGKILL)),
+                            "mpx::Pool: the pool's spawner process died, and its workers with it", -SIGKILL)),
                         failed);
     for (auto& w : workers_)
       if (w) w->usable = false;
@@ -1393,7 +1393,7 @@ void PoolCore::ctl_send(const Bytes& frame, int fd) {
 
 void PoolCore::signal_worker(std::uint32_t index, int sig) {
   std::vector<std::shared_ptr<ChildProcess>> direct;
-  bool via_server = false;
+  bool via_spawner = false;
   {
     std::lock_guard lk(m_);
     auto add = [&](const WorkerPtr& w) {
@@ -1401,12 +1401,12 @@ void PoolCore::signal_worker(std::uint32_t index, int sig) {
     };
     for (auto& w : workers_) add(w);
     for (auto& w : retired_) add(w);
-    via_server =
-        server_ && !server_gone_ &&
+    via_spawner =
+        spawner_ && !spawner_gone_ &&
         (index == kAllWorkers || index >= workers_.size() || !workers_[index] || !workers_[index]->proc);
   }
   for (auto& p : direct) p->signal(sig);
-  if (!via_server) return;
+  if (!via_spawner) return;
   Bytes f;
   std::size_t at = proto::begin_frame(f);
   proto::Writer out(f);
@@ -1430,7 +1430,7 @@ void PoolCore::start_ctl_read() {
 void PoolCore::on_ctl_read(const boost::system::error_code& ec, std::size_t n) {
   if (ec == asio::error::operation_aborted) return;
   if (ec) {
-    server_lost();
+    spawner_lost();
     return;
   }
   ctl_buf_.commit(n);
@@ -1452,7 +1452,7 @@ void PoolCore::on_ctl_read(const boost::system::error_code& ec, std::size_t n) {
       reports.push_back(r);
     }
   } catch (const ProtocolError& e) {
-    logger().error("mpx::Pool: bad message from the process server: {}", e.what());
+    logger().error("mpx::Pool: bad message from the spawner: {}", e.what());
   }
   ctl_buf_.consume(frames.consumed());
   for (auto& r : reports) {

@@ -1,5 +1,5 @@
 // The pool's private wire: message types on the worker channels and on the control channel to
-// the pool's process server, and the per-worker slot in shared memory. proto/pool.md is the spec.
+// the pool's spawner process, and the per-worker slot in shared memory. proto/pool.md is the spec.
 #pragma once
 
 #include <mpx/detail/futex.hpp>
@@ -24,13 +24,13 @@ inline constexpr std::uint8_t kExit = 2;  // finish what was sent before, then e
 // Worker channel: worker -> pool.
 inline constexpr std::uint8_t kResult = 16;     // u64 seq, u64 run time in ns, result encoding
 inline constexpr std::uint8_t kInitError = 17;  // str type, str message: the initializer threw
-// Control channel: pool -> process server.
+// Control channel: pool -> spawner.
 inline constexpr std::uint8_t kSpawn =
     32;  // u32 index, u32 generation; the worker's channel fd in SCM_RIGHTS
 inline constexpr std::uint8_t kSignal = 33;  // u32 index (kAllWorkers: every one), i32 signal
 inline constexpr std::uint32_t kAllWorkers = 0xffffffff;
 inline constexpr std::uint8_t kQuit = 34;  // exit once every worker has exited
-// Control channel: process server -> pool.
+// Control channel: spawner -> pool.
 inline constexpr std::uint8_t kSpawned = 48;      // u32 index, u32 generation, i32 pid
 inline constexpr std::uint8_t kExited = 49;       // u32 index, u32 generation, i32 exit code (-N: signal N)
 inline constexpr std::uint8_t kSpawnFailed = 50;  // u32 index, u32 generation, i32 errno
@@ -87,16 +87,16 @@ class ReadBuffer {
   std::size_t cap_ = 0, beg_ = 0, end_ = 0;
 };
 
-struct ServerConfig {
+struct SpawnerConfig {
   Slot* slots = nullptr;
   const std::function<void()>* initializer = nullptr;
   unsigned maxtasksperchild = 0;
-  unsigned spawned = 0;  // workers the pool's process forked itself before the server (for names)
+  unsigned spawned = 0;  // workers the pool's process forked itself before the spawner (for names)
 };
 
-// The process server's main loop: forks workers on request, reports their exits.
-int server_main(int ctl, const ServerConfig& config);
+// The spawner's main loop: forks workers on request, reports their exits.
+int spawner_main(int ctl, const SpawnerConfig& config);
 // A worker's loop on its channel to the pool; returns its exit status.
-int worker_main(int fd, Slot* slot, const ServerConfig& config);
+int worker_main(int fd, Slot* slot, const SpawnerConfig& config);
 
 }  // namespace mpx::detail::poolwire

@@ -1,4 +1,4 @@
-// The pool's processes: the process server (forked once per pool, single-threaded, forks the
+// The pool's processes: the spawner (forked once per pool, single-threaded, forks the
 // workers) and the worker loop. Nothing here touches locks, threads or io_contexts inherited from
 // the pool's process: both loops use plain system calls on their own fds.
 #include <mpx/detail/task.hpp>
@@ -54,7 +54,7 @@ bool write_all(int fd, const std::byte* p, std::size_t n) {
 
 }  // namespace
 
-int worker_main(int fd, Slot* slot, const ServerConfig& config) {
+int worker_main(int fd, Slot* slot, const SpawnerConfig& config) {
   ::signal(SIGINT, SIG_IGN);  // Ctrl-C is for the pool's process; it stops us
   ::signal(SIGPIPE, SIG_IGN);
   // A worker allocates and frees the same large buffers task after task: keep them in the heap
@@ -176,7 +176,7 @@ void send_report(int ctl, std::uint8_t type, std::uint32_t index, std::uint32_t 
 
 }  // namespace
 
-int server_main(int ctl, const ServerConfig& config) {
+int spawner_main(int ctl, const SpawnerConfig& config) {
   ::signal(SIGINT, SIG_IGN);
   ::signal(SIGPIPE, SIG_IGN);
   std::vector<Child> children;
@@ -256,7 +256,7 @@ int server_main(int ctl, const ServerConfig& config) {
             children.push_back({index, gen, proc});
             send_report(ctl, kSpawned, index, gen, proc->pid());
           } catch (const std::exception& e) {
-            logger().error("pool server: cannot start a worker: {}", e.what());
+            logger().error("pool spawner: cannot start a worker: {}", e.what());
             send_report(ctl, kSpawnFailed, index, gen, errno ? errno : EAGAIN);
           }
           ::close(fd);

@@ -5,7 +5,7 @@
 // other connection is served as usual.
 #pragma once
 
-#include "server/core.hpp"
+#include "server/object_server.hpp"
 
 #include <mpx/proto/frame.hpp>
 #include <mpx/proto/manager.hpp>
@@ -30,7 +30,7 @@ using proto::Op;
 using proto::Reader;
 using proto::Writer;
 
-class Core;
+class ObjectServerImpl;
 class Obj;
 struct SessionRec;
 
@@ -53,7 +53,7 @@ using proto::kQuietError;
 class Conn : public std::enable_shared_from_this<Conn> {
  public:
   using Socket = boost::asio::generic::stream_protocol::socket;
-  Conn(Core& core, Socket socket, std::uint64_t id);
+  Conn(ObjectServerImpl& owner, Socket socket, std::uint64_t id);
   ~Conn();
 
   void start(bool authenticated = false);
@@ -108,7 +108,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   bool over_pending() const noexcept;
   void note_output();
 
-  Core& core_;
+  ObjectServerImpl& server_;
   Socket socket_;
   std::uint64_t id_;
   Phase phase_ = Phase::challenge_sent;
@@ -133,7 +133,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   SessionRec* session_ = nullptr;
   int peer_pid_ = 0;
 
-  friend class Core;
+  friend class ObjectServerImpl;
 };
 
 // Waiters in arrival order, with removal of any one of them.
@@ -171,8 +171,8 @@ class WaitList {
 // The base of every object kind.
 class Obj {
  public:
-  Obj(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name)
-      : core_(core), id_(id), kind_(kind), tag_(std::move(tag)), name_(std::move(name)) {}
+  Obj(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name)
+      : server_(owner), id_(id), kind_(kind), tag_(std::move(tag)), name_(std::move(name)) {}
   virtual ~Obj() = default;
   Obj(const Obj&) = delete;
   Obj& operator=(const Obj&) = delete;
@@ -202,7 +202,7 @@ class Obj {
     return true;
   }
 
-  Core& core_;
+  ObjectServerImpl& server_;
 
  private:
   std::uint64_t id_;
@@ -233,18 +233,18 @@ std::int64_t read_timeout(Reader& r);
 void reply_bool(Conn& c, bool value);
 
 // Makes a built-in object: OPEN's body after kind/name/tag is the kind's init data.
-std::unique_ptr<Obj> make_builtin(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name,
+std::unique_ptr<Obj> make_builtin(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name,
                                   Reader& init);
-std::unique_ptr<Obj> make_registered(Core& core, std::uint64_t id, std::string tag, std::string name,
+std::unique_ptr<Obj> make_registered(ObjectServerImpl& owner, std::uint64_t id, std::string tag, std::string name,
                                      Reader& init, const TypeRegistry* types);
-std::unique_ptr<Obj> make_task_queue(Core& core, std::uint64_t id, std::string tag, std::string name);
-std::unique_ptr<Obj> make_mailbox(Core& core);
+std::unique_ptr<Obj> make_task_queue(ObjectServerImpl& owner, std::uint64_t id, std::string tag, std::string name);
+std::unique_ptr<Obj> make_mailbox(ObjectServerImpl& owner);
 void deliver_to_mailbox(Obj& mailbox, TaskOutcome outcome);
 
-class Core {
+class ObjectServerImpl {
  public:
-  Core(boost::asio::io_context& io, ServerOptions options);
-  ~Core();
+  ObjectServerImpl(boost::asio::io_context& io, ServerOptions options);
+  ~ObjectServerImpl();
 
   boost::asio::io_context& io() noexcept { return io_; }
   const ServerOptions& options() const noexcept { return options_; }
@@ -260,16 +260,16 @@ class Core {
   // connections when it ends.
   class Batch {
    public:
-    explicit Batch(Core& core) : core_(core) { ++core_.batch_depth_; }
+    explicit Batch(ObjectServerImpl& owner) : server_(owner) { ++server_.batch_depth_; }
     ~Batch() {
-      if (core_.batch_depth_ == 1) core_.run_resumes();
-      --core_.batch_depth_;
+      if (server_.batch_depth_ == 1) server_.run_resumes();
+      --server_.batch_depth_;
     }
     Batch(const Batch&) = delete;
     Batch& operator=(const Batch&) = delete;
 
    private:
-    Core& core_;
+    ObjectServerImpl& server_;
   };
   void queue_resume(std::shared_ptr<Conn> c);
 
@@ -337,7 +337,7 @@ class Core {
   std::vector<std::shared_ptr<Conn>> resumes_;  // connections whose parked request completed
   int batch_depth_ = 0;
   bool resume_posted_ = false;
-  // Accept handlers may run after the Core is gone (when the io_context outlives it).
+  // Accept handlers may run after the server is gone (when the io_context outlives it).
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

@@ -291,8 +291,8 @@ class ListObj final : public Obj {
 
 class ValueObj final : public Obj {
  public:
-  ValueObj(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name, Bytes initial)
-      : Obj(core, id, kind, std::move(tag), std::move(name)), value_(std::move(initial)) {}
+  ValueObj(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name, Bytes initial)
+      : Obj(owner, id, kind, std::move(tag), std::move(name)), value_(std::move(initial)) {}
 
   bool handle(Conn&, Op op, Reader& r, Writer& w) override {
     switch (op) {
@@ -372,10 +372,10 @@ class NamespaceObj final : public Obj {
 
 class QueueObj final : public Obj {
  public:
-  QueueObj(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name, std::uint64_t maxsize)
-      : Obj(core, id, kind, std::move(tag), std::move(name)),
+  QueueObj(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name, std::uint64_t maxsize)
+      : Obj(owner, id, kind, std::move(tag), std::move(name)),
         maxsize_(maxsize),
-        max_bytes_(core.options().queue_max_bytes) {}
+        max_bytes_(owner.options().queue_max_bytes) {}
 
   bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
     switch (op) {
@@ -671,9 +671,9 @@ class LockObj : public WaitingObj {
 
 class SemaphoreObj final : public WaitingObj {
  public:
-  SemaphoreObj(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name,
+  SemaphoreObj(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name,
                std::uint32_t value)
-      : WaitingObj(core, id, kind, std::move(tag), std::move(name)), value_(value), initial_(value) {}
+      : WaitingObj(owner, id, kind, std::move(tag), std::move(name)), value_(value), initial_(value) {}
 
   bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
     switch (op) {
@@ -856,9 +856,9 @@ class EventObj final : public WaitingObj {
 
 class BarrierObj final : public Obj {
  public:
-  BarrierObj(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name,
+  BarrierObj(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name,
              std::uint32_t parties)
-      : Obj(core, id, kind, std::move(tag), std::move(name)), parties_(parties) {}
+      : Obj(owner, id, kind, std::move(tag), std::move(name)), parties_(parties) {}
 
   bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
     switch (op) {
@@ -929,9 +929,9 @@ class BarrierObj final : public Obj {
 
 class RegisteredObj final : public Obj {
  public:
-  RegisteredObj(Core& core, std::uint64_t id, std::string tag, std::string name,
+  RegisteredObj(ObjectServerImpl& owner, std::uint64_t id, std::string tag, std::string name,
                 std::shared_ptr<const RegisteredType> type, std::shared_ptr<void> instance)
-      : Obj(core, id, Kind::object, std::move(tag), std::move(name)),
+      : Obj(owner, id, Kind::object, std::move(tag), std::move(name)),
         type_(std::move(type)),
         instance_(std::move(instance)) {}
 
@@ -964,50 +964,50 @@ class RegisteredObj final : public Obj {
 
 }  // namespace
 
-std::unique_ptr<Obj> make_builtin(Core& core, std::uint64_t id, Kind kind, std::string tag, std::string name,
+std::unique_ptr<Obj> make_builtin(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name,
                                   Reader& init) {
   switch (kind) {
     case Kind::dict:
       init.expect_end();
-      return std::make_unique<DictObj>(core, id, kind, tag, name);
+      return std::make_unique<DictObj>(owner, id, kind, tag, name);
     case Kind::list:
       init.expect_end();
-      return std::make_unique<ListObj>(core, id, kind, tag, name);
+      return std::make_unique<ListObj>(owner, id, kind, tag, name);
     case Kind::namespace_:
       init.expect_end();
-      return std::make_unique<NamespaceObj>(core, id, kind, tag, name);
+      return std::make_unique<NamespaceObj>(owner, id, kind, tag, name);
     case Kind::value: {
       auto v = init.blob();
       init.expect_end();
-      return std::make_unique<ValueObj>(core, id, kind, tag, name, as_bytes(v));
+      return std::make_unique<ValueObj>(owner, id, kind, tag, name, as_bytes(v));
     }
     case Kind::queue:
     case Kind::joinable_queue: {
       std::uint64_t maxsize = init.u64();
       init.expect_end();
-      return std::make_unique<QueueObj>(core, id, kind, tag, name, maxsize);
+      return std::make_unique<QueueObj>(owner, id, kind, tag, name, maxsize);
     }
     case Kind::lock:
     case Kind::rlock:
       init.expect_end();
-      return std::make_unique<LockObj>(core, id, kind, tag, name);
+      return std::make_unique<LockObj>(owner, id, kind, tag, name);
     case Kind::semaphore:
     case Kind::bounded_semaphore: {
       std::uint32_t value = init.u32();
       init.expect_end();
-      return std::make_unique<SemaphoreObj>(core, id, kind, tag, name, value);
+      return std::make_unique<SemaphoreObj>(owner, id, kind, tag, name, value);
     }
     case Kind::condition:
       init.expect_end();
-      return std::make_unique<ConditionObj>(core, id, kind, tag, name);
+      return std::make_unique<ConditionObj>(owner, id, kind, tag, name);
     case Kind::event:
       init.expect_end();
-      return std::make_unique<EventObj>(core, id, kind, tag, name);
+      return std::make_unique<EventObj>(owner, id, kind, tag, name);
     case Kind::barrier: {
       std::uint32_t parties = init.u32();
       init.expect_end();
       if (parties == 0) throw ValueError("mpx: a barrier needs at least one party");
-      return std::make_unique<BarrierObj>(core, id, kind, tag, name, parties);
+      return std::make_unique<BarrierObj>(owner, id, kind, tag, name, parties);
     }
     default:
       break;
@@ -1015,7 +1015,7 @@ std::unique_ptr<Obj> make_builtin(Core& core, std::uint64_t id, Kind kind, std::
   throw ProtocolError("mpx manager protocol: unknown object kind");
 }
 
-std::unique_ptr<Obj> make_registered(Core& core, std::uint64_t id, std::string tag, std::string name,
+std::unique_ptr<Obj> make_registered(ObjectServerImpl& owner, std::uint64_t id, std::string tag, std::string name,
                                      Reader& init, const TypeRegistry* types) {
   std::string type_name(init.str());
   auto args_tag = init.str();
@@ -1028,7 +1028,7 @@ std::unique_ptr<Obj> make_registered(Core& core, std::uint64_t id, std::string t
                        tag.substr(std::min(tag.size(), type_name.size() + 1)));
   for (const auto& ctor : type->constructors)
     if (ctor.args_tag == args_tag)
-      return std::make_unique<RegisteredObj>(core, id, std::move(tag), std::move(name), type,
+      return std::make_unique<RegisteredObj>(owner, id, std::move(tag), std::move(name), type,
                                              ctor.make(args));
   throw TypeMismatch("mpx: " + type_name + " has no registered constructor taking (" + std::string(args_tag) +
                      ")");

@@ -1,7 +1,7 @@
 // The serve loop shared by mpx::Server, the private Manager() process and mpxd.
 #pragma once
 
-#include "server/core.hpp"
+#include "server/object_server.hpp"
 
 #include <mpx/connection.hpp>
 

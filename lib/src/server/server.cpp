@@ -3,7 +3,7 @@
 #include "server/serve.hpp"
 
 #include "common/log.hpp"
-#include "server/core.hpp"
+#include "server/object_server.hpp"
 
 #include <mpx/detail/futex.hpp>
 #include <mpx/managers.hpp>
@@ -21,24 +21,24 @@ void serve_listener(Listener& listener, ServerOptions options, const std::vector
                     const std::function<void()>& ready, ServeControl* control) {
   boost::asio::io_context io(1);
   bool stopping = false;
-  std::unique_ptr<ServerCore> core;
+  std::unique_ptr<ObjectServer> server;
   boost::asio::signal_set sigs(io);
   auto stop_all = [&] {
     if (stopping) return;
     stopping = true;
     boost::system::error_code ignored;
     sigs.cancel(ignored);
-    core->drain(std::chrono::seconds(2), [] {});
+    server->drain(std::chrono::seconds(2), [] {});
   };
   auto user_shutdown = std::move(options.on_shutdown_request);
   options.on_shutdown_request = [&] {
     if (user_shutdown) user_shutdown();
     stop_all();
   };
-  core = std::make_unique<ServerCore>(io, std::move(options));
+  server = std::make_unique<ObjectServer>(io, std::move(options));
   int fd = ::fcntl(listener.fileno(), F_DUPFD_CLOEXEC, 0);
   if (fd < 0) throw ConnectionError("mpx: cannot serve on " + listener.address().str());
-  core->accept_on(fd);
+  server->accept_on(fd);
   for (int s : signals) sigs.add(s);
   if (!signals.empty())
     sigs.async_wait([&](boost::system::error_code ec, int sig) {
@@ -64,7 +64,7 @@ void serve_listener(Listener& listener, ServerOptions options, const std::vector
     std::lock_guard lock(control->m);
     control->stop = nullptr;
   }
-  core.reset();
+  server.reset();
 }
 
 }  // namespace detail

@@ -23,7 +23,7 @@ constexpr auto kExitReportGrace = std::chrono::seconds(2);
 
 class MailboxObj final : public Obj {
  public:
-  explicit MailboxObj(Core& core) : Obj(core, 0, Kind::task_queue, "", "") {}
+  explicit MailboxObj(ObjectServerImpl& owner) : Obj(owner, 0, Kind::task_queue, "", "") {}
 
   void deliver(TaskOutcome outcome) {
     results_.push_back(std::move(outcome));
@@ -79,8 +79,8 @@ class MailboxObj final : public Obj {
 
 class TaskQueueObj final : public Obj {
  public:
-  TaskQueueObj(Core& core, std::uint64_t id, std::string tag, std::string name)
-      : Obj(core, id, Kind::task_queue, std::move(tag), std::move(name)) {}
+  TaskQueueObj(ObjectServerImpl& owner, std::uint64_t id, std::string tag, std::string name)
+      : Obj(owner, id, Kind::task_queue, std::move(tag), std::move(name)) {}
   ~TaskQueueObj() override { *alive_ = false; }
 
   bool handle(Conn& c, Op op, Reader& r, Writer& w) override {
@@ -90,7 +90,7 @@ class TaskQueueObj final : public Obj {
         auto body = r.blob();
         r.expect_end();
         if (!c.session()) throw StateError("mpx: no session");
-        std::uint64_t tid = core_.next_task_id();
+        std::uint64_t tid = server_.next_task_id();
         Task& t = tasks_[tid];
         t.id = tid;
         t.name = std::move(task_name);
@@ -146,7 +146,7 @@ class TaskQueueObj final : public Obj {
         std::string owner = std::move(t->second.owner);
         tasks_.erase(t);
         workers_[&c].running = 0;
-        core_.deliver_task(owner, std::move(o));
+        server_.deliver_task(owner, std::move(o));
         return false;
       }
       case Op::task_worker_exit: {
@@ -214,7 +214,7 @@ class TaskQueueObj final : public Obj {
     }
     // Wait a little for the supervisor to say how the worker ended.
     Lost lost{w.running, w.pid, w.session,
-              std::make_shared<boost::asio::steady_timer>(core_.io(), kExitReportGrace)};
+              std::make_shared<boost::asio::steady_timer>(server_.io(), kExitReportGrace)};
     lost.timer->async_wait([this, alive = alive_, tid = w.running](boost::system::error_code ec) {
       if (ec || !*alive) return;
       for (auto l = lost_.begin(); l != lost_.end(); ++l)
@@ -239,7 +239,7 @@ class TaskQueueObj final : public Obj {
       o.task_id = tid;
       o.failed = true;
       o.error = {ErrorCode::state, {}, "mpx: task queue '" + name() + "' is gone", 0};
-      core_.deliver_task(t.owner, std::move(o));
+      server_.deliver_task(t.owner, std::move(o));
     }
   }
 
@@ -285,7 +285,7 @@ class TaskQueueObj final : public Obj {
                       (known ? " (exit code " + std::to_string(exitcode) + ")" : " (exit status unknown)");
     std::string owner = std::move(t->second.owner);
     tasks_.erase(t);
-    core_.deliver_task(owner, std::move(o));
+    server_.deliver_task(owner, std::move(o));
   }
 
   std::map<std::uint64_t, Task> tasks_;  // submitted and not finished
@@ -298,11 +298,11 @@ class TaskQueueObj final : public Obj {
 
 }  // namespace
 
-std::unique_ptr<Obj> make_task_queue(Core& core, std::uint64_t id, std::string tag, std::string name) {
-  return std::make_unique<TaskQueueObj>(core, id, std::move(tag), std::move(name));
+std::unique_ptr<Obj> make_task_queue(ObjectServerImpl& owner, std::uint64_t id, std::string tag, std::string name) {
+  return std::make_unique<TaskQueueObj>(owner, id, std::move(tag), std::move(name));
 }
 
-std::unique_ptr<Obj> make_mailbox(Core& core) { return std::make_unique<MailboxObj>(core); }
+std::unique_ptr<Obj> make_mailbox(ObjectServerImpl& owner) { return std::make_unique<MailboxObj>(owner); }
 
 void deliver_to_mailbox(Obj& mailbox, TaskOutcome outcome) {
   static_cast<MailboxObj&>(mailbox).deliver(std::move(outcome));

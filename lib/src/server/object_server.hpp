@@ -3,7 +3,7 @@
 // (task_queue.cpp), the serve loop (serve.hpp). May include: ipc, process, serialize, common;
 // never manager/ or pool/.
 //
-// The manager server core: one Boost.Asio server hosting shared objects and named task
+// The object server: one Boost.Asio server hosting shared objects and named task
 // queues, for the private Manager() process, mpx::Server and mpxd alike.
 #pragma once
 
@@ -20,7 +20,7 @@
 namespace mpx::detail {
 
 namespace server {
-class Core;
+class ObjectServerImpl;
 }
 
 struct ServerOptions {
@@ -43,12 +43,12 @@ struct ServerOptions {
   std::function<void()> on_shutdown_request;  // run (on the server thread) for an allowed shutdown request
 };
 
-class ServerCore {
+class ObjectServer {
  public:
-  ServerCore(boost::asio::io_context& io, ServerOptions options);
-  ~ServerCore();
-  ServerCore(const ServerCore&) = delete;
-  ServerCore& operator=(const ServerCore&) = delete;
+  ObjectServer(boost::asio::io_context& io, ServerOptions options);
+  ~ObjectServer();
+  ObjectServer(const ObjectServer&) = delete;
+  ObjectServer& operator=(const ObjectServer&) = delete;
 
   // Serves connections accepted on a listening socket; takes ownership of the descriptor.
   void accept_on(int listen_fd);
@@ -63,7 +63,7 @@ class ServerCore {
   void drain(std::chrono::milliseconds grace, std::function<void()> on_drained);
 
  private:
-  std::unique_ptr<server::Core> core_;
+  std::unique_ptr<server::ObjectServerImpl> server_;
 };
 
 }  // namespace mpx::detail

@@ -1,4 +1,4 @@
-#include "server/core.hpp"
+#include "server/object_server.hpp"
 
 #include "common/log.hpp"
 #include "ipc/wire_errors.hpp"
@@ -18,16 +18,16 @@
 
 namespace mpx::detail {
 
-ServerCore::ServerCore(boost::asio::io_context& io, ServerOptions options)
-    : core_(std::make_unique<server::Core>(io, std::move(options))) {}
-ServerCore::~ServerCore() {
-  if (core_) core_->stop();
+ObjectServer::ObjectServer(boost::asio::io_context& io, ServerOptions options)
+    : server_(std::make_unique<server::ObjectServerImpl>(io, std::move(options))) {}
+ObjectServer::~ObjectServer() {
+  if (server_) server_->stop();
 }
-void ServerCore::accept_on(int listen_fd) { core_->accept_on(listen_fd); }
-void ServerCore::adopt(int fd, bool authenticated) { core_->adopt(fd, authenticated); }
-void ServerCore::stop() { core_->stop(); }
-void ServerCore::drain(std::chrono::milliseconds grace, std::function<void()> on_drained) {
-  core_->drain(grace, std::move(on_drained));
+void ObjectServer::accept_on(int listen_fd) { server_->accept_on(listen_fd); }
+void ObjectServer::adopt(int fd, bool authenticated) { server_->adopt(fd, authenticated); }
+void ObjectServer::stop() { server_->stop(); }
+void ObjectServer::drain(std::chrono::milliseconds grace, std::function<void()> on_drained) {
+  server_->drain(grace, std::move(on_drained));
 }
 
 namespace server {
@@ -45,19 +45,19 @@ ErrorInfo make_error(proto::ErrorCode code, std::string message) { return {code,
 // ---------------------------------------------------------------------------------------
 // Conn
 
-Conn::Conn(Core& core, Socket socket, std::uint64_t id)
-    : core_(core),
+Conn::Conn(ObjectServerImpl& owner, Socket socket, std::uint64_t id)
+    : server_(owner),
       socket_(std::move(socket)),
       id_(id),
       decoder_(proto::kMaxHandshakeMessage),
       rbuf_(kReadBuffer),
-      timer_(core.io()),
-      pending_timer_(core.io()) {}
+      timer_(owner.io()),
+      pending_timer_(owner.io()) {}
 
 Conn::~Conn() = default;
 
 void Conn::start(bool authenticated) {
-  if (authenticated || core_.options().authkey.empty()) {
+  if (authenticated || server_.options().authkey.empty()) {
     phase_ = Phase::await_hello;
   } else {
     challenge_ = proto::make_challenge();
@@ -70,10 +70,10 @@ void Conn::start(bool authenticated) {
 }
 
 void Conn::start_handshake_timer() {
-  timer_.expires_after(core_.options().handshake_timeout);
+  timer_.expires_after(server_.options().handshake_timeout);
   timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
     if (ec || self->closed_ || self->phase_ == Phase::ready) return;
-    self->core_.note(Core::Event::handshake_stalled, self->peer_description());
+    self->server_.note(ObjectServerImpl::Event::handshake_stalled, self->peer_description());
     self->close_now();
   });
 }
@@ -96,7 +96,7 @@ void Conn::read_more() {
                             {
                               // Connections whose waits this input ended are served (and
                               // their replies sent) before this one reads again.
-                              Core::Batch batch(self->core_);
+                              ObjectServerImpl::Batch batch(self->server_);
                               self->on_read(n);
                               self->serve_backlog();
                               self->flush();
@@ -137,7 +137,7 @@ void Conn::on_frame(Bytes frame) {
 }
 
 void Conn::on_handshake_frame(Bytes& frame) {
-  const std::string& key = core_.options().authkey;
+  const std::string& key = server_.options().authkey;
   try {
     switch (phase_) {
       case Phase::challenge_sent:
@@ -146,7 +146,7 @@ void Conn::on_handshake_frame(Bytes& frame) {
         } catch (const proto::AuthenticationError&) {
           send_frame(proto::as_bytes(proto::kFailure));
           closing_ = true;
-          core_.note(Core::Event::handshake_failed, peer_description());
+          server_.note(ObjectServerImpl::Event::handshake_failed, peer_description());
           return;
         }
         send_frame(proto::as_bytes(proto::kWelcome));
@@ -179,18 +179,18 @@ void Conn::on_handshake_frame(Bytes& frame) {
                               std::to_string(proto::kManagerVersion));
         auto token = r.take(proto::kSessionTokenSize);
         r.expect_end();
-        session_ = core_.join_session(std::string(reinterpret_cast<const char*>(token.data()), token.size()));
+        session_ = server_.join_session(std::string(reinterpret_cast<const char*>(token.data()), token.size()));
         std::size_t start = begin_frame();
         Writer w(out_);
         w.u8(static_cast<std::uint8_t>(proto::Status::ok));
         w.raw(proto::kManagerMagic.data(), proto::kManagerMagic.size());
         w.u32(proto::kManagerVersion);
-        w.str(core_.options().description);
+        w.str(server_.options().description);
         end_frame(start);
         phase_ = Phase::ready;
-        decoder_.set_max_length(core_.options().max_message);
+        decoder_.set_max_length(server_.options().max_message);
         timer_.cancel();
-        core_.handshake_done(*this);
+        server_.handshake_done(*this);
         return;
       }
       case Phase::ready:
@@ -213,7 +213,7 @@ void Conn::handle_request(Bytes& frame) {
       auto op = static_cast<Op>(r.u8());
       std::uint64_t oid = r.u64();
       quiet = (oid & kQuietBit) != 0;
-      core_.dispatch(*this, op, oid & ~kQuietBit, r, w, parked);
+      server_.dispatch(*this, op, oid & ~kQuietBit, r, w, parked);
       if (parked && park_) park_->quiet = quiet;
     } catch (const std::exception& e) {
       parked = false;
@@ -246,7 +246,7 @@ void Conn::serve_backlog() {
   }
 }
 
-bool Conn::over_pending() const noexcept { return pending_bytes() > core_.options().max_pending_bytes; }
+bool Conn::over_pending() const noexcept { return pending_bytes() > server_.options().max_pending_bytes; }
 
 // Called after every flush: entering the over-the-bound state stops reading and starts the
 // clock on the peer; leaving it lets the requests that waited run.
@@ -257,10 +257,10 @@ void Conn::note_output() {
   stalled_ = over;
   ++pending_gen_;
   if (over) {
-    pending_timer_.expires_after(core_.options().pending_timeout);
+    pending_timer_.expires_after(server_.options().pending_timeout);
     pending_timer_.async_wait([self = shared_from_this(), gen = pending_gen_](boost::system::error_code ec) {
       if (ec || self->closed_ || !self->stalled_ || self->pending_gen_ != gen) return;
-      self->core_.note(Core::Event::slow_reader_closed,
+      self->server_.note(ObjectServerImpl::Event::slow_reader_closed,
                        fmt::format("{}, {} bytes unread", self->peer_description(), self->pending_bytes()));
       self->close_now();
     });
@@ -269,7 +269,7 @@ void Conn::note_output() {
   pending_timer_.cancel();
   if (!resume_queued_) {
     resume_queued_ = true;
-    core_.queue_resume(shared_from_this());
+    server_.queue_resume(shared_from_this());
   }
 }
 
@@ -338,7 +338,7 @@ void Conn::complete(proto::Status status, const std::function<void(Writer&)>& bo
   // The requests that queued up behind the parked one run next, outside the object's handler.
   if (!resume_queued_) {
     resume_queued_ = true;
-    core_.queue_resume(shared_from_this());
+    server_.queue_resume(shared_from_this());
   }
 }
 
@@ -362,12 +362,12 @@ void Conn::close_now() {
   park_.reset();
   backlog_.clear();
   for (std::uint64_t oid : holdings_)
-    if (Obj* o = core_.find(oid)) o->release_held(*this);
+    if (Obj* o = server_.find(oid)) o->release_held(*this);
   holdings_.clear();
   boost::system::error_code ignored;
   socket_.shutdown(Socket::shutdown_both, ignored);
   socket_.close(ignored);
-  core_.conn_closed(*this);
+  server_.conn_closed(*this);
 }
 
 void Conn::drain() {
@@ -419,7 +419,7 @@ void Conn::flush() {
   if (sent == out_.size()) {
     out_.clear();
     // One huge reply should not pin its buffer for the connection's lifetime.
-    if (out_.capacity() > core_.options().max_pending_bytes) Bytes().swap(out_);
+    if (out_.capacity() > server_.options().max_pending_bytes) Bytes().swap(out_);
     if (closing_) {
       close_now();
       return;
@@ -436,7 +436,7 @@ void Conn::flush() {
                            [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
                              self->write_in_flight_ = false;
                              self->writing_.clear();
-                             if (self->writing_.capacity() > self->core_.options().max_pending_bytes)
+                             if (self->writing_.capacity() > self->server_.options().max_pending_bytes)
                                Bytes().swap(self->writing_);
                              if (self->closed_) return;
                              if (ec) {
@@ -448,12 +448,12 @@ void Conn::flush() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Core
+// ObjectServerImpl
 
 namespace {
 // The default connection cap leaves descriptors for the listener, logging and the objects'
 // own needs, so the cap is met before accept() runs out of descriptors.
-// What each Core::Event says in the log, in the enum's order.
+// What each ObjectServerImpl::Event says in the log, in the enum's order.
 constexpr const char* kNoteText[] = {
     "failed authkey handshake",
     "handshake stalled past the timeout, closed",
@@ -471,20 +471,20 @@ std::size_t default_max_connections() {
 }
 }  // namespace
 
-Core::Core(boost::asio::io_context& io, ServerOptions options)
+ObjectServerImpl::ObjectServerImpl(boost::asio::io_context& io, ServerOptions options)
     : io_(io),
       options_(std::move(options)),
       max_connections_(options_.max_connections ? options_.max_connections : default_max_connections()) {
   if (options_.max_handshakes == 0) options_.max_handshakes = 1;
 }
 
-Core::~Core() {
+ObjectServerImpl::~ObjectServerImpl() {
   stop();
   *alive_ = false;
   if (reserve_fd_ >= 0) ::close(reserve_fd_);
 }
 
-void Core::note(Event e, std::string detail) {
+void ObjectServerImpl::note(Event e, std::string detail) {
   auto& n = notes_[static_cast<std::size_t>(e)];
   auto now = std::chrono::steady_clock::now();
   if (n.suppressed == 0 && now - n.last_line >= std::chrono::seconds(1)) {
@@ -506,7 +506,7 @@ void Core::note(Event e, std::string detail) {
 }
 
 // One summary line per kind of event that happened since its last line.
-void Core::flush_notes() {
+void ObjectServerImpl::flush_notes() {
   auto now = std::chrono::steady_clock::now();
   for (std::size_t i = 0; i < notes_.size(); ++i) {
     auto& n = notes_[i];
@@ -519,7 +519,7 @@ void Core::flush_notes() {
   }
 }
 
-void Core::accept_on(int listen_fd) {
+void ObjectServerImpl::accept_on(int listen_fd) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   if (::getsockname(listen_fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
@@ -537,7 +537,7 @@ void Core::accept_on(int listen_fd) {
   do_accept();
 }
 
-void Core::adopt(int fd, bool authenticated) {
+void ObjectServerImpl::adopt(int fd, bool authenticated) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
@@ -553,7 +553,7 @@ void Core::adopt(int fd, bool authenticated) {
   c->start(authenticated);
 }
 
-void Core::do_accept() {
+void ObjectServerImpl::do_accept() {
   if (stopping_ || !acceptor_) return;
   acceptor_->async_accept([this, alive = alive_](boost::system::error_code ec, Conn::Socket socket) {
     if (!*alive || stopping_ || ec == boost::asio::error::operation_aborted) return;
@@ -569,7 +569,7 @@ void Core::do_accept() {
 // Out of descriptors (or kernel memory): the peers waiting in the backlog are accepted and
 // closed at once, so they hear "no" instead of hanging, and accepting backs off rather than
 // spinning on the same error.
-void Core::on_accept_error(const boost::system::error_code& ec) {
+void ObjectServerImpl::on_accept_error(const boost::system::error_code& ec) {
   note(Event::accept_failed, ec.message());
   int e = ec.value();
   if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) shed_waiting_connections();
@@ -579,7 +579,7 @@ void Core::on_accept_error(const boost::system::error_code& ec) {
   });
 }
 
-void Core::shed_waiting_connections() {
+void ObjectServerImpl::shed_waiting_connections() {
   if (!acceptor_) return;
   if (reserve_fd_ >= 0) {
     ::close(reserve_fd_);
@@ -593,7 +593,7 @@ void Core::shed_waiting_connections() {
   reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
-void Core::admit(Conn::Socket socket) {
+void ObjectServerImpl::admit(Conn::Socket socket) {
   if (conns_.size() >= max_connections_) {
     note(Event::refused_at_cap, fmt::format("{} open", conns_.size()));
     boost::system::error_code ignored;
@@ -623,9 +623,9 @@ void Core::admit(Conn::Socket socket) {
   c->start();
 }
 
-void Core::handshake_done(Conn& c) { handshaking_.erase(c.id()); }
+void ObjectServerImpl::handshake_done(Conn& c) { handshaking_.erase(c.id()); }
 
-void Core::drain(std::chrono::milliseconds grace, std::function<void()> on_drained) {
+void ObjectServerImpl::drain(std::chrono::milliseconds grace, std::function<void()> on_drained) {
   if (stopping_) return;
   stopping_ = true;
   on_drained_ = std::move(on_drained);
@@ -645,7 +645,7 @@ void Core::drain(std::chrono::milliseconds grace, std::function<void()> on_drain
   if (conns_.empty()) stop();
 }
 
-void Core::stop() {
+void ObjectServerImpl::stop() {
   if (stopped_) return;
   stopped_ = true;
   stopping_ = true;
@@ -668,14 +668,14 @@ void Core::stop() {
   if (auto f = std::exchange(on_drained_, nullptr)) f();
 }
 
-void Core::request_shutdown() {
+void ObjectServerImpl::request_shutdown() {
   if (options_.on_shutdown_request) boost::asio::post(io_, [f = options_.on_shutdown_request] { f(); });
 }
 
 // A completed parked request's connection resumes at the end of the current handler, not in a
 // posted one: that spares a scheduler round (and its epoll_wait) on every lock hand-off, and
 // the waiter's reply goes out before the server waits again.
-void Core::queue_resume(std::shared_ptr<Conn> c) {
+void ObjectServerImpl::queue_resume(std::shared_ptr<Conn> c) {
   resumes_.push_back(std::move(c));
   if (batch_depth_ > 0 || resume_posted_) return;
   resume_posted_ = true;
@@ -686,7 +686,7 @@ void Core::queue_resume(std::shared_ptr<Conn> c) {
   });
 }
 
-void Core::run_resumes() {
+void ObjectServerImpl::run_resumes() {
   while (!resumes_.empty()) {
     std::vector<std::shared_ptr<Conn>> now;
     now.swap(resumes_);
@@ -694,12 +694,12 @@ void Core::run_resumes() {
   }
 }
 
-Obj* Core::find(std::uint64_t oid) {
+Obj* ObjectServerImpl::find(std::uint64_t oid) {
   auto it = objects_.find(oid);
   return it == objects_.end() ? nullptr : it->second.get();
 }
 
-SessionRec* Core::join_session(std::string token) {
+SessionRec* ObjectServerImpl::join_session(std::string token) {
   auto& s = sessions_[token];
   if (!s) {
     s = std::make_unique<SessionRec>();
@@ -709,7 +709,7 @@ SessionRec* Core::join_session(std::string token) {
   return s.get();
 }
 
-void Core::leave_session(SessionRec* s) {
+void ObjectServerImpl::leave_session(SessionRec* s) {
   if (!s || --s->connections > 0) return;
   auto anonymous = std::move(s->anonymous);
   std::string token = s->token;
@@ -717,7 +717,7 @@ void Core::leave_session(SessionRec* s) {
   for (std::uint64_t oid : anonymous) destroy(oid, "its creator disconnected");
 }
 
-void Core::conn_closed(Conn& c) {
+void ObjectServerImpl::conn_closed(Conn& c) {
   if (stopped_) return;
   conns_.erase(c.id());
   handshaking_.erase(c.id());
@@ -727,7 +727,7 @@ void Core::conn_closed(Conn& c) {
   if (stopping_ && conns_.empty()) stop();
 }
 
-void Core::deliver_task(const std::string& token, TaskOutcome outcome) {
+void ObjectServerImpl::deliver_task(const std::string& token, TaskOutcome outcome) {
   auto it = sessions_.find(token);
   if (it == sessions_.end()) return;  // nobody left to tell
   auto& s = *it->second;
@@ -735,7 +735,7 @@ void Core::deliver_task(const std::string& token, TaskOutcome outcome) {
   deliver_to_mailbox(*s.mailbox, std::move(outcome));
 }
 
-void Core::destroy(std::uint64_t oid, const char* why) {
+void ObjectServerImpl::destroy(std::uint64_t oid, const char* why) {
   auto it = objects_.find(oid);
   if (it == objects_.end()) return;
   std::unique_ptr<Obj> o = std::move(it->second);
@@ -780,7 +780,7 @@ bool takes_no_body(Op op) {
 }
 }  // namespace
 
-void Core::dispatch(Conn& c, Op op, std::uint64_t oid, Reader& r, Writer& w, bool& parked) {
+void ObjectServerImpl::dispatch(Conn& c, Op op, std::uint64_t oid, Reader& r, Writer& w, bool& parked) {
   if (takes_no_body(op)) r.expect_end();
   switch (op) {
     case Op::hello:
@@ -820,7 +820,7 @@ void Core::dispatch(Conn& c, Op op, std::uint64_t oid, Reader& r, Writer& w, boo
   parked = o->handle(c, op, r, w);
 }
 
-void Core::open(Conn& c, Reader& r, Writer& w) {
+void ObjectServerImpl::open(Conn& c, Reader& r, Writer& w) {
   auto kind = static_cast<Kind>(r.u8());
   std::string name(r.str());
   std::string tag(r.str());
