@@ -122,15 +122,7 @@ ClientConn::ClientConn(const Address& address, const std::string& authkey, std::
 
 ClientConn::~ClientConn() {
   send_queued_noexcept();
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
-  auto error = std::make_exception_ptr(ConnectionClosed("mpx: the manager connection was closed"));
-  for (auto& p : pending_)
-    if (p.slot) {
-      p.slot->error = error;
-      p.slot->done = true;
-      p.slot->conn = nullptr;
-    }
+  close_and_fail_pending("mpx: the manager connection was closed");
 }
 
 void ClientConn::send_queued_noexcept() noexcept {
@@ -146,12 +138,20 @@ void ClientConn::send_queued_noexcept() noexcept {
 }
 
 void ClientConn::abandon_after_fork() noexcept {
+  close_and_fail_pending("mpx: a pipelined call made before fork() cannot complete");
+}
+
+void ClientConn::close_and_fail_pending(const char* why) noexcept {
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
   out_.clear();
   in_request_ = false;
-  auto error =
-      std::make_exception_ptr(ConnectionClosed("mpx: a pipelined call made before fork() cannot complete"));
+  std::exception_ptr error;
+  try {
+    error = std::make_exception_ptr(ConnectionClosed(why));
+  } catch (...) {
+    error = std::current_exception();  // out of memory: that is the error then
+  }
   for (auto& p : pending_)
     if (p.slot) {
       p.slot->error = error;
@@ -184,18 +184,7 @@ void ClientConn::end_frame() {
 }
 
 void ClientConn::fail(const Error& e) {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
-  out_.clear();
-  in_request_ = false;
-  auto error = std::make_exception_ptr(ConnectionClosed(e.what()));
-  for (auto& p : pending_)
-    if (p.slot) {
-      p.slot->error = error;
-      p.slot->done = true;
-      p.slot->conn = nullptr;
-    }
-  pending_.clear();
+  close_and_fail_pending(e.what());
   throw ConnectionClosed(e.what());
 }
 

@@ -233,11 +233,12 @@ std::int64_t read_timeout(Reader& r);
 void reply_bool(Conn& c, bool value);
 
 // Makes a built-in object: OPEN's body after kind/name/tag is the kind's init data.
-std::unique_ptr<Obj> make_builtin(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name,
-                                  Reader& init);
-std::unique_ptr<Obj> make_registered(ObjectServerImpl& owner, std::uint64_t id, std::string tag, std::string name,
-                                     Reader& init, const TypeRegistry* types);
-std::unique_ptr<Obj> make_task_queue(ObjectServerImpl& owner, std::uint64_t id, std::string tag, std::string name);
+std::unique_ptr<Obj> make_builtin(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag,
+                                  std::string name, Reader& init);
+std::unique_ptr<Obj> make_registered(ObjectServerImpl& owner, std::uint64_t id, std::string tag,
+                                     std::string name, Reader& init, const TypeRegistry* types);
+std::unique_ptr<Obj> make_task_queue(ObjectServerImpl& owner, std::uint64_t id, std::string tag,
+                                     std::string name);
 std::unique_ptr<Obj> make_mailbox(ObjectServerImpl& owner);
 void deliver_to_mailbox(Obj& mailbox, TaskOutcome outcome);
 

@@ -179,7 +179,8 @@ void Conn::on_handshake_frame(Bytes& frame) {
                               std::to_string(proto::kManagerVersion));
         auto token = r.take(proto::kSessionTokenSize);
         r.expect_end();
-        session_ = server_.join_session(std::string(reinterpret_cast<const char*>(token.data()), token.size()));
+        session_ =
+            server_.join_session(std::string(reinterpret_cast<const char*>(token.data()), token.size()));
         std::size_t start = begin_frame();
         Writer w(out_);
         w.u8(static_cast<std::uint8_t>(proto::Status::ok));
@@ -261,7 +262,7 @@ void Conn::note_output() {
     pending_timer_.async_wait([self = shared_from_this(), gen = pending_gen_](boost::system::error_code ec) {
       if (ec || self->closed_ || !self->stalled_ || self->pending_gen_ != gen) return;
       self->server_.note(ObjectServerImpl::Event::slow_reader_closed,
-                       fmt::format("{}, {} bytes unread", self->peer_description(), self->pending_bytes()));
+                         fmt::format("{}, {} bytes unread", self->peer_description(), self->pending_bytes()));
       self->close_now();
     });
     return;

@@ -291,7 +291,8 @@ class ListObj final : public Obj {
 
 class ValueObj final : public Obj {
  public:
-  ValueObj(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name, Bytes initial)
+  ValueObj(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name,
+           Bytes initial)
       : Obj(owner, id, kind, std::move(tag), std::move(name)), value_(std::move(initial)) {}
 
   bool handle(Conn&, Op op, Reader& r, Writer& w) override {
@@ -372,7 +373,8 @@ class NamespaceObj final : public Obj {
 
 class QueueObj final : public Obj {
  public:
-  QueueObj(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name, std::uint64_t maxsize)
+  QueueObj(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name,
+           std::uint64_t maxsize)
       : Obj(owner, id, kind, std::move(tag), std::move(name)),
         maxsize_(maxsize),
         max_bytes_(owner.options().queue_max_bytes) {}
@@ -964,8 +966,8 @@ class RegisteredObj final : public Obj {
 
 }  // namespace
 
-std::unique_ptr<Obj> make_builtin(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name,
-                                  Reader& init) {
+std::unique_ptr<Obj> make_builtin(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag,
+                                  std::string name, Reader& init) {
   switch (kind) {
     case Kind::dict:
       init.expect_end();
@@ -1015,8 +1017,8 @@ std::unique_ptr<Obj> make_builtin(ObjectServerImpl& owner, std::uint64_t id, Kin
   throw ProtocolError("mpx manager protocol: unknown object kind");
 }
 
-std::unique_ptr<Obj> make_registered(ObjectServerImpl& owner, std::uint64_t id, std::string tag, std::string name,
-                                     Reader& init, const TypeRegistry* types) {
+std::unique_ptr<Obj> make_registered(ObjectServerImpl& owner, std::uint64_t id, std::string tag,
+                                     std::string name, Reader& init, const TypeRegistry* types) {
   std::string type_name(init.str());
   auto args_tag = init.str();
   auto args = init.blob();

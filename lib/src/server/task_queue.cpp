@@ -298,7 +298,8 @@ class TaskQueueObj final : public Obj {
 
 }  // namespace
 
-std::unique_ptr<Obj> make_task_queue(ObjectServerImpl& owner, std::uint64_t id, std::string tag, std::string name) {
+std::unique_ptr<Obj> make_task_queue(ObjectServerImpl& owner, std::uint64_t id, std::string tag,
+                                     std::string name) {
   return std::make_unique<TaskQueueObj>(owner, id, std::move(tag), std::move(name));
 }
 

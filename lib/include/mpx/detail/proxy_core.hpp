@@ -115,6 +115,8 @@ class ClientConn {
   void cap_quiet_tail();
   void read_pending(std::size_t keep);  // until at most `keep` requests are outstanding
   [[noreturn]] void fail(const Error& e);
+  // Closes the socket, drops what is queued and settles every outstanding call with `why`.
+  void close_and_fail_pending(const char* why) noexcept;
   void throw_unobserved();
 
   int fd_ = -1;
