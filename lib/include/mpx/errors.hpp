@@ -49,6 +49,12 @@ struct TypeMismatch : Error {
 struct BrokenBarrierError : Error {
   using Error::Error;
 };
+struct FileExistsError : Error {
+  using Error::Error;
+};  // a shared memory block of that name exists already
+struct FileNotFoundError : Error {
+  using Error::Error;
+};  // no shared memory block of that name
 
 // An exception thrown by user code in another process.
 struct RemoteError : Error {

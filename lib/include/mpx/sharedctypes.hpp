@@ -10,6 +10,10 @@
 // allows, otherwise under the RLock (which is recursive, so they stay legal while you hold it).
 // Array elements are plain memory: hold get_lock() (or use std::atomic_ref) when processes
 // write concurrently.
+//
+// RawValue / RawArray are the same storage without the lock (Python's RawValue, RawArray and
+// Value(..., lock=False)): for data one process writes before the others read it, or guarded
+// by a lock of your own. RawValue's load/store are still each atomic when T is lock-free.
 #pragma once
 
 #include <algorithm>
@@ -23,6 +27,7 @@
 #include <string>
 #include <type_traits>
 
+#include <mpx/detail/shm.hpp>
 #include <mpx/detail/sync.hpp>
 #include <mpx/errors.hpp>
 #include <mpx/synchronize.hpp>
@@ -120,6 +125,85 @@ class Array {
 
   std::shared_ptr<Header> s_;
   RLock lock_;
+  T* data_;
+};
+
+template <class T>
+class RawValue {
+  static_assert(std::is_trivially_copyable_v<T>, "mpx::RawValue<T> needs a trivially copyable T");
+
+ public:
+  explicit RawValue(T initial = T{}) : s_(detail::make_shared_object<Shared>(initial)) {}
+
+  T load() const {
+    if constexpr (kLockFree)
+      return std::atomic_ref<T>(s_->value).load(std::memory_order_seq_cst);
+    else
+      return s_->value;
+  }
+  void store(T value) {
+    if constexpr (kLockFree)
+      std::atomic_ref<T>(s_->value).store(value, std::memory_order_seq_cst);
+    else
+      s_->value = value;
+  }
+
+ private:
+  static constexpr bool kLockFree = std::atomic_ref<T>::is_always_lock_free;
+  struct Shared {
+    explicit Shared(T v) : value(v) {}
+    alignas(std::atomic_ref<T>::required_alignment) T value;
+  };
+  std::shared_ptr<Shared> s_;
+};
+
+template <class T>
+class RawArray {
+  static_assert(std::is_trivially_copyable_v<T>, "mpx::RawArray<T> needs a trivially copyable T");
+
+ public:
+  explicit RawArray(std::size_t n, T fill = T{}) : RawArray(Sized{}, n) {
+    std::uninitialized_fill_n(data_, n, fill);
+  }
+  explicit RawArray(std::span<const T> init) : RawArray(Sized{}, init.size()) {
+    std::uninitialized_copy(init.begin(), init.end(), data_);
+  }
+
+  std::size_t size() const { return s_->size; }
+  T& operator[](std::size_t i) { return data_[i]; }
+  const T& operator[](std::size_t i) const { return data_[i]; }
+  // Bounds-checked: IndexError like Python.
+  T& at(std::size_t i) { return data_[checked(i)]; }
+  const T& at(std::size_t i) const { return data_[checked(i)]; }
+  std::span<T> span() { return {data_, s_->size}; }
+  std::span<const T> span() const { return {data_, s_->size}; }
+  T* begin() { return data_; }
+  T* end() { return data_ + s_->size; }
+  const T* begin() const { return data_; }
+  const T* end() const { return data_ + s_->size; }
+
+ private:
+  struct Header {
+    explicit Header(std::size_t n) : size(n) {}
+    std::size_t size;
+  };
+  static constexpr std::size_t kOffset = (sizeof(Header) + alignof(T) - 1) / alignof(T) * alignof(T);
+
+  struct Sized {};
+  RawArray(Sized, std::size_t n)
+      : s_(detail::make_shared_object_with_extra<Header>(kOffset - sizeof(Header) + n * sizeof(T), n)),
+        data_(reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(s_.get()) + kOffset)) {
+    static_assert(alignof(T) <= 4096, "shared mappings are page aligned");
+  }
+
+  std::size_t checked(std::size_t i) const {
+    if (i >= s_->size)
+      throw IndexError("RawArray index " + std::to_string(i) + " out of range (size " +
+                       std::to_string(s_->size) + ")");
+    return i;
+  }
+
+  std::shared_ptr<Header> s_;
   T* data_;
 };
 
