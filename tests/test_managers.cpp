@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -162,6 +163,68 @@ TEST_CASE("list proxy: every operation, Python indexing, IndexError") {
   CHECK(l.size() == 5);
   l.clear();
   CHECK(l.snapshot().empty());
+}
+
+TEST_CASE("dict and list proxies: the rest of Python's dict and list, and Manager().Array") {
+  mpx::Manager m;
+  auto d = m.dict<std::string, int>();
+  CHECK(d.setdefault("a", 1) == 1);
+  CHECK(d.setdefault("a", 5) == 1);  // present: unchanged
+  CHECK(d.at("a") == 1);
+  d.update(std::map<std::string, int>{{"b", 2}, {"c", 3}});
+  d.update({{"d", 4}});
+  CHECK(d.copy() == std::map<std::string, int>{{"a", 1}, {"b", 2}, {"c", 3}, {"d", 4}});
+  CHECK(d.values() == std::vector<int>{1, 2, 3, 4});
+  CHECK(d.items().back() == std::pair<std::string, int>{"d", 4});
+  CHECK(d.popitem() == std::pair<std::string, int>{"d", 4});  // the last inserted, as Python
+  CHECK(d.popitem() == std::pair<std::string, int>{"c", 3});
+  d.clear();
+  CHECK_THROWS_AS(d.popitem(), mpx::KeyError);
+
+  auto l = m.list<int>();
+  l.extend({5, -3, 12, 5, 0, 100});
+  CHECK(l.index(5) == 0);
+  CHECK(l.index(12) == 2);
+  CHECK(l.count(5) == 2);
+  CHECK(l.count(7) == 0);
+  CHECK_THROWS_AS(l.index(7), mpx::ValueError);
+  l.remove(5);  // the first one
+  CHECK(l.snapshot() == std::vector<int>{-3, 12, 5, 0, 100});
+  CHECK_THROWS_AS(l.remove(7), mpx::ValueError);
+  l.reverse();
+  CHECK(l.snapshot() == std::vector<int>{100, 0, 5, 12, -3});
+  l.sort();  // by value: -3 < 0 even though their encodings do not sort that way
+  CHECK(l.snapshot() == std::vector<int>{-3, 0, 5, 12, 100});
+  l.sort(std::greater<>{});
+  CHECK(l.snapshot() == std::vector<int>{100, 12, 5, 0, -3});
+
+  // sort() of a list others change meanwhile still sorts (it retries on a changed list).
+  auto shared = m.list<int>("sort-race");
+  for (int i = 0; i < 200; ++i) shared.append((i * 7919) % 200);
+  mpx::Process writer([m]() mutable {
+    auto w = m.list<int>("sort-race");
+    for (int i = 0; i < 200; ++i) w.set(i % 10, 1000 + i);
+  });
+  writer.start();
+  shared.sort();
+  writer.join();
+  CHECK(writer.exitcode() == 0);
+  shared.sort();
+  auto snap = shared.snapshot();
+  CHECK(snap.size() == 200);
+  CHECK(std::is_sorted(snap.begin(), snap.end()));
+  CHECK(snap.back() == 1199);  // the writer's last value made it in
+
+  auto a = m.array<double>(3);
+  CHECK(a.size() == 3);
+  CHECK(a.snapshot() == std::vector<double>{0.0, 0.0, 0.0});
+  a.set(-1, 2.5);
+  CHECK(a.get(2) == 2.5);
+  CHECK_THROWS_AS(a.get(3), mpx::IndexError);
+  auto named = m.array<int>({1, 2, 3}, "arr");
+  CHECK(m.array<int>(0, "arr").snapshot() == std::vector<int>{1, 2, 3});  // opened, not remade
+  CHECK_THROWS_AS(m.list<int>("arr"), mpx::TypeMismatch);
+  CHECK_THROWS_AS(m.array<double>(1, "arr"), mpx::TypeMismatch);
 }
 
 TEST_CASE("value and namespace proxies") {

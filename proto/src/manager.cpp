@@ -32,6 +32,8 @@ std::string_view kind_name(Kind k) noexcept {
       return "barrier";
     case Kind::object:
       return "object";
+    case Kind::array:
+      return "array";
     case Kind::task_queue:
       return "task_queue";
   }

@@ -31,11 +31,15 @@
 #include <mpx/serialize.hpp>
 #include <mpx/timeout.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
+#include <ranges>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -200,14 +204,46 @@ class DictProxy : public detail::ProxyBase<DictProxy<K, V>> {
     detail::Request req(this->core_, proto::Op::dict_clear);
     req.call();
   }
-  void update(const std::vector<std::pair<K, V>>& items) {
+  void update(const std::vector<std::pair<K, V>>& items) { update<>(items); }
+  // Any map-like range (std::map, std::unordered_map, a range of pairs): one round trip.
+  template <std::ranges::input_range R>
+  requires requires(std::ranges::range_reference_t<R> kv) {
+    K(std::get<0>(kv));
+    V(std::get<1>(kv));
+  }
+  void update(const R& items) {
     detail::Request req(this->core_, proto::Op::dict_update);
-    req.w().u64(items.size());
-    for (auto& [k, v] : items) {
-      detail::put_value(req.w(), k);
-      detail::put_value(req.w(), v);
+    auto count_at = req.w().buffer().size();
+    req.w().u64(0);
+    std::uint64_t n = 0;
+    for (auto&& kv : items) {
+      detail::put_value(req.w(), static_cast<const K&>(std::get<0>(kv)));
+      detail::put_value(req.w(), static_cast<const V&>(std::get<1>(kv)));
+      ++n;
     }
+    req.w().patch(count_at, n);  // ranges need not know their size
     req.call();
+  }
+  // Python's dict.setdefault: the value under `key`, which is set to `dflt` first if absent.
+  V setdefault(const K& key, const V& dflt = V{}) {
+    detail::Request req(this->core_, proto::Op::dict_setdefault);
+    detail::put_value(req.w(), key);
+    detail::put_value(req.w(), dflt);
+    auto r = req.call();
+    return detail::get_value<V>(r);
+  }
+  // Removes and returns the item inserted last (Python's order); KeyError when empty.
+  std::pair<K, V> popitem() {
+    detail::Request req(this->core_, proto::Op::dict_popitem);
+    auto r = req.call();
+    K k = detail::get_value<K>(r);
+    return {std::move(k), detail::get_value<V>(r)};
+  }
+  // A snapshot as a std::map (Python's dict.copy()).
+  std::map<K, V> copy() const requires std::totally_ordered<K> {
+    std::map<K, V> out;
+    for (auto& [k, v] : items()) out.emplace(std::move(k), std::move(v));
+    return out;
   }
 
   // Pipelined forms.
@@ -295,6 +331,38 @@ class ListProxy : public detail::ProxyBase<ListProxy<T>> {
     for (auto& v : out) v = detail::get_value<T>(r);
     return out;
   }
+  // Items compare by their encoded bytes, as dict keys do. ValueError when absent (Python).
+  std::size_t index(const T& v) const { return static_cast<std::size_t>(value_op(proto::Op::list_index, v)); }
+  std::size_t count(const T& v) const { return static_cast<std::size_t>(value_op(proto::Op::list_count, v)); }
+  void remove(const T& v) { value_op(proto::Op::list_remove, v); }
+  void reverse() {
+    detail::Request req(this->core_, proto::Op::list_reverse);
+    req.call();
+  }
+  // Sorts by value (operator< or `less`), stably, as Python's list.sort: the values are
+  // compared here, and the new order applies only if nobody changed the list meanwhile.
+  template <class Less = std::less<>>
+  void sort(Less less = {}) {
+    for (;;) {
+      std::uint64_t version;
+      std::vector<T> items;
+      {
+        detail::Request req(this->core_, proto::Op::list_snapshot_versioned);
+        auto r = req.call();
+        version = r.u64();
+        items.resize(static_cast<std::size_t>(r.count(8)));
+        for (auto& v : items) v = detail::get_value<T>(r);
+      }
+      std::vector<std::uint64_t> order(items.size());
+      for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+      std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) { return less(items[a], items[b]); });
+      detail::Request req(this->core_, proto::Op::list_permute);
+      req.w().u64(version);
+      req.w().u64(order.size());
+      for (auto i : order) req.w().u64(i);
+      if (req.call().boolean()) return;
+    }
+  }
   Deferred<void> append_async(const T& v) {
     detail::Request req(this->core_, proto::Op::list_append);
     detail::put_value(req.w(), v);
@@ -302,6 +370,49 @@ class ListProxy : public detail::ProxyBase<ListProxy<T>> {
   }
 
   static void check(const detail::ProxyCore& c) { c.expect(proto::Kind::list, tag()); }
+
+ private:
+  std::uint64_t value_op(proto::Op op, const T& v) const {
+    detail::Request req(this->core_, op);
+    detail::put_value(req.w(), v);
+    auto r = req.call();
+    return op == proto::Op::list_remove ? 0 : r.u64();
+  }
+};
+
+// Python's Manager().Array: a managed list of fixed length.
+template <class T>
+class ArrayProxy : public detail::ProxyBase<ArrayProxy<T>> {
+ public:
+  using detail::ProxyBase<ArrayProxy<T>>::ProxyBase;
+  static std::string tag() { return detail::wire_type_tag<T>(); }
+
+  std::size_t size() const {
+    detail::Request req(this->core_, proto::Op::list_size);
+    return static_cast<std::size_t>(req.call().u64());
+  }
+  // Negative indices count from the end; out of range: IndexError.
+  T get(std::ptrdiff_t i) const {
+    detail::Request req(this->core_, proto::Op::list_at);
+    req.w().i64(i);
+    auto r = req.call();
+    return detail::get_value<T>(r);
+  }
+  void set(std::ptrdiff_t i, const T& v) {
+    detail::Request req(this->core_, proto::Op::list_set);
+    req.w().i64(i);
+    detail::put_value(req.w(), v);
+    req.call();
+  }
+  std::vector<T> snapshot() const {
+    detail::Request req(this->core_, proto::Op::list_snapshot);
+    auto r = req.call();
+    std::vector<T> out(static_cast<std::size_t>(r.count(8)));
+    for (auto& v : out) v = detail::get_value<T>(r);
+    return out;
+  }
+
+  static void check(const detail::ProxyCore& c) { c.expect(proto::Kind::array, tag()); }
 };
 
 template <class T>
@@ -688,6 +799,18 @@ class Manager {
   template <class T>
   ListProxy<T> list(std::string_view name = {}) {
     return ListProxy<T>(open(proto::Kind::list, name, ListProxy<T>::tag(), {}));
+  }
+  // Python's Manager().Array: n default values, or the given ones; the length is fixed.
+  template <class T>
+  ArrayProxy<T> array(std::size_t n, std::string_view name = {}) {
+    return array<T>(std::vector<T>(n), name);
+  }
+  template <class T>
+  ArrayProxy<T> array(const std::vector<T>& values, std::string_view name = {}) {
+    return ArrayProxy<T>(open(proto::Kind::array, name, ArrayProxy<T>::tag(), [&](proto::Writer& w) {
+      w.u64(values.size());
+      for (auto& v : values) detail::put_value(w, v);
+    }));
   }
   template <class T>
   ValueProxy<T> value(T initial = T{}, std::string_view name = {}) {

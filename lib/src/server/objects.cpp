@@ -156,6 +156,28 @@ class DictObj final : public Obj {
         index_.clear();
         entries_.clear();
         return false;
+      case Op::dict_setdefault: {
+        auto k = r.blob();
+        auto v = r.blob();
+        r.expect_end();
+        auto it = index_.find(as_sv(k));
+        if (it == index_.end()) {
+          set(k, v);
+          w.blob(v);
+        } else {
+          w.blob(it->second->value);
+        }
+        return false;
+      }
+      case Op::dict_popitem: {
+        r.expect_end();
+        if (entries_.empty()) throw KeyError("mpx: popitem(): the managed dict is empty");
+        auto& last = entries_.back();  // LIFO, as Python's dict.popitem
+        w.str(last.key);
+        w.blob(last.value);
+        erase(index_.find(std::string_view(last.key)));
+        return false;
+      }
       case Op::dict_update: {
         // Validate the whole request before changing anything.
         std::uint64_t n = r.count(16);
@@ -206,9 +228,9 @@ class DictObj final : public Obj {
 
 class ListObj final : public Obj {
  public:
-  using Obj::Obj;
-
   bool handle(Conn&, Op op, Reader& r, Writer& w) override {
+    if (!allowed(op)) bad_op(op, kind());
+    if (changes(op)) ++version_;  // a change that then fails bumps it too, which is harmless
     switch (op) {
       case Op::list_append: {
         auto v = r.blob();
@@ -270,12 +292,97 @@ class ListObj final : public Obj {
         w.u64(items_.size());
         for (auto& v : items_) w.blob(v);
         return false;
+      case Op::list_index:
+      case Op::list_remove: {
+        auto v = r.blob();
+        r.expect_end();
+        auto it = std::find_if(items_.begin(), items_.end(), [&](const Bytes& x) { return same(x, v); });
+        if (it == items_.end())
+          throw ValueError(op == Op::list_index ? "mpx: list.index(x): x not in list"
+                                                : "mpx: list.remove(x): x not in list");
+        if (op == Op::list_index)
+          w.u64(static_cast<std::uint64_t>(it - items_.begin()));
+        else
+          items_.erase(it);
+        return false;
+      }
+      case Op::list_count: {
+        auto v = r.blob();
+        r.expect_end();
+        w.u64(static_cast<std::uint64_t>(
+            std::count_if(items_.begin(), items_.end(), [&](const Bytes& x) { return same(x, v); })));
+        return false;
+      }
+      case Op::list_reverse:
+        r.expect_end();
+        std::reverse(items_.begin(), items_.end());
+        return false;
+      case Op::list_snapshot_versioned:
+        r.expect_end();
+        w.u64(version_);
+        w.u64(items_.size());
+        for (auto& v : items_) w.blob(v);
+        return false;
+      case Op::list_permute:
+        w.boolean(permute(r));
+        return false;
       default:
         bad_op(op, kind());
     }
   }
 
+  ListObj(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name,
+          std::vector<Bytes> items = {})
+      : Obj(owner, id, kind, std::move(tag), std::move(name)), items_(std::move(items)) {}
+
  private:
+  // An array (Python's Manager().Array) is a list of fixed length.
+  bool allowed(Op op) const {
+    return kind() != Kind::array || op == Op::list_at || op == Op::list_set || op == Op::list_size ||
+           op == Op::list_snapshot;
+  }
+  static bool changes(Op op) {
+    switch (op) {
+      case Op::list_append:
+      case Op::list_extend:
+      case Op::list_set:
+      case Op::list_insert:
+      case Op::list_pop:
+      case Op::list_erase:
+      case Op::list_clear:
+      case Op::list_remove:
+      case Op::list_reverse:
+        return true;
+      default:
+        return false;
+    }
+  }
+  static bool same(const Bytes& x, std::span<const std::byte> v) {
+    return x.size() == v.size() && std::equal(x.begin(), x.end(), v.begin());
+  }
+  // Sorting by value needs the values' C++ type, which only the client has: it reads a
+  // versioned snapshot, sorts, and sends the order back; the order applies only if the list has
+  // not changed since (false: the client tries again).
+  bool permute(Reader& r) {
+    std::uint64_t version = r.u64();
+    std::uint64_t n = r.count(8);
+    std::vector<std::size_t> order(n);
+    for (auto& i : order) i = static_cast<std::size_t>(r.u64());
+    r.expect_end();
+    if (version != version_) return false;
+    if (n != items_.size()) throw ValueError("mpx: list permutation of the wrong length");
+    std::vector<bool> seen(n);
+    for (auto i : order) {
+      if (i >= n || seen[i]) throw ValueError("mpx: not a permutation of the list");
+      seen[i] = true;
+    }
+    std::vector<Bytes> sorted;
+    sorted.reserve(n);
+    for (auto i : order) sorted.push_back(std::move(items_[i]));
+    items_ = std::move(sorted);
+    ++version_;
+    return true;
+  }
   // Python's indexing: negative counts from the end; out of range is an IndexError.
   std::size_t index(std::int64_t i) const {
     auto n = static_cast<std::int64_t>(items_.size());
@@ -284,6 +391,7 @@ class ListObj final : public Obj {
     return static_cast<std::size_t>(i);
   }
   std::vector<Bytes> items_;
+  std::uint64_t version_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -975,6 +1083,12 @@ std::unique_ptr<Obj> make_builtin(ObjectServerImpl& owner, std::uint64_t id, Kin
     case Kind::list:
       init.expect_end();
       return std::make_unique<ListObj>(owner, id, kind, tag, name);
+    case Kind::array: {
+      std::vector<Bytes> items;
+      for (auto v : read_blobs(init)) items.push_back(as_bytes(v));
+      init.expect_end();
+      return std::make_unique<ListObj>(owner, id, kind, tag, name, std::move(items));
+    }
     case Kind::namespace_:
       init.expect_end();
       return std::make_unique<NamespaceObj>(owner, id, kind, tag, name);

@@ -41,6 +41,8 @@ enum class Op : std::uint8_t {
   dict_clear = 0x18,
   dict_update = 0x19,
   dict_pop = 0x1a,
+  dict_setdefault = 0x1b,
+  dict_popitem = 0x1c,
   // list
   list_append = 0x20,
   list_extend = 0x21,
@@ -52,6 +54,12 @@ enum class Op : std::uint8_t {
   list_size = 0x27,
   list_clear = 0x28,
   list_snapshot = 0x29,
+  list_index = 0x2a,
+  list_count = 0x2b,
+  list_remove = 0x2c,
+  list_reverse = 0x2d,
+  list_snapshot_versioned = 0x2e,
+  list_permute = 0x2f,
   // value
   value_get = 0x30,
   value_set = 0x31,
@@ -116,6 +124,7 @@ enum class Kind : std::uint8_t {
   barrier = 13,
   object = 14,
   task_queue = 15,
+  array = 16,
 };
 std::string_view kind_name(Kind) noexcept;  // "dict", "list" ... ("?" for an unknown value)
 
