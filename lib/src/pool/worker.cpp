@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <exception>
@@ -27,6 +28,51 @@ using Clock = std::chrono::steady_clock;
 // more tasks of the same batch.
 constexpr auto kMaxResultDelay = std::chrono::microseconds(200);
 constexpr std::size_t kMaxResultBuffer = std::size_t{1} << 20;
+
+// Runs the pool's initializer, if any. If it throws, its INIT_ERROR message is left in `out` for
+// the pool, and the worker must exit: false.
+bool run_initializer(const SpawnerConfig& config, Bytes& out) {
+  if (!config.initializer || !*config.initializer) return true;
+  try {
+    (*config.initializer)();
+    return true;
+  } catch (...) {
+    std::size_t at = proto::begin_frame(out);
+    proto::Writer(out).u8(kInitError);
+    encode_raised_fields(out, std::current_exception());
+    proto::end_frame(out, at);
+    return false;
+  }
+}
+
+// Reads whatever the pool has sent into `in` (at least what the frame being read lacks fits):
+// recv's result, its errno in `err`.
+ssize_t receive(int fd, ReadBuffer& in, SpinStats& spin_stats, int& err) {
+  std::size_t need = kReadChunk / 4;
+  if (auto f = proto::peek_frame(in.data())) need = std::max<std::size_t>(need, f->missing());
+  auto room = in.prepare(need);
+  // The next batch often follows within a cross-CPU wake-up's time of the last results (an
+  // apply() loop): polling that long first saves this worker the wake-up. The budget adapts
+  // per worker, and polling stops paying (and mostly stops) while tasks come seldom.
+  ssize_t n = -1;
+  err = EAGAIN;
+  {
+    AdaptiveSpin spin(spin_stats);
+    spin.spin_polling(
+        [&] {
+          n = ::recv(fd, room.data(), room.size(), MSG_DONTWAIT);
+          err = errno;
+          return n >= 0 || (err != EAGAIN && err != EWOULDBLOCK);
+        },
+        Deadline::never());
+    if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+      n = ::recv(fd, room.data(), room.size(), 0);
+      err = errno;
+    }
+  }
+  if (n > 0) in.commit(static_cast<std::size_t>(n));
+  return n;
+}
 
 }  // namespace
 
@@ -66,17 +112,9 @@ int worker_main(int fd, Slot* slot, const SpawnerConfig& config) {
     return ok;
   };
 
-  if (config.initializer && *config.initializer) {
-    try {
-      (*config.initializer)();
-    } catch (...) {
-      std::size_t at = proto::begin_frame(out);
-      proto::Writer(out).u8(kInitError);
-      encode_raised_fields(out, std::current_exception());
-      proto::end_frame(out, at);
-      flush();
-      return 1;
-    }
+  if (!run_initializer(config, out)) {
+    flush();
+    return 1;
   }
 
   ReadBuffer in;
@@ -121,31 +159,10 @@ int worker_main(int fd, Slot* slot, const SpawnerConfig& config) {
     }
     in.consume(frames.consumed());
     if (!flush()) return 1;
-    std::size_t need = kReadChunk / 4;
-    if (auto f = proto::peek_frame(in.data())) need = std::max<std::size_t>(need, f->missing());
-    auto room = in.prepare(need);
-    // The next batch often follows within a cross-CPU wake-up's time of the last results (an
-    // apply() loop): polling that long first saves this worker the wake-up. The budget adapts
-    // per worker, and polling stops paying (and mostly stops) while tasks come seldom.
-    ssize_t n = -1;
-    int err = EAGAIN;
-    {
-      AdaptiveSpin spin(read_spin);
-      spin.spin_polling(
-          [&] {
-            n = ::recv(fd, room.data(), room.size(), MSG_DONTWAIT);
-            err = errno;
-            return n >= 0 || (err != EAGAIN && err != EWOULDBLOCK);
-          },
-          Deadline::never());
-      if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
-        n = ::recv(fd, room.data(), room.size(), 0);
-        err = errno;
-      }
-    }
+    int err = 0;
+    ssize_t n = receive(fd, in, read_spin, err);
     if (n < 0 && err == EINTR) continue;
     if (n <= 0) return 0;  // the pool is gone
-    in.commit(static_cast<std::size_t>(n));
   }
 }
 
