@@ -2,6 +2,7 @@
 #include "manager/tasks.hpp"
 
 #include "common/log.hpp"
+#include "process/worker_set.hpp"
 
 #include <mpx/managers.hpp>
 #include <mpx/process.hpp>
@@ -213,160 +214,182 @@ extern "C" void on_stop_signal(int) {
   errno = saved;
 }
 
-}  // namespace
-}  // namespace detail
-
-void serve_tasks(const Address& address, std::string authkey, std::string_view queue_name,
-                 unsigned processes) {
-  using namespace std::chrono;
-  if (processes == 0) processes = cpu_count();
-  const std::string queue(queue_name);
-  auto m = Manager::connect(address, authkey);
-  auto tq = m.task_queue(queue);
-  const std::uint64_t oid = tq.core().oid();
-  detail::ClientConn& conn = tq.core().conn();
-  std::array<std::byte, proto::kSessionTokenSize> token{};
-  {
-    auto mine = tq.core().session()->current().token();
-    std::copy(mine.begin(), mine.end(), token.begin());
-  }
-
-  // SIGTERM/SIGINT end the loop below; the handlers are this call's only.
-  int sig_pipe[2];
-  if (::pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0) throw Error("mpx: serve_tasks: pipe failed");
-  int expected = -1;
-  if (!detail::g_signal_fd.compare_exchange_strong(expected, sig_pipe[1])) {
-    ::close(sig_pipe[0]);
-    ::close(sig_pipe[1]);
-    throw StateError("mpx: serve_tasks is already running in this process");
-  }
-  struct sigaction sa {
-  }, old_term{}, old_int{};
-  sa.sa_handler = detail::on_stop_signal;
-  sigemptyset(&sa.sa_mask);
-  ::sigaction(SIGTERM, &sa, &old_term);
-  ::sigaction(SIGINT, &sa, &old_int);
-  sigset_t stop_set, old_mask;
-  sigemptyset(&stop_set);
-  sigaddset(&stop_set, SIGTERM);
-  sigaddset(&stop_set, SIGINT);
-  ::pthread_sigmask(SIG_UNBLOCK, &stop_set, &old_mask);
-  // Puts the signal handling back however this call ends.
-  struct Restore {
-    int* pipe;
-    struct sigaction *term, *intr;
-    sigset_t* mask;
-    ~Restore() {
-      detail::g_signal_fd = -1;
-      ::sigaction(SIGTERM, term, nullptr);
-      ::sigaction(SIGINT, intr, nullptr);
-      ::pthread_sigmask(SIG_SETMASK, mask, nullptr);
-      ::close(pipe[0]);
-      ::close(pipe[1]);
+// While it lives, SIGTERM and SIGINT make the pipe readable instead of ending the process; the
+// handlers, the mask and the pipe are put back however serve_tasks ends. One per process.
+class StopSignals {
+ public:
+  StopSignals() {
+    if (::pipe2(pipe_, O_CLOEXEC | O_NONBLOCK) != 0) throw Error("mpx: serve_tasks: pipe failed");
+    int expected = -1;
+    if (!g_signal_fd.compare_exchange_strong(expected, pipe_[1])) {
+      ::close(pipe_[0]);
+      ::close(pipe_[1]);
+      throw StateError("mpx: serve_tasks is already running in this process");
     }
-  } restore{sig_pipe, &old_term, &old_int, &old_mask};
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGTERM, &sa, &old_term_);
+    ::sigaction(SIGINT, &sa, &old_int_);
+    sigset_t stop_set;
+    sigemptyset(&stop_set);
+    sigaddset(&stop_set, SIGTERM);
+    sigaddset(&stop_set, SIGINT);
+    ::pthread_sigmask(SIG_UNBLOCK, &stop_set, &old_mask_);
+  }
+  ~StopSignals() {
+    g_signal_fd = -1;
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+    ::sigaction(SIGINT, &old_int_, nullptr);
+    ::pthread_sigmask(SIG_SETMASK, &old_mask_, nullptr);
+    ::close(pipe_[0]);
+    ::close(pipe_[1]);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  int fd() const { return pipe_[0]; }
 
-  struct Slot {
-    std::shared_ptr<detail::ChildProcess> child;
-    steady_clock::time_point started;
-    steady_clock::time_point respawn_at;
-  };
-  std::vector<Slot> slots(processes);
-  auto spawn = [&](std::size_t i) {
-    detail::ForkOptions o;
-    o.name = "TaskWorker-" + queue + "-" + std::to_string(i + 1);
-    o.daemon = true;
-    slots[i].child =
-        detail::fork_child(o, [&]() -> int { return detail::run_worker(address, authkey, queue, token); });
-    slots[i].started = steady_clock::now();
-  };
-  auto report_exit = [&](pid_t pid, int code) {
+ private:
+  int pipe_[2] = {-1, -1};
+  struct sigaction old_term_ {
+  }, old_int_{};
+  sigset_t old_mask_{};
+};
+
+// serve_tasks' supervisor: keeps `processes` workers on the queue, replaces the ones that end
+// (a crash loop after a pause), and tells the server of each exit so it fails the task that
+// worker was running.
+class TaskSupervisor {
+ public:
+  // SIGTERM ends a worker at once unless its task handles the signal: then it gets this long.
+  static constexpr auto kStopGrace = std::chrono::seconds(5);
+
+  TaskSupervisor(const Address& address, const std::string& authkey, const std::string& queue,
+                 std::span<const std::byte> token, ClientConn& conn, std::uint64_t oid, unsigned processes)
+      : address_(address),
+        authkey_(authkey),
+        queue_(queue),
+        token_(token),
+        conn_(conn),
+        oid_(oid),
+        workers_(processes) {}
+
+  // Returns on a stop signal (readable `stop_fd`) or when the manager goes away; the workers
+  // are still running then (stop() ends them; the destructor kills them).
+  void run(int stop_fd) {
+    for (;;) {
+      start_due_workers();
+      if (conn_.broken()) {  // a failed exit report found the server gone
+        log_stop("the manager went away");
+        return;
+      }
+      switch (wait(stop_fd)) {
+        case Wake::stop_signal:
+          log_stop("stop signal");
+          return;
+        case Wake::manager_gone:
+          log_stop("the manager went away");
+          return;
+        case Wake::timeout:
+          break;
+      }
+      if (!handle_exits()) {
+        log_stop("the manager went away");
+        return;
+      }
+    }
+  }
+
+  void stop() { workers_.stop(kStopGrace); }
+
+ private:
+  enum class Wake { timeout, stop_signal, manager_gone };
+
+  void log_stop(const char* why) const {
+    logger().info("serve_tasks '{}': {}, stopping the workers", queue_, why);
+  }
+
+  void start_due_workers() {
+    for (std::size_t slot : workers_.due()) {
+      ForkOptions o;
+      o.name = "TaskWorker-" + queue_ + "-" + std::to_string(slot + 1);
+      o.daemon = true;
+      workers_.start(slot, o, [this]() -> int { return run_worker(address_, authkey_, queue_, token_); });
+    }
+  }
+
+  // Sleeps until a signal, the manager's end of file, a worker's exit or the next respawn.
+  Wake wait(int stop_fd) {
+    std::vector<pollfd> fds;
+    fds.push_back({stop_fd, POLLIN, 0});
+    fds.push_back({conn_.fileno(), POLLIN | POLLRDHUP, 0});  // nothing is outstanding: any event is EOF
+    for (int fd : workers_.sentinels()) fds.push_back({fd, POLLIN, 0});
+    if (::poll(fds.data(), fds.size(), workers_.ms_until_due()) < 0 && errno != EINTR)
+      throw Error(std::string("mpx: serve_tasks: poll: ") + std::strerror(errno));
+    if (fds[0].revents) return Wake::stop_signal;
+    if (fds[1].revents) return Wake::manager_gone;
+    return Wake::timeout;
+  }
+
+  // Reports the workers that ended; their slots are started again by the next round. False
+  // when an exit shows the manager has gone.
+  bool handle_exits() {
+    for (const WorkerSet::Exit& e : workers_.reap()) {
+      int code = e.exitcode.value_or(0);
+      // A worker ends cleanly when it finds the server gone; this process is about to see that
+      // too, and must not start workers for a server that has stopped.
+      if (code == 0 && manager_closing()) return false;
+      logger().warn("serve_tasks '{}': worker {} ended (exit code {}); replacing it", queue_, e.pid, code);
+      report_exit(e.pid, code);
+    }
+    return true;
+  }
+
+  // True if the manager's connection reaches end of file within a short while.
+  bool manager_closing() const {
+    pollfd eof{conn_.fileno(), POLLIN | POLLRDHUP, 0};
+    return ::poll(&eof, 1, 200) > 0;
+  }
+
+  void report_exit(pid_t pid, int code) {
     try {
-      detail::Request req(conn, proto::Op::task_worker_exit, oid);
+      Request req(conn_, proto::Op::task_worker_exit, oid_);
       req.w().i32(static_cast<std::int32_t>(pid));
       req.w().i32(code);
       req.call();
     } catch (const Error&) {  // the server may be gone; the loop notices that next
     }
-  };
-
-  try {
-    for (std::size_t i = 0; i < slots.size(); ++i) spawn(i);
-    bool running = true;
-    while (running) {
-      if (conn.broken()) {  // a failed exit report found the server gone
-        detail::logger().info("serve_tasks '{}': the manager went away, stopping the workers", queue);
-        break;
-      }
-      std::vector<pollfd> fds;
-      fds.push_back({sig_pipe[0], POLLIN, 0});
-      fds.push_back({conn.fileno(), POLLIN | POLLRDHUP, 0});  // nothing is outstanding: any event is EOF
-      std::vector<std::size_t> index;
-      auto now = steady_clock::now();
-      int wait_ms = -1;
-      for (std::size_t i = 0; i < slots.size(); ++i) {
-        if (slots[i].child) {
-          fds.push_back({slots[i].child->sentinel(), POLLIN, 0});
-          index.push_back(i);
-        } else {
-          auto ms = duration_cast<milliseconds>(slots[i].respawn_at - now).count();
-          ms = std::max<long long>(ms, 0);
-          wait_ms = wait_ms < 0 ? static_cast<int>(ms) : std::min(wait_ms, static_cast<int>(ms));
-        }
-      }
-      int r = ::poll(fds.data(), fds.size(), wait_ms);
-      if (r < 0 && errno != EINTR)
-        throw Error(std::string("mpx: serve_tasks: poll: ") + std::strerror(errno));
-      if (fds[0].revents) {
-        detail::logger().info("serve_tasks '{}': stop signal, stopping the workers", queue);
-        break;
-      }
-      if (fds[1].revents) {
-        detail::logger().info("serve_tasks '{}': the manager went away, stopping the workers", queue);
-        break;
-      }
-      for (std::size_t k = 0; k < index.size(); ++k) {
-        auto& s = slots[index[k]];
-        if (!fds[k + 2].revents || !s.child->wait(milliseconds(0))) continue;
-        int code = s.child->exitcode().value_or(0);
-        pid_t pid = s.child->pid();
-        // A worker ends cleanly when it finds the server gone; this process is about to see
-        // that too, and must not start workers for a server that has stopped.
-        if (code == 0) {
-          pollfd eof{conn.fileno(), POLLIN | POLLRDHUP, 0};
-          if (::poll(&eof, 1, 200) > 0) {
-            running = false;
-            break;
-          }
-        }
-        detail::logger().warn("serve_tasks '{}': worker {} ended (exit code {}); replacing it", queue, pid,
-                              code);
-        report_exit(pid, code);
-        s.child.reset();
-        // A worker that dies at once (a crash loop) is replaced after a pause, not in a spin.
-        s.respawn_at = steady_clock::now() +
-                       (steady_clock::now() - s.started < seconds(1) ? milliseconds(500) : milliseconds(0));
-      }
-      if (!running) {
-        detail::logger().info("serve_tasks '{}': the manager went away, stopping the workers", queue);
-        break;
-      }
-      now = steady_clock::now();
-      for (std::size_t i = 0; i < slots.size() && running; ++i)
-        if (!slots[i].child && now >= slots[i].respawn_at) spawn(i);
-    }
-  } catch (...) {
-    for (auto& s : slots)
-      if (s.child) s.child->signal(SIGKILL);
-    throw;
   }
-  for (auto& s : slots)
-    if (s.child) s.child->signal(SIGTERM);
-  for (auto& s : slots)
-    if (s.child && !s.child->wait(seconds(5))) {
-      s.child->signal(SIGKILL);
-      s.child->wait();
-    }
+
+  const Address& address_;
+  const std::string& authkey_;
+  const std::string& queue_;
+  std::span<const std::byte> token_;
+  ClientConn& conn_;
+  const std::uint64_t oid_;
+  WorkerSet workers_;  // default back-off: a worker that dies within 1 s waits 500 ms
+};
+
+}  // namespace
+}  // namespace detail
+
+void serve_tasks(const Address& address, std::string authkey, std::string_view queue_name,
+                 unsigned processes) {
+  if (processes == 0) processes = cpu_count();
+  const std::string queue(queue_name);
+  auto m = Manager::connect(address, authkey);
+  auto tq = m.task_queue(queue);
+  std::array<std::byte, proto::kSessionTokenSize> token{};
+  {
+    auto mine = tq.core().session()->current().token();
+    std::copy(mine.begin(), mine.end(), token.begin());
+  }
+  detail::StopSignals signals;
+  // Its destructor kills and reaps the workers if run() throws.
+  detail::TaskSupervisor supervisor(address, authkey, queue, token, tq.core().conn(), tq.core().oid(),
+                                    processes);
+  supervisor.run(signals.fd());
+  supervisor.stop();
 }
 
 }  // namespace mpx

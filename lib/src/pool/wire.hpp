@@ -98,5 +98,8 @@ struct SpawnerConfig {
 int spawner_main(int ctl, const SpawnerConfig& config);
 // A worker's loop on its channel to the pool; returns its exit status.
 int worker_main(int fd, Slot* slot, const SpawnerConfig& config);
+// Writes all n bytes to the stream socket fd, waiting while it is full (non-blocking or not);
+// false once the peer is gone. For the worker's and the spawner's plain poll loops.
+bool write_all(int fd, const std::byte* p, std::size_t n);
 
 }  // namespace mpx::detail::poolwire
