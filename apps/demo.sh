@@ -35,6 +35,11 @@ if command -v python3 >/dev/null 2>&1; then
   wait "$server"; server=""
 fi
 
+if command -v python3 >/dev/null 2>&1; then
+  echo; echo "== a named shared memory block: C++ fills it, a stock Python script reads it by name"
+  "$bin/shm_numpy_demo" --count 1000000 --script "$here/python/shm_reader.py"
+fi
+
 echo; echo "== the tutorial's simple thread and process pools, per-item overhead side by side"
 "$bin/simple_pools"
 

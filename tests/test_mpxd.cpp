@@ -5,7 +5,6 @@
 #include <mpx/process.hpp>
 
 #include <doctest/doctest.h>
-#include <support.hpp>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -16,6 +15,7 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <support.hpp>
 
 #include <chrono>
 #include <cstdio>
@@ -27,7 +27,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
 
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
@@ -208,6 +207,11 @@ TEST_CASE("mpxd: serves C++ and Python clients; SIGTERM drains and removes the s
   auto [rc_items, out_items] = shell(py + "items");
   CHECK(rc_items == 0);
   CHECK(out_items == "from=c++\ncolour=blue\n");
+  CHECK(shell(py + "setdefault colour red") == std::pair<int, std::string>{0, "blue\n"});  // kept
+  CHECK(shell(py + "setdefault size M") == std::pair<int, std::string>{0, "M\n"});
+  CHECK(cfg.at("size") == "M");
+  CHECK(shell(py + "popitem") == std::pair<int, std::string>{0, "size=M\n"});  // the last inserted
+  CHECK_FALSE(cfg.contains("size"));
   auto [rc_missing, out_missing] = shell(py + "get nothing 2>/dev/null");
   CHECK(rc_missing == 1);
   m->dict<int, int>("ints");

@@ -21,6 +21,7 @@ MAGIC = b"MPXM"
 VERSION = 1
 OP_HELLO, OP_OPEN = 0x01, 0x02
 OP_SET, OP_GET, OP_CONTAINS, OP_ERASE, OP_SIZE, OP_ITEMS = 0x10, 0x11, 0x12, 0x13, 0x14, 0x17
+OP_SETDEFAULT, OP_POPITEM = 0x1B, 0x1C
 KIND_DICT = 1
 ERROR_NAMES = {1: "Error", 2: "TimeoutError", 3: "Empty", 4: "Full", 5: "KeyError", 6: "ValueError",
                7: "StateError", 8: "IndexError", 9: "ConnectionError", 10: "ConnectionClosed",
@@ -205,13 +206,22 @@ class Dict:
         r = self.m.request(OP_ITEMS, self.oid)
         return [(decode_str(r.blob()), decode_str(r.blob())) for _ in range(r.u64())]
 
+    def setdefault(self, key, default=""):
+        r = self.m.request(OP_SETDEFAULT, self.oid, blob(encode_str(key)) + blob(encode_str(default)))
+        return decode_str(r.blob())
+
+    def popitem(self):
+        r = self.m.request(OP_POPITEM, self.oid)  # ManagerError (KeyError) when empty
+        key = decode_str(r.blob())
+        return key, decode_str(r.blob())
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--address", required=True, help="unix:/path, unix:@name or tcp:host:port")
     p.add_argument("--authkey-file", required=True)
     p.add_argument("--name", default="python", help="the dict's name on the manager")
-    p.add_argument("command", choices=["set", "get", "delete", "items", "size"])
+    p.add_argument("command", choices=["set", "get", "delete", "items", "size", "setdefault", "popitem"])
     p.add_argument("args", nargs="*")
     a = p.parse_args()
     with open(a.authkey_file, "rb") as f:
@@ -238,6 +248,13 @@ def main():
                 print(f"{k}={v}")
         elif a.command == "size":
             print(len(d))
+        elif a.command == "setdefault":
+            if len(a.args) != 2:
+                p.error("setdefault KEY DEFAULT")
+            print(d.setdefault(a.args[0], a.args[1]))
+        elif a.command == "popitem":
+            k, v = d.popitem()
+            print(f"{k}={v}")
     except KeyError as e:
         print(f"KeyError: {e}", file=sys.stderr)
         return 1
