@@ -19,10 +19,22 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #pragma GCC diagnostic pop
 
+#include <mpx/proto/codec.hpp>
+#include <mpx/proto/frame.hpp>
+
 #include "pool/dispatcher.hpp"
 #include "pool/wire.hpp"
 
 namespace mpx::detail {
+
+// A message that is only its type (kExit to a worker, kQuit to the spawner).
+inline Bytes type_only_frame(std::uint8_t type) {
+  Bytes f;
+  std::size_t at = proto::begin_frame(f);
+  proto::Writer(f).u8(type);
+  proto::end_frame(f, at);
+  return f;
+}
 
 using Socket = boost::asio::local::stream_protocol::socket;
 

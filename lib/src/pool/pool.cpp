@@ -225,10 +225,7 @@ void PoolCore::join_workers() {
       if (w && !w->dead) live.push_back(w);
     spawner_alive = sup_.spawner_alive_locked();
   }
-  Bytes bye;
-  std::size_t at = proto::begin_frame(bye);
-  proto::Writer(bye).u8(kExit);
-  proto::end_frame(bye, at);
+  Bytes bye = type_only_frame(kExit);
   for (auto& w : live) send_all_raw(w->ch.sock.native_handle(), bye);
   if (spawner_alive) sup_.quit_spawner("mpx::Pool::join");
 }

@@ -473,12 +473,8 @@ void Supervisor::ctl_send(const Bytes& frame, int fd) {
 }
 
 void Supervisor::quit_spawner(const char* who) {
-  Bytes f;
-  std::size_t at = proto::begin_frame(f);
-  proto::Writer(f).u8(kQuit);
-  proto::end_frame(f, at);
   try {
-    ctl_send(f);
+    ctl_send(type_only_frame(kQuit));
   } catch (const std::exception& e) {
     logger().warn("{}: {}", who, e.what());
   }
