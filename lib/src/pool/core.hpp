@@ -56,8 +56,9 @@ enum class PoolState : std::uint8_t { running, closing, draining, joining, joine
 //   (reads, writes, exit reports, handle_exit) and touches Channel buffers and completed_.
 // - outstanding_ counts tasks pending or in flight: raised under m_ at submit, lowered only
 //   after the task's sink has run (join() waits for 0, then every callback is scheduled).
-// - A task is in exactly one place: pending_, one Lane's inflight (queued is a suffix of it),
-//   a Channel's write (kept alive by wkeep), or settled.
+// - Until settled, a task is in exactly one of pending_ and one Lane's inflight (its queued
+//   part not yet handed to a write); a Channel's wkeep only keeps large frames alive mid-write.
+//   Only the thread that takes it out of there runs its sink, so each sink runs once.
 class PoolCore final : public Driver, public std::enable_shared_from_this<PoolCore> {
  public:
   explicit PoolCore(PoolConfig cfg);
