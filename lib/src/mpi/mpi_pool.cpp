@@ -29,6 +29,8 @@
 #include <thread>
 #include <unordered_map>
 
+#include "pool/frame_arena.hpp"
+
 namespace mpx {
 namespace detail {
 namespace {
@@ -178,23 +180,8 @@ class MpiPoolCore final : public Driver {
   }
   std::size_t inflight_hint() const noexcept { return workers_.size() * kDepth * 8; }
 
-  // Large task frames are reused once sent: fresh pages cost a fault each, and big maps come in
-  // series.
-  Bytes take_frame(std::size_t reserve) {
-    if (reserve + kTaskPrefix >= kInPlaceMin) {
-      std::lock_guard lk(spare_m_);
-      for (auto it = spare_.begin(); it != spare_.end(); ++it) {
-        if (it->capacity() >= reserve + kTaskPrefix) {
-          Bytes b = std::move(*it);
-          spare_bytes_ -= b.capacity();
-          spare_.erase(it);
-          b.resize(kTaskPrefix);
-          return b;
-        }
-      }
-    }
-    return new_task_frame(reserve);
-  }
+  // Large task frames are reused once sent (frame_arena.hpp says why).
+  Bytes take_frame(std::size_t reserve) { return arena_.take_task_frame(reserve); }
 
   // ---- lifecycle ----
   void close() {
@@ -414,7 +401,7 @@ class MpiPoolCore final : public Driver {
       int done = 0;
       check_mpi(MPI_Test(&it->request, &done, MPI_STATUS_IGNORE), "send");
       if (done) {
-        recycle(std::move(it->buffer));
+        arena_.recycle(std::move(it->buffer));
         it = sends_.erase(it);
         any = true;
       } else {
@@ -470,15 +457,6 @@ class MpiPoolCore final : public Driver {
     notify_waiters();
   }
 
-  void recycle(Bytes&& b) {
-    if (b.capacity() < kInPlaceMin) return;
-    std::lock_guard lk(spare_m_);
-    if (spare_bytes_ + b.capacity() > kMaxSpareBytes) return;
-    spare_bytes_ += b.capacity();
-    b.clear();
-    spare_.push_back(std::move(b));
-  }
-
   void notify_waiters() {
     { std::lock_guard lk(wait_m_); }
     wait_cv_.notify_all();
@@ -510,9 +488,7 @@ class MpiPoolCore final : public Driver {
   std::uint64_t next_seq_ = 1;
   Bytes recv_buf_;
 
-  std::mutex spare_m_;
-  std::vector<Bytes> spare_;
-  std::size_t spare_bytes_ = 0;
+  FrameArena arena_{kInPlaceMin, kMaxSpareBytes};
 
   std::mutex wait_m_;
   std::condition_variable wait_cv_;
