@@ -74,18 +74,16 @@ class Value {
   mutable RLock lock_;
 };
 
-template <class T>
-class Array {
-  static_assert(std::is_trivially_copyable_v<T>, "mpx::Array<T> needs a trivially copyable T");
+namespace detail {
+
+// The elements of an Array or RawArray: n values of T after a Header (which holds `size`) in one
+// shared mapping, with Python's bounds-checked access in at().
+template <class T, class Header>
+class SharedElements {
+  static_assert(std::is_trivially_copyable_v<T>, "shared arrays need a trivially copyable T");
+  static_assert(alignof(T) <= 4096, "shared mappings are page aligned");
 
  public:
-  explicit Array(std::size_t n, T fill = T{}) : Array(Sized{}, n) {
-    std::uninitialized_fill_n(data_, n, fill);
-  }
-  explicit Array(std::span<const T> init) : Array(Sized{}, init.size()) {
-    std::uninitialized_copy(init.begin(), init.end(), data_);
-  }
-
   std::size_t size() const { return s_->size; }
   T& operator[](std::size_t i) { return data_[i]; }
   const T& operator[](std::size_t i) const { return data_[i]; }
@@ -98,34 +96,58 @@ class Array {
   T* end() { return data_ + s_->size; }
   const T* begin() const { return data_; }
   const T* end() const { return data_ + s_->size; }
+
+ protected:
+  static constexpr std::size_t kOffset = (sizeof(Header) + alignof(T) - 1) / alignof(T) * alignof(T);
+  // The bytes a mapping needs beyond sizeof(Header) for n elements.
+  static std::size_t extra_bytes(std::size_t n) { return kOffset - sizeof(Header) + n * sizeof(T); }
+
+  explicit SharedElements(std::shared_ptr<Header> s)
+      : s_(std::move(s)), data_(reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(s_.get()) + kOffset)) {}
+  void fill(T value) { std::uninitialized_fill_n(data_, s_->size, value); }
+  void copy(std::span<const T> init) { std::uninitialized_copy(init.begin(), init.end(), data_); }
+
+  std::shared_ptr<Header> s_;
+
+ private:
+  std::size_t checked(std::size_t i) const {
+    if (i >= s_->size)
+      throw IndexError("index " + std::to_string(i) + " out of range (size " + std::to_string(s_->size) +
+                       ")");
+    return i;
+  }
+  T* data_;
+};
+
+struct LockedArrayHeader {
+  explicit LockedArrayHeader(std::size_t n) : size(n) {}
+  LockState lock;
+  std::size_t size;
+};
+struct RawArrayHeader {
+  explicit RawArrayHeader(std::size_t n) : size(n) {}
+  std::size_t size;
+};
+
+}  // namespace detail
+
+template <class T>
+class Array : public detail::SharedElements<T, detail::LockedArrayHeader> {
+  using Base = detail::SharedElements<T, detail::LockedArrayHeader>;
+
+ public:
+  explicit Array(std::size_t n, T fill = T{}) : Array(Sized{}, n) { this->fill(fill); }
+  explicit Array(std::span<const T> init) : Array(Sized{}, init.size()) { this->copy(init); }
+
   RLock& get_lock() { return lock_; }
 
  private:
-  struct Header {
-    explicit Header(std::size_t n) : size(n) {}
-    detail::LockState lock;
-    std::size_t size;
-  };
-  static constexpr std::size_t kOffset = (sizeof(Header) + alignof(T) - 1) / alignof(T) * alignof(T);
-
   struct Sized {};
   Array(Sized, std::size_t n)
-      : s_(detail::make_locked_object<Header>(kOffset - sizeof(Header) + n * sizeof(T), n)),
-        lock_(std::shared_ptr<detail::LockState>(s_, &s_->lock)),
-        data_(reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(s_.get()) + kOffset)) {
-    static_assert(alignof(T) <= 4096, "shared mappings are page aligned");
-  }
+      : Base(detail::make_locked_object<detail::LockedArrayHeader>(Base::extra_bytes(n), n)),
+        lock_(std::shared_ptr<detail::LockState>(this->s_, &this->s_->lock)) {}
 
-  std::size_t checked(std::size_t i) const {
-    if (i >= s_->size)
-      throw IndexError("Array index " + std::to_string(i) + " out of range (size " +
-                       std::to_string(s_->size) + ")");
-    return i;
-  }
-
-  std::shared_ptr<Header> s_;
   RLock lock_;
-  T* data_;
 };
 
 template <class T>
@@ -158,53 +180,19 @@ class RawValue {
 };
 
 template <class T>
-class RawArray {
-  static_assert(std::is_trivially_copyable_v<T>, "mpx::RawArray<T> needs a trivially copyable T");
+class RawArray : public detail::SharedElements<T, detail::RawArrayHeader> {
+  using Base = detail::SharedElements<T, detail::RawArrayHeader>;
 
  public:
-  explicit RawArray(std::size_t n, T fill = T{}) : RawArray(Sized{}, n) {
-    std::uninitialized_fill_n(data_, n, fill);
+  explicit RawArray(std::size_t n, T fill = T{})
+      : Base(detail::make_shared_object_with_extra<detail::RawArrayHeader>(Base::extra_bytes(n), n)) {
+    this->fill(fill);
   }
-  explicit RawArray(std::span<const T> init) : RawArray(Sized{}, init.size()) {
-    std::uninitialized_copy(init.begin(), init.end(), data_);
+  explicit RawArray(std::span<const T> init)
+      : Base(detail::make_shared_object_with_extra<detail::RawArrayHeader>(Base::extra_bytes(init.size()),
+                                                                           init.size())) {
+    this->copy(init);
   }
-
-  std::size_t size() const { return s_->size; }
-  T& operator[](std::size_t i) { return data_[i]; }
-  const T& operator[](std::size_t i) const { return data_[i]; }
-  // Bounds-checked: IndexError like Python.
-  T& at(std::size_t i) { return data_[checked(i)]; }
-  const T& at(std::size_t i) const { return data_[checked(i)]; }
-  std::span<T> span() { return {data_, s_->size}; }
-  std::span<const T> span() const { return {data_, s_->size}; }
-  T* begin() { return data_; }
-  T* end() { return data_ + s_->size; }
-  const T* begin() const { return data_; }
-  const T* end() const { return data_ + s_->size; }
-
- private:
-  struct Header {
-    explicit Header(std::size_t n) : size(n) {}
-    std::size_t size;
-  };
-  static constexpr std::size_t kOffset = (sizeof(Header) + alignof(T) - 1) / alignof(T) * alignof(T);
-
-  struct Sized {};
-  RawArray(Sized, std::size_t n)
-      : s_(detail::make_shared_object_with_extra<Header>(kOffset - sizeof(Header) + n * sizeof(T), n)),
-        data_(reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(s_.get()) + kOffset)) {
-    static_assert(alignof(T) <= 4096, "shared mappings are page aligned");
-  }
-
-  std::size_t checked(std::size_t i) const {
-    if (i >= s_->size)
-      throw IndexError("RawArray index " + std::to_string(i) + " out of range (size " +
-                       std::to_string(s_->size) + ")");
-    return i;
-  }
-
-  std::shared_ptr<Header> s_;
-  T* data_;
 };
 
 }  // namespace mpx
