@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstddef>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -59,6 +60,14 @@ std::optional<int> run(const std::vector<std::string>& args, const std::string& 
 
 // Descriptors open in this process now.
 std::size_t open_fds();
+
+// Descriptors open in this process now, each with what it refers to (its /proc/self/fd link:
+// a path, "socket:[inode]", "pipe:[inode]", "anon_inode:[eventfd]"...).
+using FdSet = std::map<int, std::string>;
+FdSet open_fd_set();
+// What differs between two snapshots, one line per descriptor ("+7 socket:[1234]" opened,
+// "-7 ..." closed, "~7 a -> b" replaced); empty when they are the same.
+std::string fd_changes(const FdSet& before, const FdSet& after);
 
 // Resident memory of a process, in bytes (0 if it is gone).
 std::size_t resident_bytes(pid_t pid);
