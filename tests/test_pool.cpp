@@ -648,10 +648,12 @@ TEST_CASE("no fds or children left behind by a pool, whatever ran before") {
     pool.join();
   }
   {  // built while another thread runs: the spawner forks the workers
-    std::atomic<bool> stop{false};
+    std::atomic<bool> stop{false}, running{false};
     std::thread other([&] {
+      running = true;
       while (!stop) std::this_thread::sleep_for(1ms);
     });
+    while (!running) std::this_thread::yield();  // past its start, which allocates
     {
       mpx::Pool pool(2);
       CHECK(pool.apply(square, 5) == 25);

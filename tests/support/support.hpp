@@ -12,7 +12,29 @@
 #include <string>
 #include <vector>
 
+// Whether a child forked while other threads allocate may allocate itself. glibc's malloc makes
+// sure of it (its locks are taken around fork and reset in the child); AddressSanitizer's runtime
+// in GCC 12 (and in LLVM before 18, which added a pthread_atfork handler for its allocator:
+// llvm/llvm-project#75290) does not: a child forked while another thread holds one of the
+// allocator's spin locks inherits it held and spins forever on the first allocation that needs
+// it. Nothing a library does can help when it must fork a copy of a multi-threaded program (the
+// pool's spawner is one by design). Tests that fork while their own threads allocate do that
+// only where this holds.
+#if defined(__SANITIZE_ADDRESS__)
+#define MPX_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MPX_TEST_ASAN 1
+#endif
+#endif
+
 namespace mpx::test {
+
+#if defined(MPX_TEST_ASAN) && !(defined(__clang__) && __clang_major__ >= 18)
+inline constexpr bool kForkWhileThreadsAllocateIsSafe = false;
+#else
+inline constexpr bool kForkWhileThreadsAllocateIsSafe = true;
+#endif
 
 // A fresh directory under $TMPDIR (which ctest points at the build tree), removed with
 // everything in it at scope exit.
