@@ -3,16 +3,18 @@
 #include <mpx/process.hpp>
 #include <mpx/synchronize.hpp>
 
-#include <children.hpp>
 #include <doctest/doctest.h>
 #include <signal.h>
 #include <unistd.h>
+#include <children.hpp>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -20,6 +22,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -369,6 +372,80 @@ TEST_SUITE("synchronize") {
     mpx::BoundedSemaphore zero(0);
     CHECK_THROWS_AS(zero.release(), mpx::StateError);
     CHECK_FALSE(zero.acquire(false));
+  }
+
+  TEST_CASE("counts that do not fit 32 bits are refused with ValueError, never truncated") {
+    constexpr std::uint64_t kMax = UINT32_MAX;
+    // The spellings callers use compile as before (int, unsigned, size_t, defaults).
+    static_assert(std::is_constructible_v<mpx::Semaphore, int>);
+    static_assert(!std::is_convertible_v<int, mpx::Semaphore>);  // still explicit
+    static_assert(std::is_constructible_v<mpx::BoundedSemaphore, unsigned>);
+    static_assert(std::is_constructible_v<mpx::Barrier, std::size_t>);
+
+    // release(2^32) used to arrive as release(0): "released", value unchanged.
+    mpx::Semaphore s(1);
+    CHECK_THROWS_WITH_AS(s.release(kMax + 1), doctest::Contains("4294967296"), mpx::ValueError);
+    CHECK_THROWS_AS(s.release(kMax + 2), mpx::ValueError);  // would have been release(1)
+    CHECK_THROWS_AS(s.release(std::numeric_limits<std::uint64_t>::max()), mpx::ValueError);
+    CHECK(s.get_value() == 1);
+    CHECK(s.acquire(false));
+    CHECK_FALSE(s.acquire(false));
+    s.release(std::size_t{2});
+    CHECK(s.get_value() == 2);
+    s.release(0);  // nothing, as before
+    CHECK(s.get_value() == 2);
+
+    // Construction: Semaphore(2^32 + 1) used to be a Semaphore(1).
+    CHECK_THROWS_AS(mpx::Semaphore(kMax + 1), mpx::ValueError);
+    CHECK_THROWS_AS(mpx::BoundedSemaphore(kMax + 2), mpx::ValueError);
+    mpx::Semaphore top(kMax);
+    CHECK(top.get_value() == UINT32_MAX);
+    CHECK_THROWS_AS(top.release(), mpx::ValueError);
+    CHECK(top.get_value() == UINT32_MAX);
+
+    // Bounded: a huge count is a bad argument (ValueError), not a release above the bound.
+    mpx::BoundedSemaphore bs(3);
+    REQUIRE(bs.acquire(false));
+    REQUIRE(bs.acquire(false));
+    CHECK_THROWS_AS(bs.release(kMax + 1), mpx::ValueError);
+    CHECK_THROWS_AS(bs.release(kMax + 2), mpx::ValueError);
+    CHECK(bs.get_value() == 1);
+    bs.release(2);
+    CHECK(bs.get_value() == 3);
+    CHECK_THROWS_AS(bs.release(), mpx::StateError);
+
+    // Barrier(2^32 + 2) used to be a Barrier(2).
+    CHECK_THROWS_AS(mpx::Barrier(kMax + 2), mpx::ValueError);
+    CHECK_THROWS_AS(mpx::Barrier(kMax + 1), mpx::ValueError);
+    CHECK(mpx::Barrier(kMax).parties() == UINT32_MAX);
+  }
+
+  TEST_CASE("Condition: notify(2^32 + 1) is refused and wakes nobody; it used to act as notify(1)") {
+    constexpr std::uint64_t kMax = UINT32_MAX;
+    mpx::Condition c;
+    CHECK_THROWS_AS(c.notify(kMax + 1), mpx::StateError);  // not holding the lock comes first
+    std::atomic<int> state{0};                             // 1: waiting, 2: woken, 3: timed out
+    std::jthread waiter([&] {                              // joins on the way out even if a REQUIRE fails
+      std::unique_lock g(c);
+      state = 1;
+      state = c.wait(20s) ? 2 : 3;
+    });
+    REQUIRE(eventually([&] { return state.load() == 1; }));
+    {
+      std::unique_lock g(c);  // the waiter is inside wait() once its lock is free again
+      // 2^32 + 1: cut to 32 bits it is notify(1), which would wake the waiter.
+      CHECK_THROWS_WITH_AS(c.notify(kMax + 2), doctest::Contains("4294967297"), mpx::ValueError);
+      CHECK_THROWS_AS(c.notify(kMax + 1), mpx::ValueError);
+      CHECK_THROWS_AS(c.notify(std::numeric_limits<std::uint64_t>::max()), mpx::ValueError);
+    }
+    std::this_thread::sleep_for(100ms);
+    CHECK(state.load() == 1);  // still asleep: nothing was notified
+    {
+      std::unique_lock g(c);
+      c.notify(kMax);  // the largest count: wakes the one waiter
+    }
+    waiter.join();
+    CHECK(state.load() == 2);
   }
 
   TEST_CASE("Condition: needs its lock, times out, restores the lock") {

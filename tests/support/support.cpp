@@ -1,5 +1,6 @@
 #include "support.hpp"
 
+#include <dirent.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -10,6 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <climits>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -105,6 +108,40 @@ std::size_t open_fds() {
   std::size_t n = 0;
   for ([[maybe_unused]] auto& e : fs::directory_iterator("/proc/self/fd")) ++n;
   return n - 1;  // the iterator's own
+}
+
+FdSet open_fd_set() {
+  FdSet fds;
+  DIR* d = ::opendir("/proc/self/fd");
+  REQUIRE(d != nullptr);
+  const int own = ::dirfd(d);
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    int fd = std::atoi(e->d_name);
+    if (fd == own) continue;
+    char target[PATH_MAX];
+    ssize_t n = ::readlinkat(own, e->d_name, target, sizeof target - 1);
+    fds.emplace(fd, n < 0 ? std::string("?") : std::string(target, static_cast<std::size_t>(n)));
+  }
+  ::closedir(d);
+  return fds;
+}
+
+std::string fd_changes(const FdSet& before, const FdSet& after) {
+  std::string out;
+  auto line = [&](char sign, int fd, const std::string& what) {
+    out += sign + std::to_string(fd) + ' ' + what + '\n';
+  };
+  for (const auto& [fd, what] : before) {
+    auto it = after.find(fd);
+    if (it == after.end())
+      line('-', fd, what);
+    else if (it->second != what)
+      line('~', fd, what + " -> " + it->second);
+  }
+  for (const auto& [fd, what] : after)
+    if (!before.count(fd)) line('+', fd, what);
+  return out;
 }
 
 std::size_t resident_bytes(pid_t pid) {

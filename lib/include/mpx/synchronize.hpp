@@ -102,14 +102,19 @@ class RLock : public detail::Lockable<RLock> {
   std::shared_ptr<detail::LockState> s_;
 };
 
+// Counts (a semaphore's value, release(n), notify(n), a barrier's parties) are at most 2^32-1 (the
+// value lives in a 32-bit futex word). They are taken as 64-bit so that a larger one, or a negative
+// one converted to unsigned, is refused with ValueError instead of being cut down to its low 32
+// bits (release(2^32) used to release nothing), as the manager proxies do.
 class Semaphore {
  public:
-  explicit Semaphore(unsigned value = 1);
+  explicit Semaphore(std::uint64_t value = 1);  // ValueError above 2^32-1
   bool acquire(bool block = true, Timeout timeout = forever);
   bool acquire(Timeout timeout) { return acquire(true, timeout); }
-  // Adds n. ValueError if the value would overflow; on a BoundedSemaphore, StateError if it would
-  // exceed the initial value (the value is then unchanged).
-  void release(unsigned n = 1);
+  // Adds n (0 does nothing). ValueError if n or the new value would exceed 2^32-1; on a
+  // BoundedSemaphore, StateError if it would exceed the initial value. A refused release leaves
+  // the value unchanged.
+  void release(std::uint64_t n = 1);
   unsigned get_value() const;
 
   // Lockable too, so std::lock_guard works on a semaphore used as a mutex.
@@ -118,7 +123,7 @@ class Semaphore {
   bool try_lock() { return acquire(false); }
 
  protected:
-  Semaphore(unsigned value, bool bounded);
+  Semaphore(std::uint64_t value, bool bounded);
 
  private:
   std::shared_ptr<detail::SemaphoreState> s_;
@@ -126,7 +131,7 @@ class Semaphore {
 
 class BoundedSemaphore : public Semaphore {
  public:
-  explicit BoundedSemaphore(unsigned value = 1) : Semaphore(value, true) {}
+  explicit BoundedSemaphore(std::uint64_t value = 1) : Semaphore(value, true) {}
 };
 
 // Over a Lock or an RLock (a new RLock by default). wait() releases the lock completely (every
@@ -156,7 +161,9 @@ class Condition : public detail::Lockable<Condition> {
     }
     return result;
   }
-  void notify(unsigned n = 1);  // StateError unless the calling thread holds the lock
+  // Wakes at most n waiters (0: none). StateError unless the calling thread holds the lock;
+  // ValueError if n exceeds 2^32-1 (notify_all() wakes them all).
+  void notify(std::uint64_t n = 1);
   void notify_all();
 
  private:
@@ -184,7 +191,8 @@ class Event {
 // BrokenBarrierError.
 class Barrier {
  public:
-  explicit Barrier(unsigned parties, std::function<void()> action = {}, Timeout timeout = forever);
+  // ValueError unless 1 <= parties <= 2^32-1.
+  explicit Barrier(std::uint64_t parties, std::function<void()> action = {}, Timeout timeout = forever);
   // Returns this party's arrival index, 0..parties-1. `forever` means the constructor's timeout.
   // A wait that times out breaks the barrier; waiting on a broken barrier (or one reset/aborted
   // meanwhile) throws BrokenBarrierError.

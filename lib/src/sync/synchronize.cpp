@@ -14,9 +14,9 @@
 #include <string>
 #include <thread>
 
-#include "common/log.hpp"
 #include <mpx/detail/futex.hpp>
 #include <mpx/process.hpp>
+#include "common/log.hpp"
 
 namespace mpx {
 namespace detail {
@@ -292,6 +292,15 @@ unsigned RLock::depth() const { return held() ? s_->depth.load(std::memory_order
 // --- Semaphore ------------------------------------------------------------------------------------
 
 namespace {
+// Counts live in 32-bit futex words. They come in as u64 so that one too large for that (or a
+// negative one converted to unsigned) is refused here rather than cut to its low 32 bits.
+std::uint32_t checked_count(std::uint64_t n, const char* what) {
+  if (n > UINT32_MAX)
+    throw ValueError(std::string("mpx: ") + what + " must be at most " + std::to_string(UINT32_MAX) +
+                     ", not " + std::to_string(n) + " (a negative number converts to a huge one)");
+  return static_cast<std::uint32_t>(n);
+}
+
 bool try_decrement(detail::SemaphoreState& s) {
   std::uint32_t v = s.value.load();
   while (v > 0)
@@ -300,10 +309,12 @@ bool try_decrement(detail::SemaphoreState& s) {
 }
 }  // namespace
 
-Semaphore::Semaphore(unsigned value) : Semaphore(value, false) {}
+Semaphore::Semaphore(std::uint64_t value) : Semaphore(value, false) {}
 
-Semaphore::Semaphore(unsigned value, bool bounded)
-    : s_(detail::make_shared_object<detail::SemaphoreState>(value, bounded ? value : UINT32_MAX, bounded)) {}
+Semaphore::Semaphore(std::uint64_t value, bool bounded) {
+  const std::uint32_t v = checked_count(value, bounded ? "BoundedSemaphore(value)" : "Semaphore(value)");
+  s_ = detail::make_shared_object<detail::SemaphoreState>(v, bounded ? v : UINT32_MAX, bounded);
+}
 
 bool Semaphore::acquire(bool block, Timeout timeout) {
   auto& s = *s_;
@@ -324,9 +335,11 @@ bool Semaphore::acquire(bool block, Timeout timeout) {
   }
 }
 
-void Semaphore::release(unsigned n) {
-  if (n == 0) return;
+void Semaphore::release(std::uint64_t count) {
   auto& s = *s_;
+  const std::uint32_t n =
+      checked_count(count, s.bounded ? "BoundedSemaphore.release(n)" : "Semaphore.release(n)");
+  if (n == 0) return;
   std::uint32_t v = s.value.load();
   do {
     if (static_cast<std::uint64_t>(v) + n > s.max) {
@@ -401,10 +414,11 @@ bool Condition::wait(Timeout timeout) {
   return woken;
 }
 
-void Condition::notify(unsigned n) {
+void Condition::notify(std::uint64_t count) {
   auto& c = *s_;
   if (!detail::lock_held_by_me(*lock_))
     throw StateError("Condition.notify(): the calling thread does not hold the lock");
+  const std::uint32_t n = checked_count(count, "Condition.notify(n)");
   std::uint32_t pending = c.pending.load(std::memory_order_relaxed);
   std::uint32_t k = std::min<std::uint32_t>(n, pending);
   if (k == 0) return;
@@ -497,9 +511,10 @@ bool barrier_wait_change(detail::BarrierState& s, const detail::Deadline& deadli
 }
 }  // namespace
 
-Barrier::Barrier(unsigned parties, std::function<void()> action, Timeout timeout) {
+Barrier::Barrier(std::uint64_t parties, std::function<void()> action, Timeout timeout) {
   if (parties == 0) throw ValueError("Barrier: parties must be at least 1");
-  s_ = detail::make_locked_object<detail::BarrierState>(0, parties, timeout ? timeout->count() : -1);
+  const std::uint32_t n = checked_count(parties, "Barrier(parties)");
+  s_ = detail::make_locked_object<detail::BarrierState>(0, n, timeout ? timeout->count() : -1);
   if (action) action_ = std::make_shared<const std::function<void()>>(std::move(action));
 }
 
