@@ -6,6 +6,7 @@
 // Python turns the unpacked value back into an object: 0 as is, 1 str, 2 bytes, 3 None.
 #include <mpx/shared_memory.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -213,9 +214,13 @@ void ShareableList::set(std::ptrdiff_t i, Item v) {
     current = current.substr(0, current.find('\0'));
     // As Python: a text slot keeps its format; another slot becomes text of its whole length.
     fmt = !current.empty() && current.back() == 's' ? std::string(current) : text_format(allocated);
-    std::size_t width = std::min<std::size_t>(std::stoull(fmt), allocated);
-    std::memcpy(value, text.data(), text.size());
-    std::memset(value + text.size(), 0, width - text.size());
+    // struct's "<N>s" writes exactly N bytes: the text, cut or NUL-padded to N.
+    std::size_t width = allocated;
+    std::from_chars(fmt.data(), fmt.data() + fmt.size() - 1, width);
+    width = std::min(width, allocated);
+    std::size_t n = std::min(text.size(), width);
+    if (n) std::memcpy(value, text.data(), n);  // an empty text may have no data pointer at all
+    std::memset(value + n, 0, width - n);
   } else {
     fmt = format_of(v, kWord);
     std::byte word[kWord] = {};
