@@ -293,7 +293,7 @@ class ImapState final : public TaskSink, public Waitable {
 
 // The input range of imap: lazily fed, a bounded number of tasks in flight. Only the thread
 // that iterates advances the input.
-template <class R, class Range, class D, class Item, bool Star, class Core = PoolCore>
+template <class R, class Range, class D, class Item, bool Star, class Engine = PoolCore>
 class ImapRange {
   // An lvalue range is referenced, an rvalue one is kept alive here.
   using Stored = std::conditional_t<std::is_lvalue_reference_v<Range>, Range, std::remove_cvref_t<Range>>;
@@ -301,14 +301,14 @@ class ImapRange {
   using Sent = std::ranges::sentinel_t<std::remove_reference_t<Stored>>;
 
   struct Impl {
-    Impl(std::shared_ptr<Core> c, Range&& r, D fn, std::size_t cs, bool ordered)
+    Impl(std::shared_ptr<Engine> c, Range&& r, D fn, std::size_t cs, bool ordered)
         : core(std::move(c)),
           range(std::forward<Range>(r)),
           f(std::move(fn)),
           chunksize(cs ? cs : 1),
           state(std::make_shared<ImapState<R>>(ordered)) {}
 
-    std::shared_ptr<Core> core;
+    std::shared_ptr<Engine> core;
     Stored range;
     D f;
     std::size_t chunksize;
@@ -402,7 +402,7 @@ class ImapRange {
     Impl* impl_ = nullptr;
   };
 
-  ImapRange(std::shared_ptr<Core> core, Range&& range, D f, std::size_t chunksize, bool ordered)
+  ImapRange(std::shared_ptr<Engine> core, Range&& range, D f, std::size_t chunksize, bool ordered)
       : impl_(std::make_unique<Impl>(std::move(core), std::forward<Range>(range), std::move(f), chunksize,
                                      ordered)) {}
 

@@ -1,11 +1,11 @@
 // The user-facing members of a pool (apply, map, starmap, imap, their _async forms), written once
 // for every engine that runs tasks: mpx::Pool (forked workers) and mpx::mpi::Pool (MPI ranks).
-// An engine type Core provides, found by argument-dependent lookup:
-//   Driver* pool_driver(Core&);            std::uint64_t pool_next_apply_index(Core&);
-//   Bytes pool_frame(Core&, std::size_t);  void pool_check_open(Core&);
-//   void pool_submit(Core&, std::vector<TaskSubmission>&&, bool caller_waits);
-//   void pool_submit_one(Core&, TaskSubmission&&, bool caller_waits);
-//   bool pool_feed(Core&, std::vector<TaskSubmission>&&);   std::size_t pool_inflight_hint(const Core&);
+// An engine type provides, found by argument-dependent lookup:
+//   Driver* pool_driver(Engine&);            std::uint64_t pool_next_apply_index(Engine&);
+//   Bytes pool_frame(Engine&, std::size_t);  void pool_check_open(Engine&);
+//   void pool_submit(Engine&, std::vector<TaskSubmission>&&, bool caller_waits);
+//   void pool_submit_one(Engine&, TaskSubmission&&, bool caller_waits);
+//   bool pool_feed(Engine&, std::vector<TaskSubmission>&&);   std::size_t pool_inflight_hint(const Engine&);
 #pragma once
 
 #include <mpx/detail/async_result.hpp>
@@ -85,7 +85,7 @@ struct map_traits {
                 "mpx::Pool: the task function's result must be transferable");
 };
 
-template <class Core>
+template <class Engine>
 class PoolApi {
  public:
   template <class F, class... Args>
@@ -149,10 +149,10 @@ class PoolApi {
 
  protected:
   PoolApi() = default;
-  PoolApi(std::shared_ptr<Core> core, unsigned processes) : core_(std::move(core)), processes_(processes) {}
+  PoolApi(std::shared_ptr<Engine> core, unsigned processes) : core_(std::move(core)), processes_(processes) {}
   ~PoolApi() = default;
 
-  std::shared_ptr<Core> core_;
+  std::shared_ptr<Engine> core_;
   unsigned processes_ = 0;
 
  private:
@@ -222,7 +222,7 @@ class PoolApi {
     using T = map_traits<F, Range, false>;
     using R = typename T::result;
     pool_check_open(*core_);
-    return ImapRange<R, Range&&, std::decay_t<F>, typename T::Item, false, Core>(
+    return ImapRange<R, Range&&, std::decay_t<F>, typename T::Item, false, Engine>(
         core_, std::forward<Range>(xs), f, chunksize, Ordered);
   }
 };
