@@ -131,6 +131,39 @@ class ProxyBase {
   ProxyCore core_;
 };
 
+// What a managed list and a managed array share: length, item access, a copy of the items.
+// Indices count from the end when negative, as in Python; out of range: IndexError.
+template <class Derived, class T>
+class SequenceProxy : public ProxyBase<Derived> {
+ public:
+  using ProxyBase<Derived>::ProxyBase;
+  static std::string tag() { return wire_type_tag<T>(); }
+
+  std::size_t size() const {
+    Request req(this->core_, proto::Op::list_size);
+    return static_cast<std::size_t>(req.call().u64());
+  }
+  void set(std::ptrdiff_t i, const T& v) {
+    Request req(this->core_, proto::Op::list_set);
+    req.w().i64(i);
+    put_value(req.w(), v);
+    req.call();
+  }
+  std::vector<T> snapshot() const {
+    Request req(this->core_, proto::Op::list_snapshot);
+    auto r = req.call();
+    return get_values<T>(r);
+  }
+
+ protected:
+  T item(std::ptrdiff_t i) const {
+    Request req(this->core_, proto::Op::list_at);
+    req.w().i64(i);
+    auto r = req.call();
+    return get_value<T>(r);
+  }
+};
+
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------
@@ -179,16 +212,12 @@ class DictProxy : public detail::ProxyBase<DictProxy<K, V>> {
   std::vector<K> keys() const {
     detail::Request req(this->core_, proto::Op::dict_keys);
     auto r = req.call();
-    std::vector<K> out(static_cast<std::size_t>(r.count(8)));
-    for (auto& k : out) k = detail::get_value<K>(r);
-    return out;
+    return detail::get_values<K>(r);
   }
   std::vector<V> values() const {
     detail::Request req(this->core_, proto::Op::dict_values);
     auto r = req.call();
-    std::vector<V> out(static_cast<std::size_t>(r.count(8)));
-    for (auto& v : out) v = detail::get_value<V>(r);
-    return out;
+    return detail::get_values<V>(r);
   }
   std::vector<std::pair<K, V>> items() const {
     detail::Request req(this->core_, proto::Op::dict_items);
@@ -270,10 +299,9 @@ class DictProxy : public detail::ProxyBase<DictProxy<K, V>> {
 };
 
 template <class T>
-class ListProxy : public detail::ProxyBase<ListProxy<T>> {
+class ListProxy : public detail::SequenceProxy<ListProxy<T>, T> {
  public:
-  using detail::ProxyBase<ListProxy<T>>::ProxyBase;
-  static std::string tag() { return detail::wire_type_tag<T>(); }
+  using detail::SequenceProxy<ListProxy<T>, T>::SequenceProxy;
 
   void append(const T& v) {
     detail::Request req(this->core_, proto::Op::list_append);
@@ -286,19 +314,7 @@ class ListProxy : public detail::ProxyBase<ListProxy<T>> {
     for (auto& v : vs) detail::put_value(req.w(), v);
     req.call();
   }
-  // Indices count from the end when negative, as in Python; out of range: IndexError.
-  T at(std::ptrdiff_t i) const {
-    detail::Request req(this->core_, proto::Op::list_at);
-    req.w().i64(i);
-    auto r = req.call();
-    return detail::get_value<T>(r);
-  }
-  void set(std::ptrdiff_t i, const T& v) {
-    detail::Request req(this->core_, proto::Op::list_set);
-    req.w().i64(i);
-    detail::put_value(req.w(), v);
-    req.call();
-  }
+  T at(std::ptrdiff_t i) const { return this->item(i); }
   void insert(std::ptrdiff_t i, const T& v) {  // clamps like Python
     detail::Request req(this->core_, proto::Op::list_insert);
     req.w().i64(i);
@@ -316,20 +332,9 @@ class ListProxy : public detail::ProxyBase<ListProxy<T>> {
     req.w().i64(i);
     req.call();
   }
-  std::size_t size() const {
-    detail::Request req(this->core_, proto::Op::list_size);
-    return static_cast<std::size_t>(req.call().u64());
-  }
   void clear() {
     detail::Request req(this->core_, proto::Op::list_clear);
     req.call();
-  }
-  std::vector<T> snapshot() const {
-    detail::Request req(this->core_, proto::Op::list_snapshot);
-    auto r = req.call();
-    std::vector<T> out(static_cast<std::size_t>(r.count(8)));
-    for (auto& v : out) v = detail::get_value<T>(r);
-    return out;
   }
   // Items compare by their encoded bytes, as dict keys do. ValueError when absent (Python).
   std::size_t index(const T& v) const { return static_cast<std::size_t>(value_op(proto::Op::list_index, v)); }
@@ -350,8 +355,7 @@ class ListProxy : public detail::ProxyBase<ListProxy<T>> {
         detail::Request req(this->core_, proto::Op::list_snapshot_versioned);
         auto r = req.call();
         version = r.u64();
-        items.resize(static_cast<std::size_t>(r.count(8)));
-        for (auto& v : items) v = detail::get_value<T>(r);
+        items = detail::get_values<T>(r);
       }
       std::vector<std::uint64_t> order(items.size());
       for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -369,7 +373,7 @@ class ListProxy : public detail::ProxyBase<ListProxy<T>> {
     return detail::send_async<void>(req, &detail::decode_void);
   }
 
-  static void check(const detail::ProxyCore& c) { c.expect(proto::Kind::list, tag()); }
+  static void check(const detail::ProxyCore& c) { c.expect(proto::Kind::list, ListProxy::tag()); }
 
  private:
   std::uint64_t value_op(proto::Op op, const T& v) const {
@@ -382,37 +386,13 @@ class ListProxy : public detail::ProxyBase<ListProxy<T>> {
 
 // Python's Manager().Array: a managed list of fixed length.
 template <class T>
-class ArrayProxy : public detail::ProxyBase<ArrayProxy<T>> {
+class ArrayProxy : public detail::SequenceProxy<ArrayProxy<T>, T> {
  public:
-  using detail::ProxyBase<ArrayProxy<T>>::ProxyBase;
-  static std::string tag() { return detail::wire_type_tag<T>(); }
+  using detail::SequenceProxy<ArrayProxy<T>, T>::SequenceProxy;
 
-  std::size_t size() const {
-    detail::Request req(this->core_, proto::Op::list_size);
-    return static_cast<std::size_t>(req.call().u64());
-  }
-  // Negative indices count from the end; out of range: IndexError.
-  T get(std::ptrdiff_t i) const {
-    detail::Request req(this->core_, proto::Op::list_at);
-    req.w().i64(i);
-    auto r = req.call();
-    return detail::get_value<T>(r);
-  }
-  void set(std::ptrdiff_t i, const T& v) {
-    detail::Request req(this->core_, proto::Op::list_set);
-    req.w().i64(i);
-    detail::put_value(req.w(), v);
-    req.call();
-  }
-  std::vector<T> snapshot() const {
-    detail::Request req(this->core_, proto::Op::list_snapshot);
-    auto r = req.call();
-    std::vector<T> out(static_cast<std::size_t>(r.count(8)));
-    for (auto& v : out) v = detail::get_value<T>(r);
-    return out;
-  }
+  T get(std::ptrdiff_t i) const { return this->item(i); }
 
-  static void check(const detail::ProxyCore& c) { c.expect(proto::Kind::array, tag()); }
+  static void check(const detail::ProxyCore& c) { c.expect(proto::Kind::array, ArrayProxy::tag()); }
 };
 
 template <class T>
@@ -519,9 +499,7 @@ class QueueProxy : public detail::ProxyBase<QueueProxy<T>> {
     req.w().u64(most);
     req.w().i64(detail::wire_timeout(block, timeout));
     auto r = req.call();
-    std::vector<T> out(static_cast<std::size_t>(r.count(8)));
-    for (auto& v : out) v = detail::get_value<T>(r);
-    return out;
+    return detail::get_values<T>(r);
   }
   Deferred<void> put_async(const T& item, bool block = true, Timeout timeout = forever) {
     check_open();

@@ -294,6 +294,14 @@ T get_value(proto::Reader& r) {
   return decode<T>(r.blob());
 }
 
+// A u64 count, then that many values; the count is checked against the bytes left first.
+template <class T>
+std::vector<T> get_values(proto::Reader& r) {
+  std::vector<T> out(static_cast<std::size_t>(r.count(sizeof(std::uint64_t))));
+  for (auto& v : out) v = get_value<T>(r);
+  return out;
+}
+
 std::int64_t wire_timeout(bool block, Timeout timeout) noexcept;
 // A count that travels as a u32: ValueError naming `what` when it does not fit.
 std::uint32_t wire_u32(std::uint64_t value, const char* what);
