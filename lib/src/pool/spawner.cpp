@@ -38,7 +38,7 @@ class Spawner {
         if (errno == EINTR) continue;
         return 1;
       }
-      if (fds[0].revents && !read_control()) {
+      if (fds[0].revents && !read_control_channel()) {
         // The pool's process is gone (or closed the channel without asking): nobody will read
         // results any more, so the workers go now.
         workers_.kill_all();
@@ -50,7 +50,7 @@ class Spawner {
 
  private:
   // Reads what the pool sent and acts on every complete message. False at end of file.
-  bool read_control() {
+  bool read_control_channel() {
     std::byte buf[4096];
     alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 32)];
     iovec iov{buf, sizeof buf};
@@ -84,19 +84,15 @@ class Spawner {
   }
 
   void handle(std::span<const std::byte> frame) {
-    auto msg = task_reader(frame);
-    auto type = msg.u8();
-    if (type == kSpawn) {
-      std::uint32_t index = msg.u32(), gen = msg.u32();
-      spawn(index, gen);
-    } else if (type == kSignal) {
-      std::uint32_t index = msg.u32();
-      int sig = static_cast<int>(msg.i32());
-      if (index == kAllWorkers)
-        workers_.signal_all(sig);
+    ControlMessage msg = poolwire::read_control(frame);
+    if (msg.type == kSpawn) {
+      spawn(msg.index, msg.gen);
+    } else if (msg.type == kSignal) {
+      if (msg.index == kAllWorkers)
+        workers_.signal_all(msg.value);
       else
-        workers_.signal(index, sig);
-    } else if (type == kQuit) {
+        workers_.signal(msg.index, msg.value);
+    } else if (msg.type == kQuit) {
       quitting_ = true;
     }
   }
@@ -137,14 +133,7 @@ class Spawner {
   }
 
   void report(std::uint8_t type, std::uint32_t index, std::uint32_t gen, std::int32_t value) {
-    Bytes f;
-    std::size_t at = proto::begin_frame(f);
-    proto::Writer w(f);
-    w.u8(type);
-    w.u32(index);
-    w.u32(gen);
-    w.i32(value);
-    proto::end_frame(f, at);
+    Bytes f = control_frame({.type = type, .index = index, .gen = gen, .value = value});
     write_all(ctl_, f.data(), f.size());
   }
 

@@ -63,16 +63,6 @@ bool only_thread() {
 }
 
 // A control message: type, worker index, one more 32-bit field (generation or signal).
-Bytes ctl_frame(std::uint8_t type, std::uint32_t index, std::uint32_t word) {
-  Bytes f;
-  std::size_t at = proto::begin_frame(f);
-  proto::Writer out(f);
-  out.u8(type);
-  out.u32(index);
-  out.u32(word);
-  proto::end_frame(f, at);
-  return f;
-}
 
 }  // namespace
 
@@ -326,7 +316,7 @@ bool Supervisor::ask_spawner(const WorkerPtr& w, int fd) {
     return false;
   }
   try {
-    ctl_send(ctl_frame(kSpawn, w->index, w->gen), fd);
+    ctl_send(control_frame({.type = kSpawn, .index = w->index, .gen = w->gen}), fd);
   } catch (const std::exception& e) {
     logger().error("mpx::Pool: cannot reach the spawner: {}", e.what());
   }
@@ -474,7 +464,7 @@ void Supervisor::ctl_send(const Bytes& frame, int fd) {
 
 void Supervisor::quit_spawner(const char* who) {
   try {
-    ctl_send(type_only_frame(kQuit));
+    ctl_send(control_frame({.type = kQuit}));
   } catch (const std::exception& e) {
     logger().warn("{}: {}", who, e.what());
   }
@@ -496,7 +486,7 @@ void Supervisor::signal_worker(std::uint32_t index, int sig) {
   for (auto& p : direct) p->signal(sig);
   if (!via_spawner) return;
   try {
-    ctl_send(ctl_frame(kSignal, index, static_cast<std::uint32_t>(sig)));
+    ctl_send(control_frame({.type = kSignal, .index = index, .value = sig}));
   } catch (const std::exception& e) {
     logger().warn("mpx::Pool: {}", e.what());
   }
@@ -515,23 +505,11 @@ void Supervisor::on_ctl_read(const boost::system::error_code& ec, std::size_t n)
     return;
   }
   ctl_buf_.commit(n);
-  struct Report {
-    std::uint8_t type;
-    std::uint32_t index, gen;
-    std::int32_t value;
-  };
-  std::vector<Report> reports;
+  std::vector<ControlMessage> reports;
   proto::FrameReader frames(ctl_buf_.data());
   try {
-    while (auto frame = with_mpx_errors([&] { return frames.next(); })) {
-      auto in = task_reader(*frame);
-      Report r;
-      r.type = in.u8();
-      r.index = in.u32();
-      r.gen = in.u32();
-      r.value = in.i32();
-      reports.push_back(r);
-    }
+    while (auto frame = with_mpx_errors([&] { return frames.next(); }))
+      reports.push_back(read_control(*frame));
   } catch (const ProtocolError& e) {
     logger().error("mpx::Pool: bad message from the spawner: {}", e.what());
   }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <mpx/detail/futex.hpp>
+#include <mpx/detail/task.hpp>
 #include <mpx/proto/frame.hpp>
 #include <mpx/serialize.hpp>
 
@@ -25,15 +26,45 @@ inline constexpr std::uint8_t kExit = 2;  // finish what was sent before, then e
 inline constexpr std::uint8_t kResult = 16;     // u64 seq, u64 run time in ns, result encoding
 inline constexpr std::uint8_t kInitError = 17;  // str type, str message: the initializer threw
 // Control channel: pool -> spawner.
-inline constexpr std::uint8_t kSpawn =
-    32;  // u32 index, u32 generation; the worker's channel fd in SCM_RIGHTS
-inline constexpr std::uint8_t kSignal = 33;  // u32 index (kAllWorkers: every one), i32 signal
+inline constexpr std::uint8_t kSpawn = 32;   // the worker's channel fd travels in SCM_RIGHTS
+inline constexpr std::uint8_t kSignal = 33;  // index kAllWorkers: every worker; value: the signal
 inline constexpr std::uint32_t kAllWorkers = 0xffffffff;
 inline constexpr std::uint8_t kQuit = 34;  // exit once every worker has exited
 // Control channel: spawner -> pool.
-inline constexpr std::uint8_t kSpawned = 48;      // u32 index, u32 generation, i32 pid
-inline constexpr std::uint8_t kExited = 49;       // u32 index, u32 generation, i32 exit code (-N: signal N)
-inline constexpr std::uint8_t kSpawnFailed = 50;  // u32 index, u32 generation, i32 errno
+inline constexpr std::uint8_t kSpawned = 48;      // value: the pid
+inline constexpr std::uint8_t kExited = 49;       // value: the exit code (-N: killed by signal N)
+inline constexpr std::uint8_t kSpawnFailed = 50;  // value: errno
+
+// Every control message, either way, has the same fields; those its type does not use are 0.
+struct ControlMessage {
+  std::uint8_t type = 0;
+  std::uint32_t index = 0;  // the worker's slot
+  std::uint32_t gen = 0;    // tells a worker from its replacements at the same index
+  std::int32_t value = 0;
+};
+
+inline Bytes control_frame(const ControlMessage& m) {
+  Bytes f;
+  std::size_t at = proto::begin_frame(f);
+  proto::Writer w(f);
+  w.u8(m.type);
+  w.u32(m.index);
+  w.u32(m.gen);
+  w.i32(m.value);
+  proto::end_frame(f, at);
+  return f;
+}
+
+// A short frame throws mpx::ProtocolError.
+inline ControlMessage read_control(std::span<const std::byte> frame) {
+  proto::Reader r = task_reader(frame);
+  ControlMessage m;
+  m.type = r.u8();
+  m.index = r.u32();
+  m.gen = r.u32();
+  m.value = r.i32();
+  return m;
+}
 
 // What a worker is running, readable by the pool after the worker died: the sequence number of
 // the task in progress, 0 between tasks. One cache line per worker index.
