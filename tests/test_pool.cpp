@@ -648,18 +648,9 @@ TEST_CASE("no fds or children left behind by a pool, whatever ran before") {
     pool.join();
   }
   {  // built while another thread runs: the spawner forks the workers
-    std::atomic<bool> stop{false}, running{false};
-    std::thread other([&] {
-      running = true;
-      while (!stop) std::this_thread::sleep_for(1ms);
-    });
-    while (!running) std::this_thread::yield();  // past its start, which allocates
-    {
-      mpx::Pool pool(2);
-      CHECK(pool.apply(square, 5) == 25);
-    }
-    stop = true;
-    other.join();
+    mpx::test::SleepingThread other;
+    mpx::Pool pool(2);
+    CHECK(pool.apply(square, 5) == 25);
   }
   CHECK(mpx::test::fd_changes(before, mpx::test::open_fd_set()) == "");
   int status = 0;

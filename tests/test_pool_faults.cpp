@@ -593,19 +593,10 @@ TEST_CASE("no fds or children left behind by pools that lose workers, whatever r
   }
   {  // built while another thread runs (it only sleeps: see kForkWhileThreadsAllocateIsSafe), so
      // a spawner forks the workers; one of them is killed and replaced
-    std::atomic<bool> stop{false}, running{false};
-    std::thread other([&] {
-      running = true;
-      while (!stop) std::this_thread::sleep_for(1ms);
-    });
-    while (!running) std::this_thread::yield();  // past its start, which allocates
-    {
-      mpx::Pool pool(2);
-      CHECK_THROWS_AS(pool.apply(crash, 3), mpx::WorkerLost);
-      CHECK(pool.map(square, std::vector<int>(20, 6), 1)[19] == 36);
-    }
-    stop = true;
-    other.join();
+    mpx::test::SleepingThread other;
+    mpx::Pool pool(2);
+    CHECK_THROWS_AS(pool.apply(crash, 3), mpx::WorkerLost);
+    CHECK(pool.map(square, std::vector<int>(20, 6), 1)[19] == 36);
   }
   CHECK(mpx::test::fd_changes(before, mpx::test::open_fd_set()) == "");
   int status = 0;

@@ -20,6 +20,19 @@ extern char** environ;
 
 namespace mpx::test {
 
+SleepingThread::SleepingThread() {
+  thread_ = std::thread([this] {
+    running_ = true;
+    while (!stop_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  });
+  while (!running_) std::this_thread::yield();
+}
+
+SleepingThread::~SleepingThread() {
+  stop_ = true;
+  thread_.join();
+}
+
 namespace fs = std::filesystem;
 
 TempDir::TempDir(const std::string& prefix) {

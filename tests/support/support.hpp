@@ -4,12 +4,14 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 // Whether a child forked while other threads allocate may allocate itself. glibc's malloc makes
@@ -35,6 +37,21 @@ inline constexpr bool kForkWhileThreadsAllocateIsSafe = false;
 #else
 inline constexpr bool kForkWhileThreadsAllocateIsSafe = true;
 #endif
+
+// Another thread that only sleeps, from construction (once past its start, which allocates) to
+// destruction: makes the process multi-threaded, so a Pool built meanwhile forks its workers
+// from its spawner, without forking while a thread allocates (kForkWhileThreadsAllocateIsSafe).
+class SleepingThread {
+ public:
+  SleepingThread();
+  ~SleepingThread();
+  SleepingThread(const SleepingThread&) = delete;
+  SleepingThread& operator=(const SleepingThread&) = delete;
+
+ private:
+  std::atomic<bool> stop_{false}, running_{false};
+  std::thread thread_;
+};
 
 // A fresh directory under $TMPDIR (which ctest points at the build tree), removed with
 // everything in it at scope exit.
