@@ -628,14 +628,7 @@ class ConditionProxy : public detail::LockableProxy {
   bool wait(Timeout timeout = forever);
   template <class Pred>
   bool wait_for(Pred pred, Timeout timeout = forever) {
-    detail::Deadline deadline(timeout);
-    bool result = pred();
-    while (!result) {
-      if (deadline.expired()) break;
-      wait(deadline.remaining());
-      result = pred();
-    }
-    return result;
+    return detail::wait_for_predicate([this](Timeout left) { return wait(left); }, pred, timeout);
   }
   void notify(std::uint64_t n = 1);  // n up to 2^32-1, else ValueError
   void notify_all();

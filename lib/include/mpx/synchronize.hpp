@@ -152,14 +152,7 @@ class Condition : public detail::Lockable<Condition> {
   // Waits until pred() holds (checked with the lock held); returns its last value.
   template <class Pred>
   bool wait_for(Pred pred, Timeout timeout = forever) {
-    detail::Deadline deadline(timeout);
-    bool result = pred();
-    while (!result) {
-      if (deadline.expired()) break;
-      wait(deadline.remaining());
-      result = pred();
-    }
-    return result;
+    return detail::wait_for_predicate([this](Timeout left) { return wait(left); }, pred, timeout);
   }
   // Wakes at most n waiters (0: none). StateError unless the calling thread holds the lock;
   // ValueError if n exceeds 2^32-1 (notify_all() wakes them all).

@@ -38,5 +38,18 @@ class Deadline {
   std::optional<clock::time_point> at_;
 };
 
+// Python's Condition.wait_for, for any condition: wait(remaining) until pred() holds or the
+// timeout passes; returns pred()'s last value.
+template <class Wait, class Pred>
+bool wait_for_predicate(Wait&& wait, Pred&& pred, Timeout timeout) {
+  Deadline deadline(timeout);
+  bool result = pred();
+  while (!result && !deadline.expired()) {
+    wait(deadline.remaining());
+    result = pred();
+  }
+  return result;
+}
+
 }  // namespace detail
 }  // namespace mpx
