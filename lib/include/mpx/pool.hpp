@@ -97,6 +97,9 @@ class Pool : public detail::PoolApi<detail::PoolCore> {
   using PoolApi::apply;
   // template <class F, class... Args> AsyncResult<R> apply_async(F f, Args&&... args);
   using PoolApi::apply_async;
+  // template <class F, class... Args> AsyncResult<R> submit(F f, Args&&... args);  apply_async's
+  // concurrent.futures name; mpx::wait, mpx::as_completed and async_get (<mpx/futures.hpp>) take it.
+  using PoolApi::submit;
   // template <class F, class Range> std::vector<R> map(F f, Range&& xs, std::size_t chunksize = 0);
   // in input order; chunksize 0 is Python's rule, ceil(len / (4 * processes())).
   using PoolApi::map;

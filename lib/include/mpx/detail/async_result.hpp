@@ -17,10 +17,13 @@
 #include <cstdio>
 #include <exception>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <ranges>
 #include <span>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -123,10 +126,14 @@ class ResultStateBase : public Waitable, public std::enable_shared_from_this<Res
 
   Driver* driver() const noexcept { return driver_; }
 
+  // Runs f once the result is done, whatever the outcome (as then()/on_error() callbacks do).
+  void on_done(std::function<void()> f) { add_callback(true, std::move(f), true); }
+
  protected:
   struct Callback {
     bool on_success;
     std::function<void()> fn;
+    bool always = false;  // runs on success and on failure
   };
 
   // For derived states: lock, check pending, store the value, then finish().
@@ -147,23 +154,23 @@ class ResultStateBase : public Waitable, public std::enable_shared_from_this<Res
       driver_->schedule_callbacks(shared_from_this());
   }
 
-  void add_callback(bool on_success, std::function<void()> fn) {
+  void add_callback(bool on_success, std::function<void()> fn, bool always = false) {
     if (!fn) return;
     {
       std::lock_guard lk(m_);
       if (phase_.load(std::memory_order_relaxed) != kSettled) {
-        callbacks_.push_back({on_success, std::move(fn)});
+        callbacks_.push_back({on_success, std::move(fn), always});
         return;
       }
     }
-    invoke(Callback{on_success, std::move(fn)});  // already settled: at once, here
+    invoke(Callback{on_success, std::move(fn), always});  // already settled: at once, here
   }
 
  private:
   static constexpr int kPending = 0, kDone = 1, kSettled = 2;
 
   void invoke(const Callback& cb) const noexcept {
-    if (cb.on_success == failed()) return;
+    if (!cb.always && cb.on_success == failed()) return;
     try {
       cb.fn();
     } catch (...) {
@@ -254,6 +261,11 @@ class AsyncResultBase {
     return !state().failed();
   }
   bool valid() const noexcept { return state_ != nullptr; }
+  // Completes `token` (a callback, asio::use_future, asio::use_awaitable, ...) with
+  // (std::exception_ptr, T) -- (std::exception_ptr) for T = void -- on the executor associated
+  // with it. Defined in <mpx/futures.hpp>, which brings the Asio headers it needs.
+  template <class Token>
+  auto async_get(Token&& token) const;
   // The completion side, for layers that produce results.
   const std::shared_ptr<ResultState<T>>& state_ptr() const noexcept { return state_; }
 
@@ -316,5 +328,183 @@ class AsyncResult<void> : public detail::AsyncResultBase<void> {
     return *this;
   }
 };
+
+// ------------------------------------------------------------------------------------------
+// concurrent.futures' wait() and as_completed(), over any range of AsyncResult<T>.
+//
+//   std::vector<mpx::AsyncResult<int>> rs;
+//   for (int x : xs) rs.push_back(pool.submit(f, x));
+//   auto [done, not_done] = mpx::wait(rs, mpx::ReturnWhen::first_completed, 5s);
+//   for (const auto& r : mpx::as_completed(rs)) use(r.get());
+// ------------------------------------------------------------------------------------------
+
+enum class ReturnWhen { first_completed, first_exception, all_completed };
+
+// Indices into the range that was waited on, in ascending order.
+struct WaitResult {
+  std::vector<std::size_t> done, not_done;
+};
+
+namespace detail {
+
+template <class R>
+struct async_result_value {};
+template <class T>
+struct async_result_value<AsyncResult<T>> {
+  using type = T;
+};
+template <class R>
+concept IsAsyncResult = requires {
+  typename async_result_value<R>::type;
+};
+
+template <class Range>
+concept AsyncResultRange =
+    std::ranges::input_range<Range> && IsAsyncResult<std::remove_cvref_t<std::ranges::range_value_t<Range>>>;
+
+// Completion order of a set of results, told by their on_done callbacks.
+class CompletionLog {
+ public:
+  explicit CompletionLog(std::size_t n) : failed_(n, false) {}
+  template <class T>
+  void watch(const AsyncResult<T>& r, std::size_t index, const std::shared_ptr<CompletionLog>& self) {
+    auto& st = *r.state_ptr();
+    st.on_done([self, index, &st] { self->record(index, st.failed()); });
+  }
+  // The next completed index, in completion order; nullopt when the deadline passes first.
+  std::optional<std::size_t> next(const Deadline& deadline) {
+    std::unique_lock lk(m_);
+    auto pred = [&] { return !order_.empty() && taken_ < order_.size(); };
+    if (deadline.infinite())
+      cv_.wait(lk, pred);
+    else if (!cv_.wait_until(lk, *deadline.at(), pred))
+      return std::nullopt;
+    return order_[taken_++];
+  }
+  // Blocks until `stop` (given the completed count and whether any failed) holds or the deadline.
+  template <class Stop>
+  void wait(const Deadline& deadline, Stop stop) {
+    std::unique_lock lk(m_);
+    auto pred = [&] { return stop(order_.size(), any_failed_); };
+    if (deadline.infinite())
+      cv_.wait(lk, pred);
+    else
+      cv_.wait_until(lk, *deadline.at(), pred);
+  }
+
+ private:
+  void record(std::size_t index, bool failed) {
+    std::lock_guard lk(m_);
+    order_.push_back(index);
+    failed_[index] = failed;
+    any_failed_ = any_failed_ || failed;
+    cv_.notify_all();
+  }
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::vector<std::size_t> order_;
+  std::vector<bool> failed_;
+  std::size_t taken_ = 0;
+  bool any_failed_ = false;
+};
+
+}  // namespace detail
+
+// Waits until the condition `when` holds for `results` or the timeout passes (no exception on
+// timeout: whatever is not done is in not_done). Empty handles count as not done.
+template <detail::AsyncResultRange Range>
+WaitResult wait(const Range& results, ReturnWhen when = ReturnWhen::all_completed,
+                Timeout timeout = forever) {
+  std::vector<std::ranges::range_value_t<Range>> rs(std::ranges::begin(results), std::ranges::end(results));
+  detail::Deadline deadline(timeout);
+  if (when == ReturnWhen::all_completed) {
+    // One at a time through each result's own wait: its driver may let this thread do the I/O.
+    for (const auto& r : rs)
+      if (r.valid() && !r.wait(deadline.remaining())) break;
+  } else {
+    auto log = std::make_shared<detail::CompletionLog>(rs.size());
+    std::size_t watched = 0;
+    for (std::size_t i = 0; i < rs.size(); ++i)
+      if (rs[i].valid()) {
+        log->watch(rs[i], i, log);
+        ++watched;
+      }
+    log->wait(deadline, [&](std::size_t completed, bool any_failed) {
+      return completed == watched || (when == ReturnWhen::first_completed && completed > 0) ||
+             (when == ReturnWhen::first_exception && any_failed);
+    });
+  }
+  WaitResult out;
+  for (std::size_t i = 0; i < rs.size(); ++i) {
+    // A result completes, then its callbacks run: give one that is done its last moment to settle.
+    bool done = rs[i].valid() && (rs[i].ready() || (rs[i].state_ptr()->is_done() && rs[i].wait(forever)));
+    (done ? out.done : out.not_done).push_back(i);
+  }
+  return out;
+}
+
+// The results in the order they complete, as an input range; advancing past the last one that
+// completed in time throws TimeoutError. Empty handles are skipped.
+template <class T>
+class AsCompleted {
+ public:
+  template <class Range>
+  AsCompleted(const Range& results, Timeout timeout)
+      : results_(std::ranges::begin(results), std::ranges::end(results)),
+        log_(std::make_shared<detail::CompletionLog>(results_.size())),
+        deadline_(timeout) {
+    for (std::size_t i = 0; i < results_.size(); ++i)
+      if (results_[i].valid()) {
+        log_->watch(results_[i], i, log_);
+        ++left_;
+      }
+  }
+
+  class iterator {
+   public:
+    using value_type = AsyncResult<T>;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    const AsyncResult<T>& operator*() const { return owner_->results_[current_]; }
+    iterator& operator++() {
+      current_ = owner_->next();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    bool operator==(std::default_sentinel_t) const { return current_ == kEnd; }
+
+   private:
+    friend class AsCompleted;
+    iterator(AsCompleted* owner, std::size_t current) : owner_(owner), current_(current) {}
+    AsCompleted* owner_ = nullptr;
+    std::size_t current_ = kEnd;
+  };
+
+  iterator begin() { return iterator(this, next()); }
+  std::default_sentinel_t end() const { return {}; }
+
+ private:
+  static constexpr std::size_t kEnd = static_cast<std::size_t>(-1);
+  std::size_t next() {
+    if (left_ == 0) return kEnd;
+    auto i = log_->next(deadline_);
+    if (!i)
+      throw TimeoutError("mpx::as_completed: timed out with " + std::to_string(left_) + " results pending");
+    --left_;
+    results_[*i].wait(forever);  // done; its callbacks may still be finishing
+    return *i;
+  }
+
+  std::vector<AsyncResult<T>> results_;
+  std::shared_ptr<detail::CompletionLog> log_;
+  detail::Deadline deadline_;
+  std::size_t left_ = 0;
+};
+
+template <detail::AsyncResultRange Range>
+auto as_completed(const Range& results, Timeout timeout = forever) {
+  using Result = std::remove_cvref_t<std::ranges::range_value_t<Range>>;
+  return AsCompleted<typename detail::async_result_value<Result>::type>(results, timeout);
+}
 
 }  // namespace mpx

@@ -106,6 +106,11 @@ class PoolApi {
     using R = typename apply_traits<F, Args...>::result;
     return AsyncResult<R>(submit_call<R>(false, f, args...));
   }
+  // concurrent.futures' name for apply_async.
+  template <class F, class... Args>
+  auto submit(F f, Args&&... args) -> AsyncResult<typename apply_traits<F, Args...>::result> {
+    return apply_async(std::move(f), std::forward<Args>(args)...);
+  }
 
   // chunksize 0: Python's rule, ceil(len / (4 * processes())).
   template <class F, class Range>
