@@ -143,6 +143,9 @@ TEST_CASE("Address: parse and str round-trip") {
   CHECK(Address::parse("tcp:[::1]:5") == Address::tcp("::1", 5));
   CHECK(Address::parse("unix:@n") == Address::abstract("n"));
   CHECK(Address::parse("unix:/p") == Address::unix_path("/p"));
+  CHECK(Address::parse("/tmp/x.sock") ==
+        Address::unix_path("/tmp/x.sock"));  // as Python's Listener('/tmp/x.sock')
+  CHECK(Address::parse("/tmp/x.sock").str() == "unix:/tmp/x.sock");
   CHECK_FALSE(Address::unix_path("/p") == Address::abstract("/p"));
   CHECK(Address::parse("tcp:h:1").kind() == Address::Kind::tcp);
   CHECK(Address::parse("tcp:h:1").host() == "h");
@@ -150,7 +153,7 @@ TEST_CASE("Address: parse and str round-trip") {
 
   for (std::string bad : {"", "foo", "unix:", "unix:@", "tcp:host", "tcp:host:", "tcp:host:65536",
                           "tcp:host:12a", "tcp:host:-1", "tcp:::1:80", "tcp:[::1:80", "tcp::80", "tcp:[]:80",
-                          "tcp:[host]:80", "udp:h:1", "UNIX:/x"}) {
+                          "tcp:[host]:80", "udp:h:1", "UNIX:/x", "x.sock", "./x.sock"}) {
     CAPTURE(bad);
     CHECK_THROWS_AS(Address::parse(bad), mpx::ValueError);
   }

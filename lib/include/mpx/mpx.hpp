@@ -4,6 +4,7 @@
 #include <mpx/connection.hpp>     // Address, Connection, Pipe, Listener, Client, wait
 #include <mpx/errors.hpp>         // the exceptions mpx throws
 #include <mpx/futures.hpp>        // async_get with Asio tokens, wait, as_completed
+#include <mpx/logging.hpp>        // get_logger, log_to_stderr
 #include <mpx/managers.hpp>       // Manager, proxies, Server, named task queues
 #include <mpx/pool.hpp>           // Pool, AsyncResult
 #include <mpx/process.hpp>        // Process, current_process, active_children, cpu_count

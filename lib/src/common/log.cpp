@@ -1,6 +1,8 @@
-// common/ — what every layer may use: the library's spdlog logger (log.hpp). Includes nothing
-// of the library but its own folder.
+// common/ — what every layer may use: the library's spdlog logger (log.hpp, and its public face
+// <mpx/logging.hpp>). Includes nothing of the library but its own folder and that header.
 #include "common/log.hpp"
+
+#include <mpx/logging.hpp>
 
 #include <spdlog/sinks/stdout_sinks.h>
 
@@ -10,11 +12,17 @@
 namespace mpx::detail {
 namespace {
 
+constexpr const char* kPattern = "[%Y-%m-%d %H:%M:%S.%e] [mpx] [%l] [pid %P] %v";
+constexpr int kUnset = -1;
+std::atomic<int> chosen_level{kUnset};  // by log_to_stderr(level); outlives a fork
+
 spdlog::logger* make_logger() {
   auto* l = new spdlog::logger("mpx", std::make_shared<spdlog::sinks::stderr_sink_mt>());
   l->set_level(spdlog::level::warn);
-  l->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [mpx] [%l] [pid %P] %v");
+  l->set_pattern(kPattern);
   if (const char* env = std::getenv("MPX_LOG_LEVEL")) l->set_level(spdlog::level::from_str(env));
+  if (int chosen = chosen_level.load(std::memory_order_relaxed); chosen != kUnset)
+    l->set_level(static_cast<spdlog::level::level_enum>(chosen));
   return l;
 }
 
@@ -47,3 +55,26 @@ void reset_logger_after_fork() {
 }
 
 }  // namespace mpx::detail
+
+namespace mpx {
+
+spdlog::logger& get_logger() { return detail::logger(); }
+
+spdlog::logger& log_to_stderr() {
+  spdlog::logger& l = detail::logger();
+  for (const auto& sink : l.sinks())
+    if (dynamic_cast<spdlog::sinks::stderr_sink_mt*>(sink.get())) return l;
+  auto sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
+  sink->set_pattern(detail::kPattern);
+  l.sinks().push_back(std::move(sink));
+  return l;
+}
+
+spdlog::logger& log_to_stderr(spdlog::level::level_enum level) {
+  detail::chosen_level.store(static_cast<int>(level), std::memory_order_relaxed);
+  spdlog::logger& l = log_to_stderr();
+  l.set_level(level);
+  return l;
+}
+
+}  // namespace mpx

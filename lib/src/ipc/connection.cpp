@@ -151,8 +151,9 @@ Address Address::tcp(std::string host, std::uint16_t port) {
 Address Address::parse(std::string_view text) {
   auto bad = [&](const char* why) {
     return ValueError("mpx: cannot parse address '" + std::string(text) + "': " + why +
-                      " (expected unix:/path, unix:@name, tcp:host:port or tcp:[v6]:port)");
+                      " (expected unix:/path, /path, unix:@name, tcp:host:port or tcp:[v6]:port)");
   };
+  if (text.starts_with('/')) return unix_path(std::string(text));  // as Python's Listener('/tmp/x.sock')
   if (text.starts_with("unix:")) {
     auto rest = text.substr(5);
     if (rest.empty()) throw bad("no path");
