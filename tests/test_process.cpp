@@ -1,5 +1,6 @@
 #include <mpx/detail/shm.hpp>
 #include <mpx/process.hpp>
+#include <support.hpp>
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
@@ -10,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -668,5 +670,80 @@ TEST_SUITE("process") {
       abandoned_pid = abandoned->pid();
     }  // the last handle kills and reaps
     CHECK(reaped(abandoned_pid));
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "a subclass overrides run(), Python's other way to define a process") {
+    struct Exits : mpx::Process {
+      explicit Exits(int exit_code) : mpx::Process(Options{"Exits", false}), code(exit_code) {}
+      void run() override { std::exit(code); }
+      int code;
+    };
+    struct Throws : mpx::Process {
+      void run() override { throw std::runtime_error("from run()"); }
+    };
+    Exits e(42);
+    e.start();
+    CHECK(e.join(10s));
+    CHECK(e.exitcode() == 42);
+    CHECK(e.name() == "Exits");
+    Throws t;
+    t.start();
+    CHECK(t.join(10s));
+    CHECK(t.exitcode() == 1);
+    mpx::Process nothing;  // no target: run() does nothing
+    nothing.start();
+    CHECK(nothing.join(10s));
+    CHECK(nothing.exitcode() == 0);
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals,
+                    "close() releases the handle: ValueError while running and on use afterwards") {
+    auto before = mpx::test::open_fd_set();
+    mpx::Process p(mpx::Process::Options{"Closing", true}, [] { sleep_forever(); });
+    p.start();
+    CHECK(p.ident() == p.pid());
+    CHECK(p.ident() > 0);
+    CHECK_THROWS_AS(p.close(), mpx::ValueError);
+    p.kill();
+    CHECK(p.join(10s));
+    p.close();
+    CHECK(mpx::test::fd_changes(before, mpx::test::open_fd_set()) == "");  // the sentinel is gone
+    CHECK_THROWS_AS(p.join(), mpx::ValueError);
+    CHECK_THROWS_AS(p.exitcode(), mpx::ValueError);
+    CHECK_THROWS_AS(p.pid(), mpx::ValueError);
+    CHECK_THROWS_AS(p.ident(), mpx::ValueError);
+    CHECK_THROWS_AS(p.sentinel(), mpx::ValueError);
+    CHECK_THROWS_AS(p.start(), mpx::ValueError);
+    CHECK(p.name() == "Closing");
+    CHECK(p.daemon());
+    mpx::Process unstarted([] {});
+    unstarted.close();  // nothing to release but the target
+    CHECK_THROWS_AS(unstarted.start(), mpx::ValueError);
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals,
+                    "active_children gives name, pid and daemon, and still reads as a pid list") {
+    mpx::Process a(mpx::Process::Options{"Alpha", true}, [] { sleep_forever(); });
+    mpx::Process b(mpx::Process::Options{"Beta", false}, [] { sleep_forever(); });
+    a.start();
+    b.start();
+    auto kids = mpx::active_children();
+    auto find = [&](pid_t pid) {
+      return std::find_if(kids.begin(), kids.end(), [&](auto& k) { return k.pid == pid; });
+    };
+    REQUIRE(find(a.pid()) != kids.end());
+    REQUIRE(find(b.pid()) != kids.end());
+    CHECK(find(a.pid())->name == "Alpha");
+    CHECK(find(a.pid())->daemon);
+    CHECK(find(b.pid())->name == "Beta");
+    CHECK_FALSE(find(b.pid())->daemon);
+    std::vector<pid_t> pids = mpx::active_children();  // the spelling of earlier versions
+    CHECK(std::find(pids.begin(), pids.end(), a.pid()) != pids.end());
+    CHECK(std::find(kids.begin(), kids.end(), b.pid()) != kids.end());
+    a.kill();
+    b.kill();
+    CHECK(a.join(10s));
+    CHECK(b.join(10s));
+    CHECK(mpx::active_children().empty());
   }
 }

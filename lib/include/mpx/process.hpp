@@ -46,12 +46,29 @@ struct ProcessInfo {
   bool daemon = false;
 };
 
+// A child process, as Python's multiprocessing.Process: give it a target, or derive from it and
+// override run() (Python's other way):
+//
+//   struct Counter : mpx::Process {
+//     explicit Counter(mpx::Queue<int> q) : q(std::move(q)) {}
+//     void run() override { for (int i = 0; i < 3; ++i) q.put(i); }
+//     mpx::Queue<int> q;
+//   };
+//   Counter c(q);
+//   c.start();   // the child runs c.run()
+//   c.join();
+//
+// A subclass is used where it was made: moving it into a plain Process keeps the target only.
 class Process {  // movable, not copyable
  public:
   struct Options {
     std::string name;  // "" -> "Process-<n>"
     bool daemon = false;
   };
+
+  // No target: run() does nothing unless a subclass overrides it.
+  Process() : Process(Options{}) {}
+  explicit Process(Options options);
 
   template <class F, class... Args>
   requires(!std::same_as<std::remove_cvref_t<F>, Process> && !std::same_as<std::remove_cvref_t<F>, Options> &&
@@ -73,7 +90,10 @@ class Process {  // movable, not copyable
   Process& operator=(const Process&) = delete;
   // Joins a started non-daemon child; terminates (SIGTERM, then SIGKILL after a grace period)
   // and reaps a daemon one. Does nothing to the child in a process other than the starter.
-  ~Process();
+  virtual ~Process();
+
+  // What the child runs: the target with its arguments. A subclass may override it.
+  virtual void run();
 
   // Flushes stdio/iostreams and forks. StateError if already started, or if this object was
   // made in another process. Afterwards the parent's copy of target and args is destroyed.
@@ -91,6 +111,11 @@ class Process {  // movable, not copyable
   // An fd that becomes readable when the child ends (valid until this object goes). StateError
   // before start.
   int sentinel() const;
+  // Python's ident: the pid (0 before start).
+  pid_t ident() const { return pid(); }
+  // Releases what this handle holds (the child's sentinel fd, the target). ValueError while the
+  // child runs; afterwards every member but name() and daemon() throws ValueError, as in Python.
+  void close();
 
  private:
   struct State;
@@ -101,9 +126,21 @@ class Process {  // movable, not copyable
   std::unique_ptr<State> state_;
 };
 
+// A live child, as active_children() lists it. It reads as its pid where a pid_t is expected,
+// so code written when active_children() listed pids keeps working.
+struct ChildInfo : ProcessInfo {
+  operator pid_t() const noexcept { return pid; }  // NOLINT(google-explicit-constructor)
+};
+// The live children started with mpx::Process (finished ones are reaped on the way).
+class ActiveChildren : public std::vector<ChildInfo> {
+ public:
+  using std::vector<ChildInfo>::vector;
+  operator std::vector<pid_t>() const { return {begin(), end()}; }  // NOLINT(google-explicit-constructor)
+};
+
 ProcessInfo current_process();
 std::optional<ProcessInfo> parent_process();  // nullopt in the main process
-std::vector<pid_t> active_children();         // live children started with mpx::Process; reaps finished ones
-unsigned cpu_count();                         // CPUs this process may run on (sched_getaffinity)
+ActiveChildren active_children();
+unsigned cpu_count();  // CPUs this process may run on (sched_getaffinity)
 
 }  // namespace mpx

@@ -57,13 +57,20 @@ bool have_pidfd() {
 // What this process knows about itself and the Processes it started. A forked child replaces it
 // (another thread of the parent may have held the mutex at fork time); the old one is kept
 // reachable through `abandoned` so leak checkers do not flag it.
+// A child started with mpx::Process, as active_children() reports it.
+struct ChildEntry {
+  std::weak_ptr<ChildProcess> child;
+  std::string name;
+  bool daemon = false;
+};
+
 struct Globals {
   std::mutex m;
   ProcessInfo current{"MainProcess", 0, false};
   std::optional<ProcessInfo> parent;
   std::string identity;  // "" in the main process, "1" in Process-1, "1:2" in its second child
   unsigned counter = 0;
-  std::vector<std::weak_ptr<ChildProcess>> children;
+  std::vector<ChildEntry> children;
   Globals* abandoned = nullptr;
 };
 
@@ -398,7 +405,23 @@ struct Process::State {
   pid_t created_in = 0;
   std::unique_ptr<detail::Target> target;
   std::shared_ptr<detail::ChildProcess> child;
+  bool closed = false;
 };
+
+Process::Process(Options options) : Process(std::move(options), nullptr) {}
+
+void Process::run() {
+  if (state_ && state_->target) state_->target->run();
+}
+
+void Process::close() {
+  State& s = checked_owner("close");
+  if (s.child && !s.child->poll())
+    throw ValueError("Process::close: " + s.name + " is still running; join() or terminate() it first");
+  s.child.reset();
+  s.target.reset();
+  s.closed = true;
+}
 
 Process::Process(Options options, std::unique_ptr<detail::Target> target)
     : state_(std::make_unique<State>()) {
@@ -451,6 +474,7 @@ void Process::finish() noexcept {
 
 Process::State& Process::checked_owner(const char* what) const {
   if (!state_) throw StateError(std::string("Process::") + what + ": moved-from Process");
+  if (state_->closed) throw ValueError(std::string("Process::") + what + ": " + state_->name + " is closed");
   pid_t owner = state_->child ? (state_->child->owned_here() ? ::getpid() : -1) : state_->created_in;
   if (owner != ::getpid())
     throw StateError(std::string("Process::") + what + ": only the process that started " + state_->name +
@@ -462,9 +486,9 @@ void Process::start() {
   State& s = checked_owner("start");
   if (s.child) throw StateError("Process::start: " + s.name + " was already started");
   detail::ForkOptions options{s.name, s.daemon, s.daemon, s.identity};
-  auto body = [&s]() -> int {
+  auto body = [this, &s]() -> int {
     try {
-      s.target->run();
+      run();
       return 0;
     } catch (...) {
       detail::report_exception("Process " + s.name + ":");
@@ -475,11 +499,11 @@ void Process::start() {
   s.target.reset();
   auto& g = detail::globals();
   std::lock_guard lock(g.m);
-  std::erase_if(g.children, [](const auto& w) {
-    auto c = w.lock();
+  std::erase_if(g.children, [](const detail::ChildEntry& e) {
+    auto c = e.child.lock();
     return !c || c->ended();
   });
-  g.children.push_back(s.child);
+  g.children.push_back({s.child, s.name, s.daemon});
 }
 
 bool Process::join(Timeout timeout) {
@@ -500,7 +524,10 @@ std::optional<int> Process::exitcode() const {
   return s.child->exitcode();
 }
 
-pid_t Process::pid() const { return state_ && state_->child ? state_->child->pid() : 0; }
+pid_t Process::pid() const {
+  if (state_ && state_->closed) throw ValueError("Process::pid: " + state_->name + " is closed");
+  return state_ && state_->child ? state_->child->pid() : 0;
+}
 
 const std::string& Process::name() const {
   if (!state_) throw StateError("Process::name: moved-from Process");
@@ -525,6 +552,7 @@ void Process::kill() {
 }
 
 int Process::sentinel() const {
+  if (state_ && state_->closed) throw ValueError("Process::sentinel: " + state_->name + " is closed");
   if (!state_ || !state_->child) throw StateError("Process::sentinel: the process was not started");
   return state_->child->sentinel();
 }
@@ -538,20 +566,22 @@ ProcessInfo current_process() {
 
 std::optional<ProcessInfo> parent_process() { return detail::globals().parent; }
 
-std::vector<pid_t> active_children() {
+ActiveChildren active_children() {
   auto& g = detail::globals();
-  std::vector<std::shared_ptr<detail::ChildProcess>> children;
+  std::vector<detail::ChildEntry> children;
   {
     std::lock_guard lock(g.m);
-    for (auto& w : g.children)
-      if (auto c = w.lock()) children.push_back(std::move(c));
+    for (auto& e : g.children)
+      if (auto c = e.child.lock()) children.push_back(e);
   }
-  std::vector<pid_t> live;
-  for (auto& c : children)
-    if (!c->poll()) live.push_back(c->pid());
+  ActiveChildren live;
+  for (auto& e : children) {
+    auto c = e.child.lock();
+    if (c && !c->poll()) live.push_back(ChildInfo{{e.name, c->pid(), e.daemon}});
+  }
   std::lock_guard lock(g.m);
-  std::erase_if(g.children, [](const auto& w) {
-    auto c = w.lock();
+  std::erase_if(g.children, [](const detail::ChildEntry& e) {
+    auto c = e.child.lock();
     return !c || c->ended();
   });
   return live;
