@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <string>
@@ -222,4 +223,33 @@ TEST_CASE("kill_all() and the destructor leave no child behind") {
     CHECK(ws.running() == 2);
   }  // ~WorkerSet kills and reaps these two
   CHECK(check.pids.size() == 4);
+}
+
+TEST_CASE("one child's sentinel and liveness by slot and generation; wait_all reaps and reports them all") {
+  NoLeaks check;
+  WorkerSet ws;
+  auto a = ws.start(0, named("A"), [] { return 3; });
+  auto b = ws.start(1, named("B"), [] { return 4; });
+  check.pids = {a.pid, b.pid};
+  CHECK(ws.running(0, a.generation));
+  CHECK(ws.running(1, b.generation));
+  CHECK_FALSE(ws.running(0, a.generation + 1));
+  CHECK_FALSE(ws.running(2, 1));
+  int fd = ws.sentinel(1, b.generation);
+  CHECK(fd >= 0);
+  auto all = ws.sentinels();
+  CHECK(std::find(all.begin(), all.end(), fd) != all.end());
+  CHECK(ws.sentinel(0, a.generation + 1) == -1);
+  pollfd p{fd, POLLIN, 0};
+  CHECK(::poll(&p, 1, 10000) == 1);  // readable once B ended
+
+  auto exits = ws.wait_all(10s);
+  REQUIRE(exits.size() == 2);
+  CHECK(exits[0].slot == 0);
+  CHECK(exits[0].exitcode == 3);
+  CHECK(exits[1].slot == 1);
+  CHECK(exits[1].exitcode == 4);
+  CHECK_FALSE(ws.running(0, a.generation));
+  CHECK(ws.sentinel(1, b.generation) == -1);
+  CHECK(ws.reap().empty());  // each exit is reported once
 }

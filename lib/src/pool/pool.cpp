@@ -371,11 +371,7 @@ void PoolCore::start_read(const WorkerPtr& w) {
 void PoolCore::on_readable(const WorkerPtr& w, const boost::system::error_code& ec) {
   if (ec == asio::error::operation_aborted) return;
   if (!ec && read_available(w, true)) return start_read(w);
-  if (w->proc && !w->exit_watch && w->proc->wait(std::chrono::seconds(1))) {
-    // No sentinel to watch: the end of its channel is all that tells the worker's exit.
-    sup_.handle_exit(w->index, w->gen, w->proc->exitcode().value_or(-SIGKILL), false);
-    return;
-  }
+  if (w->direct && !w->exit_watch && sup_.exit_without_watch(w)) return;
   std::lock_guard lk(m_);  // EOF or error: the exit report follows
   w->usable = false;
 }

@@ -15,8 +15,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wnull-dereference"
@@ -96,10 +98,16 @@ void Supervisor::close_all() noexcept {
     if (!w) return;
     w->ch.sock.close(ec);
     if (w->exit_watch) w->exit_watch->close(ec);
-    w->proc.reset();  // kills and reaps it if it still runs (a failed start)
   };
   for (auto& w : workers_) close_worker(w);
   for (auto& w : retired_) close_worker(w);
+  {
+    std::lock_guard d(direct_mutex_);
+    try {
+      direct_.kill_all();  // a failed start: whatever was forked here goes
+    } catch (...) {        // out of memory for the reports: ~WorkerSet kills and reaps them still
+    }
+  }
   ctl_.close(ec);
   spawner_.reset();  // kills and reaps the spawner if it still runs (a failed start)
 }
@@ -125,10 +133,13 @@ std::vector<int> Supervisor::fds_children_drop() {
     if (!w) return;
     if (w->ch.sock.is_open()) fds.push_back(w->ch.sock.native_handle());
     if (w->exit_watch && w->exit_watch->is_open()) fds.push_back(w->exit_watch->native_handle());
-    if (w->proc && w->proc->sentinel() >= 0) fds.push_back(w->proc->sentinel());
   };
   for (auto& w : workers_) add(w);
   for (auto& w : retired_) add(w);
+  {
+    std::lock_guard d(direct_mutex_);
+    for (int fd : direct_.sentinels()) fds.push_back(fd);
+  }
   if (ctl_.is_open()) fds.push_back(ctl_.native_handle());
   return fds;
 }
@@ -197,36 +208,82 @@ bool Supervisor::ensure_spawner(int also_drop) {
 }
 
 void Supervisor::watch_exit(const WorkerPtr& w) {
-  int fd = w->proc->sentinel();
-  if (fd < 0) return;  // no sentinel at all: the end of its channel tells (on_readable)
+  int fd;
+  {
+    std::lock_guard d(direct_mutex_);
+    fd = direct_.sentinel(w->index, w->gen);
+  }
+  if (fd < 0) return;
   int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (dup < 0) return;
+  if (dup < 0) return;  // no fd left: the end of its channel tells (exit_without_watch)
   w->exit_watch = std::make_unique<asio::posix::stream_descriptor>(io_, dup);
   w->exit_watch->async_wait(asio::posix::stream_descriptor::wait_read,
                             [this, w](const boost::system::error_code& ec) {
-                              if (ec) return;
-                              // A pipe sentinel reads as closed a moment before the child can be reaped.
-                              if (!w->proc->poll() && !w->proc->wait(std::chrono::seconds(1))) {
-                                watch_exit(w);
-                                return;
-                              }
-                              boost::system::error_code ignored;
-                              w->exit_watch->close(ignored);
-                              handle_exit(w->index, w->gen, w->proc->exitcode().value_or(-SIGKILL), false);
+                              if (!ec) on_direct_exit(w);
                             });
 }
 
+std::vector<WorkerSet::Exit> Supervisor::take_direct_exits_locked() {
+  std::vector<WorkerSet::Exit> exits = direct_.reap();
+  exits.insert(exits.begin(), direct_exits_.begin(), direct_exits_.end());
+  direct_exits_.clear();
+  return exits;
+}
+
+// A directly forked worker's sentinel is readable: report every exit reaped since (others' too;
+// their own watches then find nothing left to report).
+void Supervisor::on_direct_exit(const WorkerPtr& w) {
+  std::vector<WorkerSet::Exit> exits;
+  bool still_running;
+  {
+    std::lock_guard d(direct_mutex_);
+    exits = take_direct_exits_locked();
+    still_running = direct_.running(w->index, w->gen);
+  }
+  if (still_running) {
+    // A pipe sentinel reads as closed a moment before the child can be reaped.
+    w->exit_watch->async_wait(asio::posix::stream_descriptor::wait_read,
+                              [this, w](const boost::system::error_code& ec) {
+                                if (!ec) on_direct_exit(w);
+                              });
+  } else {
+    boost::system::error_code ignored;
+    w->exit_watch->close(ignored);
+  }
+  for (const WorkerSet::Exit& e : exits)
+    handle_exit(static_cast<std::uint32_t>(e.slot), e.generation, e.exitcode.value_or(-SIGKILL), false);
+}
+
+bool Supervisor::exit_without_watch(const WorkerPtr& w) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  for (;;) {
+    std::vector<WorkerSet::Exit> exits;
+    bool still_running;
+    {
+      std::lock_guard d(direct_mutex_);
+      exits = take_direct_exits_locked();
+      still_running = direct_.running(w->index, w->gen);
+    }
+    for (const WorkerSet::Exit& e : exits)
+      handle_exit(static_cast<std::uint32_t>(e.slot), e.generation, e.exitcode.value_or(-SIGKILL), false);
+    if (!still_running) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 void Supervisor::wait_children() {
-  std::vector<std::shared_ptr<ChildProcess>> procs;
+  std::shared_ptr<ChildProcess> spawner;
   {
     std::lock_guard lk(core_.m_);
-    for (auto& w : workers_)
-      if (w && w->proc) procs.push_back(w->proc);
-    for (auto& w : retired_)
-      if (w->proc) procs.push_back(w->proc);
-    if (spawner_) procs.push_back(spawner_);
+    spawner = spawner_;
   }
-  for (auto& p : procs) p->wait();
+  {
+    std::lock_guard d(direct_mutex_);
+    std::vector<WorkerSet::Exit> exits = direct_.wait_all();
+    direct_exits_.insert(direct_exits_.end(), exits.begin(), exits.end());
+  }
+  if (spawner) spawner->wait();
 }
 
 // A worker that reached maxtasksperchild exits by itself after its last answer; a fresh one
@@ -287,11 +344,16 @@ void Supervisor::fork_worker(const WorkerPtr& w, int fd) {
   fo.name = "PoolWorker-" + std::to_string(++spawned_);
   fo.daemon = true;
   fo.die_with_parent = true;
+  WorkerSet::Started started{};
   try {
-    w->proc = fork_child(fo, [&]() -> int {
-      for (int d : drop) ::close(d);
-      return worker_main(fd, &slots_[w->index], spawner_config_);
-    });
+    std::lock_guard d(direct_mutex_);
+    started = direct_.start(
+        w->index, fo,
+        [&]() -> int {
+          for (int dropped : drop) ::close(dropped);
+          return worker_main(fd, &slots_[w->index], spawner_config_);
+        },
+        w->gen);
   } catch (...) {
     ::close(fd);
     throw;  // only while the pool is built: the constructor fails
@@ -299,7 +361,8 @@ void Supervisor::fork_worker(const WorkerPtr& w, int fd) {
   ::close(fd);
   {
     std::lock_guard lk(core_.m_);
-    w->pid = w->proc->pid();
+    w->pid = started.pid;
+    w->direct = true;
   }
   watch_exit(w);
 }
@@ -471,19 +534,19 @@ void Supervisor::quit_spawner(const char* who) {
 }
 
 void Supervisor::signal_worker(std::uint32_t index, int sig) {
-  std::vector<std::shared_ptr<ChildProcess>> direct;
   bool via_spawner = false;
   {
     std::lock_guard lk(core_.m_);
-    auto add = [&](const WorkerPtr& w) {
-      if (w && w->proc && (index == kAllWorkers || w->index == index)) direct.push_back(w->proc);
-    };
-    for (auto& w : workers_) add(w);
-    for (auto& w : retired_) add(w);
     via_spawner = spawner_alive_locked() && (index == kAllWorkers || index >= workers_.size() ||
-                                             !workers_[index] || !workers_[index]->proc);
+                                             !workers_[index] || !workers_[index]->direct);
   }
-  for (auto& p : direct) p->signal(sig);
+  {
+    std::lock_guard d(direct_mutex_);
+    if (index == kAllWorkers)
+      direct_.signal_all(sig);
+    else
+      direct_.signal(index, sig);
+  }
   if (!via_spawner) return;
   try {
     ctl_send(control_frame({.type = kSignal, .index = index, .value = sig}));

@@ -20,6 +20,7 @@
 #include "pool/channel.hpp"
 #include "pool/dispatcher.hpp"
 #include "pool/wire.hpp"
+#include "process/worker_set.hpp"
 
 namespace mpx::detail {
 
@@ -31,18 +32,18 @@ struct Worker : Lane {
   explicit Worker(boost::asio::io_context& io) : ch(io) {}
   std::uint32_t index = 0, gen = 0;
   Channel ch;
-  // A worker forked by the pool's process itself (not by the spawner): its process, and
-  // a watch on (a duplicate of) its exit sentinel.
-  std::shared_ptr<ChildProcess> proc;
+  // Forked by the pool's process itself (not by the spawner): the Supervisor's WorkerSet holds
+  // its process, and this watches (a duplicate of) its sentinel.
+  bool direct = false;
   std::unique_ptr<boost::asio::posix::stream_descriptor> exit_watch;
   pid_t pid = 0;
   bool dead = false;  // its exit was reported
 };
 using WorkerPtr = std::shared_ptr<Worker>;
 
-// Kept apart from the task flow so it can move onto the generic worker supervisor
-// (process/worker_set) later: it reaches into the core only through PoolCore's small
-// supervision hooks (on_worker_exit, requeue, break_pool, ...).
+// Kept apart from the task flow: it reaches into the core only through PoolCore's small
+// supervision hooks (requeue, break_pool, ...). The workers it forks itself are a WorkerSet,
+// as the spawner's are; their exits come from its reap(), in the leader's exit watches.
 class Supervisor {
  public:
   Supervisor(PoolCore& core, boost::asio::io_context& io);
@@ -65,6 +66,10 @@ class Supervisor {
   int exit_fd_locked(const Worker& w);
 
   void signal_worker(std::uint32_t index, int sig);
+  // A worker forked here whose sentinel could not be watched (no fd left for the duplicate):
+  // its channel's end is all that tells. Waits up to a second for its exit and reports it;
+  // false if it has not ended by then.
+  bool exit_without_watch(const WorkerPtr& w);
   // Tells the spawner to exit once its workers have; `who` prefixes the warning if it cannot.
   void quit_spawner(const char* who);
   // Waits for every process of the pool (the workers it forked itself and the spawner).
@@ -83,6 +88,9 @@ class Supervisor {
   bool ensure_spawner(int also_drop);
   void spawner_lost();
   void watch_exit(const WorkerPtr& w);
+  void on_direct_exit(const WorkerPtr& w);
+  // Under direct_mutex_: the exits of directly forked workers reaped and not yet reported.
+  std::vector<WorkerSet::Exit> take_direct_exits_locked();
   WorkerPtr find_exited_locked(std::uint32_t index, std::uint32_t gen, bool& retired);
   void drain(const WorkerPtr& w);
   void ctl_send(const Bytes& frame, int fd = -1);
@@ -101,6 +109,12 @@ class Supervisor {
   Socket ctl_;
   std::mutex ctl_mutex_;
   poolwire::ReadBuffer ctl_buf_;
+
+  // The workers forked here (at start, while no other thread runs), under direct_mutex_, which
+  // is never taken before the pool mutex: waiting for them to end (at join) blocks nobody else.
+  std::mutex direct_mutex_;
+  WorkerSet direct_;
+  std::vector<WorkerSet::Exit> direct_exits_;  // reaped by wait_all, reported by the watches
 
   // Under the pool mutex:
   std::vector<WorkerPtr> workers_;         // by index: the current generation

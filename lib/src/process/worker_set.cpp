@@ -47,6 +47,21 @@ std::vector<int> WorkerSet::sentinels() const {
   return fds;
 }
 
+const WorkerSet::Child* WorkerSet::find(std::size_t slot, std::uint32_t generation) const {
+  for (const Child& c : children_)
+    if (c.slot == slot && c.generation == generation) return &c;
+  return nullptr;
+}
+
+int WorkerSet::sentinel(std::size_t slot, std::uint32_t generation) const {
+  const Child* c = find(slot, generation);
+  return c ? c->proc->sentinel() : -1;
+}
+
+bool WorkerSet::running(std::size_t slot, std::uint32_t generation) const {
+  return find(slot, generation) != nullptr;
+}
+
 WorkerSet::Exit WorkerSet::retire(std::size_t i, Clock::time_point now) {
   Child c = std::move(children_[i]);
   children_.erase(children_.begin() + static_cast<std::ptrdiff_t>(i));

@@ -89,6 +89,10 @@ class WorkerSet {
 
   // The fds to poll for POLLIN: one readable means its child ended and reap() will report it.
   std::vector<int> sentinels() const;
+  // The sentinel of one child, -1 if it is not running (never started, or reaped).
+  int sentinel(std::size_t slot, std::uint32_t generation) const;
+  // True while that child has not been reaped.
+  bool running(std::size_t slot, std::uint32_t generation) const;
   // Reaps the children that have ended (non-blocking) and reports them, in start order.
   std::vector<Exit> reap();
 
@@ -115,6 +119,8 @@ class WorkerSet {
   std::vector<Exit> stop(Clock::duration grace);
   // SIGKILL to every child, then reaps them all.
   std::vector<Exit> kill_all();
+  // Waits (one budget for all) until every child has ended; reaps and reports those that did.
+  std::vector<Exit> wait_all(Timeout timeout = forever);
 
  private:
   struct Child {
@@ -134,8 +140,7 @@ class WorkerSet {
   static void close_in_child(const std::vector<int>& fds) noexcept;
   // Removes children_[i] (reaped) and books its exit, back-off included.
   Exit retire(std::size_t i, Clock::time_point now);
-  // Waits (one budget for all) until every child has ended; reaps and reports those that did.
-  std::vector<Exit> wait_all(Timeout timeout);
+  const Child* find(std::size_t slot, std::uint32_t generation) const;
 
   BackOff back_off_;
   std::vector<Slot> slots_;
