@@ -51,6 +51,8 @@ enum class PoolState : std::uint8_t { running, closing, draining, joining, joine
 //   pid/dead, the Supervisor's worker lists and spawner state, the Leader's flags and queues,
 //   and the Dispatcher's running average. Callbacks, sinks and socket writes run without it.
 // - Supervisor::ctl_mutex_ serializes writes to the spawner; never taken with m_ held.
+// - Supervisor::direct_mutex_ guards the WorkerSet of workers forked here; it may be taken with
+//   m_ held, never the other way round (join waits for those workers under it alone).
 // - FrameArena's mutex is a leaf.
 // - The thread that leads (Leader: leader_active_ set under m_) alone runs io_, every handler
 //   (reads, writes, exit reports, handle_exit) and touches Channel buffers and completed_.

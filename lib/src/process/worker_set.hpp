@@ -1,6 +1,7 @@
 // A supervisor for a set of forked workers, for single-threaded poll loops (the pool's spawner,
 // serve_tasks) and for anything that can watch file descriptors (the pool, through the
-// sentinels). No threads, no Asio: the caller owns the loop and calls in when it wakes.
+// sentinels). No threads, no Asio: the caller owns the loop and calls in when it wakes; a
+// caller with threads guards it with one mutex of its own (the pool does).
 //
 //   WorkerSet workers(4);                       // slots 0..3, crash-loop back-off by default
 //   for (;;) {
