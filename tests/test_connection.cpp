@@ -233,6 +233,40 @@ TEST_CASE("send/recv of transferable values") {
   CHECK_THROWS_AS(b.recv<std::vector<double>>(), mpx::ProtocolError);
 }
 
+TEST_CASE("send_bytes_batch and send_batch: one call, the same frames as one send each") {
+  auto [a, b] = mpx::Pipe();
+  // Copied and by-reference messages mixed, empty ones included, and more than one sendmsg's
+  // worth of iovecs (every message above the copy limit needs one of its own).
+  std::vector<Bytes> messages;
+  for (std::size_t i = 0; i < 1500; ++i)
+    messages.push_back(pattern(i % 3 == 0 ? 4097 + i : i % 5 == 0 ? 0 : i % 200, static_cast<unsigned>(i)));
+  messages.push_back(pattern(std::size_t{3} << 20, 9));
+  std::vector<std::span<const std::byte>> views(messages.begin(), messages.end());
+  Background writer([&] { a.send_bytes_batch(views); });
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    CAPTURE(i);
+    REQUIRE(b.recv_bytes() == messages[i]);
+  }
+  writer.join();
+
+  a.send_bytes_batch({});  // nothing to send: nothing sent
+  CHECK_FALSE(b.poll());
+
+  std::vector<std::string> words{"alpha", "", "gamma", std::string(70000, 'd')};
+  Background typed([&] { a.send_batch(words); });
+  for (const auto& w : words) CHECK(b.recv<std::string>() == w);
+  typed.join();
+  a.send_batch(std::vector<int>{1, 2, 3});
+  CHECK(b.recv<int>() == 1);
+  CHECK(b.recv<int>() == 2);
+  CHECK(b.recv<int>() == 3);
+  CHECK_FALSE(b.poll());
+
+  b.close();
+  std::vector<std::span<const std::byte>> one{views[1]};
+  CHECK_THROWS_AS(b.send_bytes_batch(one), mpx::StateError);
+}
+
 TEST_CASE("Pipe(duplex=false): first reads, second writes") {
   auto [r, w] = mpx::Pipe(false);
   CHECK(r.readable());

@@ -241,7 +241,8 @@ TEST_CASE("mpx Clients against a Python Listener") {
   };
   for (const auto& c :
        {Case{false, "", "tcp:127.0.0.1:0"}, Case{false, "", "unix:" + dir.path().string() + "/py.sock"},
-        Case{true, "sha256", "tcp:127.0.0.1:0"}, Case{true, "sha512", "unix:" + dir.path().string() + "/py.sock"},
+        Case{true, "sha256", "tcp:127.0.0.1:0"},
+        Case{true, "sha512", "unix:" + dir.path().string() + "/py.sock"},
         Case{true, "sha3_256", "unix:@mpx-py-" + std::to_string(::getpid())}}) {
     for (std::optional<std::string> key :
          {std::optional<std::string>{}, std::optional<std::string>{"py key"}}) {
@@ -283,8 +284,10 @@ TEST_CASE("the example programs talk to their Python counterparts") {
   }
   TempDir dir;
   {
-    PyChild cpp(server, {"--address", "unix:" + dir.path().string() + "/echo.sock", "--authkey", "k", "--clients", "1"},
-                false);
+    PyChild cpp(
+        server,
+        {"--address", "unix:" + dir.path().string() + "/echo.sock", "--authkey", "k", "--clients", "1"},
+        false);
     auto line = cpp.read_line();
     REQUIRE(line);
     REQUIRE(line->starts_with("listening on "));
@@ -322,4 +325,27 @@ TEST_CASE("the example programs talk to their Python counterparts") {
     CHECK(py.finish(&out) == 0);
     CHECK(out.find("auth-failed") != std::string::npos);
   }
+}
+
+TEST_CASE("send_bytes_batch reaches a Python peer as separate messages, in order") {
+  REQUIRE_PYTHON(python);
+  TempDir dir;
+  PyChild py(*python, server_args(false, "", "unix:" + dir.path().string() + "/batch.sock", "k", 1));
+  auto ready = py.read_line();
+  REQUIRE(ready);
+  REQUIRE(ready->starts_with("ready "));
+  std::vector<mpx::Bytes> messages;
+  for (std::size_t i = 0; i < 64; ++i) messages.push_back(pattern(i == 7 ? 10000 : (i * 37) % 3000));
+  std::vector<std::span<const std::byte>> views(messages.begin(), messages.end());
+  {
+    auto conn = mpx::Client(Address::parse(ready->substr(6)), std::string("k"));
+    conn.send_bytes_batch(views);
+    for (std::size_t i = 0; i < messages.size(); ++i) {
+      CAPTURE(i);
+      CHECK(conn.recv_bytes() == messages[i]);
+    }
+  }
+  std::string out;
+  CHECK(py.finish(&out) == 0);
+  CHECK(out.find("served 64") != std::string::npos);
 }

@@ -54,6 +54,10 @@ constexpr std::size_t kDirectReadThreshold = kReadAhead / 2;
 constexpr std::size_t kZeroFillStep = 256 * 1024;
 // Messages up to this size (with header) are copied together and sent with one send().
 constexpr std::size_t kCoalesceLimit = 1024;
+// send_bytes_batch copies messages up to this size next to their headers; larger ones are sent
+// from where they are. kMaxIov: the iovecs one sendmsg takes (IOV_MAX on Linux).
+constexpr std::size_t kBatchCopyLimit = 4096;
+constexpr std::size_t kMaxIov = 1024;
 // Scratch buffers bigger than this are given back after use rather than kept.
 constexpr std::size_t kKeepScratch = std::size_t{8} << 20;
 constexpr auto kDefaultHandshakeTimeout = std::chrono::seconds{30};
@@ -262,6 +266,7 @@ struct ConnectionState {
   std::size_t rend = 0;
   Bytes scratch;  // recv_view() for messages that did not fit the read-ahead
   Bytes encode;   // send<T>
+  Bytes batch;    // send_bytes_batch: headers and small messages, side by side
 
   boost::asio::any_io_executor executor;
   std::unique_ptr<AsyncSocket> socket;
@@ -463,7 +468,42 @@ struct ConnectionState {
       iov[0] = {joined.data(), header.size() + message.size()};
       count = 1;
     }
-    iovec* next = iov;
+    send_all(iov, count, deadline);
+  }
+
+  // Several frames in as few system calls as the kernel takes: small messages are copied
+  // together with their headers, large ones go by reference.
+  void send_frames(std::span<const std::span<const std::byte>> messages, const Deadline* deadline) {
+    check_writable();
+    std::size_t copied = 0;
+    for (auto m : messages) copied += proto::kLongHeaderSize + (m.size() <= kBatchCopyLimit ? m.size() : 0);
+    Bytes& joined = batch;
+    joined.clear();
+    joined.reserve(copied);  // no reallocation below: the iovecs point into it
+    std::vector<iovec> iov;
+    std::size_t uncovered = 0;  // where the part of `joined` no iovec covers yet starts
+    auto cover = [&] {
+      if (joined.size() > uncovered) iov.push_back({joined.data() + uncovered, joined.size() - uncovered});
+      uncovered = joined.size();
+    };
+    for (auto m : messages) {
+      proto::FrameHeader header(m.size());
+      joined.insert(joined.end(), header.bytes().begin(), header.bytes().end());
+      if (m.size() <= kBatchCopyLimit) {
+        joined.insert(joined.end(), m.begin(), m.end());
+      } else {
+        cover();
+        iov.push_back({const_cast<std::byte*>(m.data()), m.size()});
+      }
+    }
+    cover();
+    for (std::size_t at = 0; at < iov.size(); at += kMaxIov)
+      send_all(iov.data() + at, std::min(kMaxIov, iov.size() - at), deadline);
+    if (joined.capacity() > kKeepScratch) Bytes().swap(joined);
+  }
+
+  // Writes every byte the iovecs hold (they are advanced in place).
+  void send_all(iovec* next, std::size_t count, const Deadline* deadline) {
     for (;;) {
       if (deadline && !wait_fd(fd, POLLOUT, *deadline))
         throw TimeoutError("mpx: timed out sending to the peer");
@@ -722,6 +762,15 @@ detail::ConnectionState& Connection::live() const {
 void Connection::send_bytes(std::span<const std::byte> message) { live().send_frame(message, nullptr); }
 void Connection::send_bytes(std::string_view message) {
   live().send_frame(proto::as_bytes(message), nullptr);
+}
+void Connection::send_bytes_batch(std::span<const std::span<const std::byte>> messages) {
+  live().send_frames(messages, nullptr);
+}
+void Connection::send_framed(std::span<const std::byte> frames) {
+  auto& s = live();
+  s.check_writable();
+  iovec iov{const_cast<std::byte*>(frames.data()), frames.size()};
+  if (!frames.empty()) s.send_all(&iov, 1, nullptr);
 }
 
 Bytes Connection::recv_bytes(std::optional<std::size_t> maxlength) {
