@@ -1,6 +1,7 @@
 // <mpx/pickle.hpp> against the real pickle module of the machine's python3 (both directions,
 // protocols 0-5 in, 2-5 out, through tests/python/pickle_peer.py), the mapping of C++ types,
-// and hostile input.
+// hostile input, and Connection's send_object/recv_object with a Python peer.
+#include <mpx/connection.hpp>
 #include <mpx/pickle.hpp>
 
 #include <doctest/doctest.h>
@@ -419,4 +420,72 @@ TEST_CASE("hostile pickles: clean errors, never a crash or a wrong value") {
     } catch (const mpx::Error&) {
     }
   }
+}
+
+TEST_CASE("recv<T>() of a pickle names it and points to recv_py; lookalike mpx payloads still decode") {
+  auto [a, b] = mpx::Pipe();
+  a.send_bytes(std::span<const std::byte>(py::dumps(py::none)));  // Python's Connection.send(None)
+  try {
+    (void)b.recv<int>();
+    FAIL("no exception");
+  } catch (const mpx::ProtocolError& e) {
+    CHECK(std::string(e.what()).find("pickle") != std::string::npos);
+    CHECK(std::string(e.what()).find("recv_py") != std::string::npos);
+  }
+  a.send_bytes(std::span<const std::byte>(py::dumps(py::Dict{{"a", 1}})));
+  using StrInt = std::map<std::string, int>;
+  CHECK_THROWS_AS(b.recv<StrInt>(), mpx::ProtocolError);
+  // mpx payloads that start 80 02: an int 640, a string of 640 chars ending in '.'.
+  a.send(640);
+  CHECK(b.recv<int>() == 640);
+  std::string s(640, 'x');
+  s.back() = '.';
+  a.send(s);
+  CHECK(b.recv<std::string>() == s);
+  a.send(std::int64_t{0x2e0000000002 * 0x10000 + 0x0480});  // 80 04 .. but no complete pickle
+  CHECK(b.recv<std::int64_t>() == std::int64_t{0x2e0000000002 * 0x10000 + 0x0480});
+
+  a.send_py(std::map<std::string, double>{{"x", 1.5}});
+  CHECK(b.recv_object() == py::Object(py::Dict{{"x", 1.5}}));
+  a.send_object(py::List{1, "2"}, 2);
+  CHECK_THROWS_AS(b.recv_py<std::vector<int>>(), mpx::TypeMismatch);
+}
+
+TEST_CASE("Connection: objects with a Python multiprocessing.connection peer") {
+  REQUIRE_PYTHON();
+  mpx::test::TempDir dir("mpx-pickle");
+  auto address = mpx::Address::unix_path(dir / "py.sock");
+  mpx::Listener listener(address, 4, "pickle-key");
+  std::string command = "python3 " + kPeer + " peer " + address.str() + " pickle-key";
+  std::thread peer([&] { std::system(command.c_str()); });
+  struct Join {
+    std::thread& t;
+    ~Join() { t.join(); }
+  } join{peer};
+  mpx::Connection c = listener.accept(std::chrono::seconds(30));
+  py::Object hello = c.recv_object();
+  CHECK(py::repr(hello) == "{'hello': 'from python', 'n': 3, 'xs': [1.5, None, (True, b'b')]}");
+  std::vector<py::Object> values{
+      py::none,
+      py::Dict{{"k", py::Set{1, 2}}, {py::Object::tuple({1, "t"}), py::Object::frozenset({"f"})}},
+      py::List(3000, py::Object("many")),
+      py::Object(py::Slice(1, py::none, -1)),
+      py::Object(py::Bytearray{bytes_of("ba")}),
+      py::Object(py::Exception{py::ExceptionType::Full, {}}),
+  };
+  for (int p = 2; p <= 5; ++p)
+    for (const auto& v : values) {
+      c.send_object(v, p);
+      py::Object echo = c.recv_object();
+      REQUIRE(echo.kind() == py::Kind::list);
+      const auto& l = echo.get<py::List>();
+      REQUIRE(l.size() == 3);
+      CHECK(l[1] == py::Object(canon(v)));
+      CHECK(canon(l[2]) == canon(v));
+    }
+  c.send_py(std::string("send dict"));
+  CHECK(c.recv_py<std::map<std::string, double>>() == std::map<std::string, double>{{"a", 1.0}, {"b", 2.5}});
+  c.send_py(std::string("send None"));
+  CHECK_THROWS_WITH_AS(c.recv<int>(), doctest::Contains("recv_py"), mpx::ProtocolError);
+  c.send_py(std::string("bye"));
 }
