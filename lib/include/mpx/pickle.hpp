@@ -109,8 +109,8 @@ class Dict {
   Object* find(const Object& key) noexcept;
   const Object& at(const Object& key) const;  // KeyError when absent
   bool erase(const Object& key);
-  std::size_t size() const noexcept { return keys_.size(); }
-  bool empty() const noexcept { return keys_.empty(); }
+  std::size_t size() const noexcept;  // (defined below Object: vector<Object> needs it complete)
+  bool empty() const noexcept;
   const std::vector<Object>& keys() const noexcept { return keys_; }
   const std::vector<Object>& values() const noexcept { return values_; }
   std::vector<Object>& values() noexcept { return values_; }
@@ -133,11 +133,11 @@ class Set {
   bool add(Object item);  // false when present; ValueError for an unhashable item
   bool contains(const Object& item) const noexcept;
   bool erase(const Object& item);
-  std::size_t size() const noexcept { return items_.size(); }
-  bool empty() const noexcept { return items_.empty(); }
+  std::size_t size() const noexcept;
+  bool empty() const noexcept;
   const std::vector<Object>& items() const noexcept { return items_; }
-  auto begin() const noexcept { return items_.begin(); }
-  auto end() const noexcept { return items_.end(); }
+  std::vector<Object>::const_iterator begin() const noexcept;
+  std::vector<Object>::const_iterator end() const noexcept;
   bool operator==(const Set& other) const;  // same items, order ignored
 
  private:
@@ -526,7 +526,14 @@ T from_object(const Object& o) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Implementation of Object's templates.
+// Implementation of the inline members that need Object complete, and of Object's templates.
+
+inline std::size_t Dict::size() const noexcept { return keys_.size(); }
+inline bool Dict::empty() const noexcept { return keys_.empty(); }
+inline std::size_t Set::size() const noexcept { return items_.size(); }
+inline bool Set::empty() const noexcept { return items_.empty(); }
+inline std::vector<Object>::const_iterator Set::begin() const noexcept { return items_.begin(); }
+inline std::vector<Object>::const_iterator Set::end() const noexcept { return items_.end(); }
 
 template <class T>
 const T* Object::get_if() const noexcept {
