@@ -282,7 +282,7 @@ TEST_CASE("Object: Python's equality and hashing, ordered dict, get and visit") 
   CHECK_THROWS_AS(o.get<std::string>(), mpx::TypeMismatch);
   CHECK(o.visit([](const auto& v) { return std::is_same_v<std::decay_t<decltype(v)>, py::Dict>; }));
   py::Object moved = std::move(o);
-  CHECK(o.is_none());  // NOLINT: a moved-from Object is None
+  CHECK(o.is_none());  // NOLINT: a moved-from dict is None
   CHECK(py::repr(moved) == "{'x': [1, 'two', None]}");
   CHECK(py::repr(py::Object::tuple({1})) == "(1,)");
   CHECK(py::repr(py::Object(std::string("\xc3\xa9'"))) == "'\\xe9\\''");

@@ -203,12 +203,13 @@ class Object {
   Object() noexcept = default;  // None
   Object(const Object&) = default;
   Object& operator=(const Object&) = default;
-  Object(Object&& o) noexcept : kind_(o.kind_), v_(std::move(o.v_)) { o.reset(); }  // leaves None
+  // A moved-from Object is valid: None, or an empty value of its kind.
+  Object(Object&& o) noexcept : kind_(o.kind_), v_(std::move(o.v_)) { o.after_move(); }
   Object& operator=(Object&& o) noexcept {
     if (this != &o) {
       kind_ = o.kind_;
       v_ = std::move(o.v_);
-      o.reset();
+      o.after_move();
     }
     return *this;
   }
@@ -293,9 +294,11 @@ class Object {
   static constexpr bool boxed = std::is_same_v<T, Dict> || std::is_same_v<T, Set> ||
                                 std::is_same_v<T, Slice> || std::is_same_v<T, Exception>;
   [[noreturn]] void mismatch(const char* wanted) const;
-  void reset() noexcept {
-    kind_ = Kind::none;
-    v_.template emplace<None>();
+  void after_move() noexcept {  // a moved-from string or vector is empty; a moved-from Box is not a value
+    if (v_.index() >= 7) {
+      kind_ = Kind::none;
+      v_.template emplace<None>();
+    }
   }
   Kind kind_ = Kind::none;
   Storage v_;

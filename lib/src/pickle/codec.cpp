@@ -137,6 +137,13 @@ const char* op_name(std::uint8_t op) {
 bool valid_utf8(const unsigned char* p, std::size_t n) {
   std::size_t i = 0;
   while (i < n) {
+    while (i + 8 <= n) {  // ASCII, a word at a time
+      std::uint64_t w;
+      std::memcpy(&w, p + i, 8);
+      if (w & 0x8080808080808080ULL) break;
+      i += 8;
+    }
+    if (i >= n) break;
     unsigned c = p[i];
     if (c < 0x80) {
       ++i;
@@ -568,6 +575,10 @@ class Unpickler {
   Unpickler(std::span<const std::byte> in, const LoadLimits& limits)
       : in_(in), r_(in, &reader_failure), limits_(limits) {
     budget_ = limits.max_objects ? limits.max_objects : 4 * in.size() + (std::size_t{1} << 20);
+    // An opcode takes at least a byte: a modest guess from the length, not a promise of it.
+    std::size_t guess = std::min<std::size_t>(in.size() / 4, 1 << 14);
+    leaves_.reserve(guess);
+    stack_.reserve(guess);
   }
 
   Object run() {
@@ -907,6 +918,19 @@ class Unpickler {
     }
   }
 
+  // APPENDS, SETITEMS, ADDITEMS: the items above the mark go into the container below it.
+  void extend_from_mark(NodeKind k, const char* op, std::size_t multiple) {
+    if (marks_.empty()) fail(std::string(op) + ": MARK expected");
+    std::size_t m = marks_.back();
+    marks_.pop_back();
+    if ((stack_.size() - m) % multiple) fail(std::string(op) + " with an odd number of items");
+    if (m == 0 || m <= floor()) fail(std::string(op) + ": stack underflow");
+    Node* n = as_node(stack_[m - 1]);
+    if (!n || n->kind != k) fail(std::string(op) + " on something other than its container");
+    n->kids.insert(n->kids.end(), stack_.begin() + static_cast<std::ptrdiff_t>(m), stack_.end());
+    stack_.resize(m);
+  }
+
   Node& target(NodeKind k, const char* op) {
     Node* n = as_node(top());
     if (!n || n->kind != k) fail(std::string(op) + " on something other than its container");
@@ -1074,12 +1098,9 @@ class Unpickler {
         target(NodeKind::list, "APPEND").kids.push_back(v);
         return;
       }
-      case APPENDS: {
-        std::vector<Ref> items = pop_mark();
-        auto& kids = target(NodeKind::list, "APPENDS").kids;
-        kids.insert(kids.end(), items.begin(), items.end());
+      case APPENDS:
+        extend_from_mark(NodeKind::list, "APPENDS", 1);
         return;
-      }
       case SETITEM: {
         Ref v = pop();
         Ref k = pop();
@@ -1088,19 +1109,12 @@ class Unpickler {
         kids.push_back(v);
         return;
       }
-      case SETITEMS: {
-        std::vector<Ref> items = pop_mark();
-        if (items.size() % 2) fail("SETITEMS with an odd number of items");
-        auto& kids = target(NodeKind::dict, "SETITEMS").kids;
-        kids.insert(kids.end(), items.begin(), items.end());
+      case SETITEMS:
+        extend_from_mark(NodeKind::dict, "SETITEMS", 2);
         return;
-      }
-      case ADDITEMS: {
-        std::vector<Ref> items = pop_mark();
-        auto& kids = target(NodeKind::set, "ADDITEMS").kids;
-        kids.insert(kids.end(), items.begin(), items.end());
+      case ADDITEMS:
+        extend_from_mark(NodeKind::set, "ADDITEMS", 1);
         return;
-      }
       case PUT:
         put(decimal(line(), "PUT index"));
         return;
