@@ -4,6 +4,7 @@
 #include <mpx/connection.hpp>     // Address, Connection, Pipe, Listener, Client, wait
 #include <mpx/errors.hpp>         // the exceptions mpx throws
 #include <mpx/managers.hpp>       // Manager, proxies, Server, named task queues
+#include <mpx/pickle.hpp>         // py::Object, py::dumps / py::loads: Python objects on the wire
 #include <mpx/pool.hpp>           // Pool, AsyncResult
 #include <mpx/process.hpp>        // Process, current_process, active_children, cpu_count
 #include <mpx/queues.hpp>         // Queue, JoinableQueue, SimpleQueue
