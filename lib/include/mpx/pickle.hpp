@@ -24,7 +24,9 @@
 //                  cyclic structure (a list that contains itself), nesting deeper than
 //                  LoadLimits::max_depth, or more objects than LoadLimits::max_objects once
 //                  shared references are expanded into copies.
-// Nothing is allocated beyond what the input's length accounts for (or the limits allow).
+// Nothing is allocated beyond what the input's length accounts for (or the limits allow): a
+// declared length or count is checked against the bytes present, and while loading, memory
+// stays within about 100 bytes per input byte (Python's own unpickler needs as much).
 //
 // dumps writes protocol 2-5 (4 by default, framed as Python frames it); protocols 2 and 3 use
 // the globals Python uses for bytes/bytearray/set/frozenset there. No memo is written (values

@@ -579,6 +579,9 @@ class Unpickler {
     std::size_t guess = std::min<std::size_t>(in.size() / 4, 1 << 14);
     leaves_.reserve(guess);
     stack_.reserve(guess);
+    leaves_.push_back({Object(), true});
+    leaves_.push_back({Object(true), true});
+    leaves_.push_back({Object(false), true});
   }
 
   Object run() {
@@ -604,9 +607,7 @@ class Unpickler {
     State state = State::fresh;
     bool shared = false;
     Global global{};
-    std::vector<Ref> kids;       // dict: key, value, key, value ...
-    std::optional<Object> done;  // the built value, kept when shared
-    std::size_t count = 0;       // objects in `done`
+    std::vector<Ref> kids;  // dict: key, value, key, value ...
   };
   struct Leaf {
     Object value;
@@ -895,14 +896,13 @@ class Unpickler {
       }
       case Callable::slice: {
         if (args.empty() || args.size() > 3) fail("REDUCE builtins.slice with arguments other than 1 to 3");
-        Ref none = leaf(Object());
+        Ref none = kNoneLeaf;
         Ref r = node(NodeKind::slice);
         auto& kids = nodes_[r & ~kNode].kids;
         if (args.size() == 1)
           kids = {none, args[0], none};
         else
           kids = {args[0], args[1], args.size() == 3 ? args[2] : none};
-        leaves_[none].shared = true;
         for (Ref k : args) share(k);
         push(r);
         return;
@@ -969,13 +969,13 @@ class Unpickler {
         return;
       }
       case NONE:
-        push(leaf(Object()));
+        push(kNoneLeaf);
         return;
       case NEWTRUE:
-        push(leaf(Object(true)));
+        push(kTrueLeaf);
         return;
       case NEWFALSE:
-        push(leaf(Object(false)));
+        push(kFalseLeaf);
         return;
       case BININT:
         push(leaf(Object(r_.i32())));
@@ -1182,9 +1182,11 @@ class Unpickler {
     if (n.state == State::building)
       fail("a cyclic structure (a container that contains itself) is not supported");
     if (n.state == State::built) {
-      if (!n.done) fail("a reference the unpickler did not see as shared");  // not reached; no UB if it is
-      spend(n.count);
-      return *n.done;
+      auto it = built_.find(r & ~kNode);
+      if (it == built_.end())
+        fail("a reference the unpickler did not see as shared");  // not reached; no UB if it is
+      spend(it->second.count);
+      return it->second.value;
     }
     if (depth >= limits_.max_depth) fail("nesting deeper than " + std::to_string(limits_.max_depth));
     n.state = State::building;
@@ -1192,10 +1194,7 @@ class Unpickler {
     Object o = build_node(r & ~kNode, depth);
     Node& m = nodes_[r & ~kNode];  // nodes_ does not grow here, but stay safe
     m.state = State::built;
-    if (m.shared) {
-      m.count = before - budget_;
-      m.done = o;
-    }
+    if (m.shared) built_.emplace(r & ~kNode, Built{o, before - budget_});
     m.kids.clear();
     m.kids.shrink_to_fit();
     return o;
@@ -1244,6 +1243,13 @@ class Unpickler {
   }
 
   static constexpr Ref kNone = 0xffffffffu;
+  // None, True and False: one shared leaf each, so that a run of them costs only the stack.
+  static constexpr Ref kNoneLeaf = 0, kTrueLeaf = 1, kFalseLeaf = 2;
+  struct Built {
+    Object value;       // a shared node's value, copied for each further reference
+    std::size_t count;  // the objects in it, charged to max_objects for each copy
+  };
+  std::unordered_map<std::uint32_t, Built> built_;
   std::span<const std::byte> in_;
   proto::Reader r_;
   LoadLimits limits_;
