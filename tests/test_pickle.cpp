@@ -445,6 +445,13 @@ TEST_CASE("recv<T>() of a pickle names it and points to recv_py; lookalike mpx p
   a.send(std::int64_t{0x2e0000000002 * 0x10000 + 0x0480});  // 80 04 .. but no complete pickle
   CHECK(b.recv<std::int64_t>() == std::int64_t{0x2e0000000002 * 0x10000 + 0x0480});
 
+  // The documented collision: an int32 whose four bytes are also pickled None is refused by
+  // recv<T>(); recv_bytes() + decode<T>() still reads it.
+  a.send(std::int32_t{776864896});
+  CHECK_THROWS_AS(b.recv<std::int32_t>(), mpx::ProtocolError);
+  a.send(std::int32_t{776864896});
+  CHECK(mpx::decode<std::int32_t>(b.recv_bytes()) == 776864896);
+
   a.send_py(std::map<std::string, double>{{"x", 1.5}});
   CHECK(b.recv_object() == py::Object(py::Dict{{"x", 1.5}}));
   a.send_object(py::List{1, "2"}, 2);

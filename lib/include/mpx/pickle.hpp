@@ -16,10 +16,10 @@
 // loads reads what Python's pickle.dumps makes of those types, protocols 0-5: memo references
 // (shared structure comes back as equal copies), and the globals Python itself emits for them
 // (_codecs.encode, builtins/__builtin__ bytes, bytearray, set, frozenset, slice, and the
-// exception classes below). Errors, never a wrong value:
+// exception classes of ExceptionType below). Errors, never a wrong value:
 //   ValueError     an int beyond int64; a str that is not UTF-8; an unhashable set item or key
 //   ProtocolError  truncated or malformed input, an unknown opcode, any other global
-//                  ("pickle: GLOBAL 'collections OrderedDict' is not supported ..."), REDUCE of
+//                  ("pickle: GLOBAL 'collections.OrderedDict' is not supported ..."), REDUCE of
 //                  another callable, BUILD, NEWOBJ, persistent ids, out-of-band buffers, a
 //                  cyclic structure (a list that contains itself), nesting deeper than
 //                  LoadLimits::max_depth, or more objects than LoadLimits::max_objects once
