@@ -458,18 +458,11 @@ TEST_CASE("recv<T>() of a pickle names it and points to recv_py; lookalike mpx p
   CHECK_THROWS_AS(b.recv_py<std::vector<int>>(), mpx::TypeMismatch);
 }
 
-TEST_CASE("Connection: objects with a Python multiprocessing.connection peer") {
-  REQUIRE_PYTHON();
-  mpx::test::TempDir dir("mpx-pickle");
-  auto address = mpx::Address::unix_path(dir / "py.sock");
-  mpx::Listener listener(address, 4, "pickle-key");
-  std::string command = "python3 " + kPeer + " peer " + address.str() + " pickle-key";
-  std::thread peer([&] { std::system(command.c_str()); });
-  struct Join {
-    std::thread& t;
-    ~Join() { t.join(); }
-  } join{peer};
-  mpx::Connection c = listener.accept(std::chrono::seconds(30));
+namespace {
+
+// One conversation with pickle_peer.py's serve(): its greeting, values of every kind echoed
+// with every protocol, typed values both ways, and recv<T>() of a pickle refused.
+void converse(mpx::Connection& c) {
   py::Object hello = c.recv_object();
   CHECK(py::repr(hello) == "{'hello': 'from python', 'n': 3, 'xs': [1.5, None, (True, b'b')]}");
   std::vector<py::Object> values{
@@ -495,4 +488,42 @@ TEST_CASE("Connection: objects with a Python multiprocessing.connection peer") {
   c.send_py(std::string("send None"));
   CHECK_THROWS_WITH_AS(c.recv<int>(), doctest::Contains("recv_py"), mpx::ProtocolError);
   c.send_py(std::string("bye"));
+}
+
+struct Join {
+  std::thread& t;
+  ~Join() { t.join(); }
+};
+
+}  // namespace
+
+TEST_CASE("Connection: objects with a Python multiprocessing.connection Client") {
+  REQUIRE_PYTHON();
+  mpx::test::TempDir dir("mpx-pickle");
+  auto address = mpx::Address::unix_path(dir / "py.sock");
+  mpx::Listener listener(address, 4, "pickle-key");
+  std::string command = "python3 " + kPeer + " peer " + address.str() + " pickle-key";
+  std::thread peer([&] { std::system(command.c_str()); });
+  Join join{peer};
+  mpx::Connection c = listener.accept(std::chrono::seconds(30));
+  converse(c);
+}
+
+TEST_CASE("Connection: objects with a Python multiprocessing.connection Listener") {
+  REQUIRE_PYTHON();
+  mpx::test::TempDir dir("mpx-pickle");
+  std::string path = dir / "pyl.sock";
+  std::string command = "python3 " + kPeer + " listen " + path + " pickle-key";
+  std::thread peer([&] { std::system(command.c_str()); });
+  Join join{peer};
+  std::optional<mpx::Connection> c;
+  for (int i = 0; i < 300 && !c; ++i) {
+    try {
+      c.emplace(mpx::Client(mpx::Address::unix_path(path), "pickle-key"));
+    } catch (const mpx::ConnectionError&) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));  // not listening yet
+    }
+  }
+  REQUIRE(c);
+  converse(*c);
 }

@@ -6,6 +6,7 @@
                                   ValueError and "P <protocol> <hex> <text>" for ProtocolError
   pickle_peer.py check            one hex pickle a line on stdin: canon(pickle.loads) or ERR ...
   pickle_peer.py peer ADDRESS KEY a multiprocessing.connection Client that echoes objects
+  pickle_peer.py listen PATH KEY  the same behind a Listener, for one connection
 
 canon() is a text both sides compute the same way: exact (floats by their bits, str by its
 UTF-8 bytes), and independent of set order.
@@ -174,18 +175,30 @@ def peer(address, key):
     if address.startswith("unix:"):
         address = address[5:]
     with Client(address, authkey=key.encode()) as c:
-        c.send({"hello": "from python", "n": 3, "xs": [1.5, None, (True, b"b")]})
-        while True:
-            o = c.recv()
-            if o == "bye":
-                break
-            if o == "send None":
-                c.send(None)
-                continue
-            if o == "send dict":
-                c.send({"a": 1.0, "b": 2.5})
-                continue
-            c.send(["echo", canon(o), o])
+        serve(c)
+
+
+def listen(path, key):
+    from multiprocessing.connection import Listener
+
+    with Listener(path, authkey=key.encode()) as listener:
+        with listener.accept() as c:
+            serve(c)
+
+
+def serve(c):
+    c.send({"hello": "from python", "n": 3, "xs": [1.5, None, (True, b"b")]})
+    while True:
+        o = c.recv()
+        if o == "bye":
+            break
+        if o == "send None":
+            c.send(None)
+            continue
+        if o == "send dict":
+            c.send({"a": 1.0, "b": 2.5})
+            continue
+        c.send(["echo", canon(o), o])
 
 
 if __name__ == "__main__":
@@ -196,5 +209,7 @@ if __name__ == "__main__":
         check()
     elif mode == "peer":
         peer(sys.argv[2], sys.argv[3])
+    elif mode == "listen":
+        listen(sys.argv[2], sys.argv[3])
     else:
         sys.exit("unknown mode " + mode)
