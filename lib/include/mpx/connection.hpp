@@ -13,6 +13,7 @@
 #pragma once
 
 #include <mpx/errors.hpp>
+#include <mpx/pickle.hpp>
 #include <mpx/proto/frame.hpp>
 #include <mpx/serialize.hpp>
 #include <mpx/timeout.hpp>
@@ -120,7 +121,30 @@ class Connection {
   template <class Range>
   void send_batch(const Range& values);
   template <class T>
-  T recv();  // recv_bytes + decode<T>; the connection's cap applies
+  T recv();  // recv_bytes + decode<T>; the connection's cap applies (a pickle: see below)
+
+  // Python objects (<mpx/pickle.hpp>), as Python's Connection.send/recv exchange them: a
+  // message is one pickle. send_object writes protocol 4 unless told (every Python 3.4+ reads
+  // it); recv_object reads protocols 0-5 and throws what py::loads throws. send_py/recv_py
+  // go through py::to_object / py::from_object (TypeMismatch for a value of another type).
+  void send_object(const py::Object& value, int protocol = 4);
+  py::Object recv_object(const py::LoadLimits& limits = {});
+  template <class T>
+  void send_py(const T& value, int protocol = 4) {
+    send_object(py::to_object(value), protocol);
+  }
+  template <class T>
+  T recv_py() {
+    return py::from_object<T>(recv_object());
+  }
+  // recv<T>() of a pickle: a message that starts with 0x80 and a protocol byte 2..5 and ends
+  // with STOP ('.') is refused with ProtocolError ("... is a pickle ... use recv_object() or
+  // recv_py<T>()") when (a) it does not decode as T, or (b) py::loads reads all of it (a value
+  // error such as an int beyond int64 counts as read). The encoding of T can start the same
+  // way only when T begins with a number (a length or count starting 80 0N is at least 640
+  // and then the message is no pickle); (b) refuses such a value only when all of its bytes
+  // also form a complete pickle (e.g. the int32 776864896, which is pickled None). Such a
+  // value still crosses with recv_bytes() + decode<T>().
 
   // Is a message (or EOF) ready to read? Waits up to `timeout`; forever with mpx::forever.
   bool poll(Timeout timeout = std::chrono::nanoseconds{0});
@@ -289,9 +313,23 @@ void Connection::send_batch(const Range& values) {
   release_encode_buffer();
 }
 
+namespace detail {
+[[noreturn]] void refuse_pickle(std::span<const std::byte> message, const char* why);
+bool reads_as_pickle(std::span<const std::byte> message);
+}  // namespace detail
+
 template <class T>
 T Connection::recv() {
-  return decode<T>(recv_view({}));
+  std::span<const std::byte> message = recv_view({});
+  if (!py::looks_like_pickle(message)) return decode<T>(message);
+  std::optional<T> value;
+  try {
+    value.emplace(decode<T>(message));
+  } catch (const ProtocolError&) {
+    detail::refuse_pickle(message, "does not decode as the type asked for");
+  }
+  if (detail::reads_as_pickle(message)) detail::refuse_pickle(message, "reads as a whole pickle");
+  return std::move(*value);
 }
 
 template <class Token>

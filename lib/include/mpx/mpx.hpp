@@ -6,6 +6,7 @@
 #include <mpx/futures.hpp>        // async_get with Asio tokens, wait, as_completed
 #include <mpx/logging.hpp>        // get_logger, log_to_stderr
 #include <mpx/managers.hpp>       // Manager, proxies, Server, named task queues
+#include <mpx/pickle.hpp>         // py::Object, py::dumps / py::loads: Python objects on the wire
 #include <mpx/pool.hpp>           // Pool, AsyncResult
 #include <mpx/process.hpp>        // Process, current_process, active_children, cpu_count
 #include <mpx/queues.hpp>         // Queue, JoinableQueue, SimpleQueue

@@ -1,6 +1,6 @@
 // ipc/ — message sockets (<mpx/connection.hpp>: Connection, Listener, Client, Pipe, wait) on
 // proto's frames and handshake, and the one place proto's errors become mpx's (wire_errors).
-// May include: proto, serialize, common.
+// May include: proto, serialize, pickle, common.
 #include <mpx/connection.hpp>
 #include <mpx/detail/timespec.hpp>
 #include <mpx/proto/handshake.hpp>
