@@ -1,14 +1,17 @@
 // Managers, part 4: named task queues — register_task, serve_tasks workers, submit from
 // other processes, errors, workers that die, and stopping.
+#include <mpx/futures.hpp>
 #include <mpx/managers.hpp>
 #include <mpx/process.hpp>
 
 #include <doctest/doctest.h>
 #include <signal.h>
 #include <unistd.h>
+#include <boost/asio/use_future.hpp>
 
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -86,6 +89,24 @@ TEST_CASE("task queue: submit by name, results, errors, callbacks") {
   std::atomic<bool> failed{false};
   tq.submit<int>("boom", 2).on_error([&](std::exception_ptr) { failed = true; }).wait(60s);
   CHECK(failed);
+
+  // The futures helpers take task queue results as they take the pool's.
+  std::vector<mpx::AsyncResult<int>> batch{tq.submit<int>("square", 5), tq.submit<int>("boom", 0),
+                                           tq.submit<int>("square", 6)};
+  auto r = mpx::wait(batch, mpx::ReturnWhen::all_completed, 60s);
+  CHECK(r.done == std::vector<std::size_t>{0, 1, 2});
+  int sum = 0, errors = 0;
+  for (const auto& done : mpx::as_completed(batch, 60s)) {
+    if (done.successful())
+      sum += done.get();
+    else
+      ++errors;
+  }
+  CHECK(sum == 61);
+  CHECK(errors == 1);
+  std::future<int> f = tq.submit<int>("square", 8).async_get(boost::asio::use_future);
+  REQUIRE(f.wait_for(60s) == std::future_status::ready);
+  CHECK(f.get() == 64);
 
   CHECK(w.stop() == 0);
 }
