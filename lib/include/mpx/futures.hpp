@@ -11,7 +11,7 @@
 //
 // async_get completes the token on its associated executor: an I/O executor gets the
 // completion posted (and counts as outstanding work until then, so io.run() does not return
-// early); a token with none (a plain callback, use_future) completes on the thread that
+// early); a token without one (a plain callback, use_future) completes on the thread that
 // settles the result, as then() callbacks do. mpx::wait and mpx::as_completed live in
 // <mpx/detail/async_result.hpp>, so <mpx/pool.hpp> has them without the Asio headers here.
 #pragma once
@@ -25,6 +25,7 @@
 #include <type_traits>
 #include <utility>
 
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/execution.hpp>
@@ -62,7 +63,12 @@ void start_async_get(const std::shared_ptr<ResultState<T>>& state, Handler handl
       std::move (*held)(nullptr, state->value());
     }
   };
-  if constexpr (std::is_same_v<decltype(executor), boost::asio::system_executor>) {
+  using Executor = decltype(executor);
+  // Only an I/O executor gets the completion posted. A handler with none (the system
+  // executor) or with one that is not an I/O executor (use_future's, which would hand it to a
+  // thread of Asio's system context) completes where the result settles.
+  if constexpr (std::is_same_v<Executor, boost::asio::system_executor> ||
+                !std::is_constructible_v<boost::asio::any_io_executor, Executor>) {
     state->on_done([call] { (*call)(); });
   } else {
     // Tracked: the executor's io_context does not run out of work while the result is pending.
