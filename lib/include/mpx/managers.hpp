@@ -21,7 +21,7 @@
 // replies take and stops paying off on a busy machine; MPX_SPIN_NS bounds it, 0 turns it off.
 #pragma once
 
-#include <mpx/connection.hpp>
+#include <mpx/address.hpp>
 #include <mpx/detail/async_result.hpp>
 #include <mpx/detail/proxy_core.hpp>
 #include <mpx/detail/proxy_tags.hpp>

@@ -1,5 +1,6 @@
 // The client side of the manager protocol: sessions, per-thread connections, proxies'
 // non-template members.
+#include <mpx/connection.hpp>
 #include <mpx/managers.hpp>
 
 #include "common/log.hpp"
@@ -8,6 +9,7 @@
 
 #include <mpx/proto/frame.hpp>
 
+#include <fcntl.h>
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <sys/socket.h>

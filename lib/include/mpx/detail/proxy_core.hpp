@@ -7,7 +7,7 @@
 // it never reads or writes its parent's sockets (a fork handler closes them in the child).
 #pragma once
 
-#include <mpx/connection.hpp>
+#include <mpx/address.hpp>
 #include <mpx/detail/async_result.hpp>
 #include <mpx/detail/futex.hpp>
 #include <mpx/detail/proxy_tags.hpp>
