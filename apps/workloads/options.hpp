@@ -7,6 +7,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -28,6 +29,8 @@ struct OptionParams {
 
 enum Payoff : std::size_t { kEuroCall, kEuroPut, kAsianCall, kAsianPut };
 inline constexpr const char* kPayoffNames[] = {"European call", "European put", "Asian call", "Asian put"};
+// The same as identifiers (JSON keys).
+inline constexpr const char* kPayoffKeys[] = {"european_call", "european_put", "asian_call", "asian_put"};
 
 // Discounted mean payoffs and their Monte Carlo standard errors (sample sd / sqrt(paths)).
 struct OptionPrices {
@@ -68,9 +71,13 @@ struct Grid {
 };
 Grid tutorial_grid(int days = 260, int paths = 10000, int size = 5);
 
-std::vector<OptionPrices> price_grid(Pool& pool, const Grid& g, std::uint64_t seed,
-                                     std::size_t chunksize = 1);
-std::vector<OptionPrices> price_grid_serial(const Grid& g, std::uint64_t seed);
+// The grid's prices, in point order. `progress(done, total)` runs in this thread as points
+// are priced.
+std::vector<OptionPrices> price_grid(Pool& pool, const Grid& g, std::uint64_t seed, std::size_t chunksize = 1,
+                                     const std::function<void(std::size_t, std::size_t)>& progress = {});
+// The same prices computed in this process (the serial baseline; identical values).
+std::vector<OptionPrices> price_grid_serial(
+    const Grid& g, std::uint64_t seed, const std::function<void(std::size_t, std::size_t)>& progress = {});
 
 // "price ± se" tables, one per payoff.
 std::string render_tables(const Grid& g, const std::vector<OptionPrices>& prices);
