@@ -204,3 +204,44 @@ TEST_CASE("options --json: one object per grid point, the same for any --process
   CHECK(two.err.find("serial: 9/9 (100%)") != std::string::npos);
   CHECK(one.err.find("pool: ") == std::string::npos);
 }
+
+TEST_CASE("--backend: a backend this build or this launch cannot give is a usage error") {
+  mpx::test::TempDir dir("mpx-apps");
+  for (std::string app : {"primes", "matrices", "options"}) {
+    CAPTURE(app);
+    CHECK(sh(dir, app + "-foo", kApps + app + " --backend foo", 30s).rc == 2);
+    // Not under mpirun (or built without MPI): a single rank has no workers.
+    const Ran alone = sh(dir, app + "-alone", kApps + app + " --backend mpi --no-progress", 30s);
+    CHECK(alone.rc == 2);
+    CHECK(alone.err.find("--backend mpi") != std::string::npos);
+    CHECK(alone.out.empty());
+  }
+}
+
+#ifdef MPX_TEST_MPIEXEC
+TEST_CASE("--backend mpi under mpirun: the same documents, bit for bit, as --backend pool") {
+  mpx::test::TempDir dir("mpx-apps");
+  // Open MPI as root, on this host only, over shared memory; its allocations outlive MPI_Finalize
+  // (so no leak check for these runs under AddressSanitizer).
+  const std::string mpirun = std::string("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ") +
+                             "OMPI_MCA_plm=isolated OMPI_MCA_btl=self,vader ASAN_OPTIONS=detect_leaks=0 " +
+                             MPX_TEST_MPIEXEC + " -n 3 --oversubscribe ";
+  const std::vector<std::pair<std::string, std::string>> runs{
+      {"primes", "primes --json --repeat 1 --count-below 1e6 --no-progress"},
+      {"matrices", "matrices --json --size 30 --count 200 --no-progress"},
+      {"options", "options --json --paths 2000 --days 50 --grid 3 --no-progress"}};
+  for (const auto& [name, args] : runs) {
+    CAPTURE(name);
+    const Ran pool = sh(dir, name + "-pool", kApps + args + " --backend pool -p 2");
+    const Ran mpi = sh(dir, name + "-mpi", mpirun + kApps + args + " --backend mpi");
+    REQUIRE(pool.rc == 0);
+    REQUIRE(mpi.rc == 0);
+    const Json a = Json::parse(pool.out), b = Json::parse(mpi.out);  // rank 0 alone prints
+    CHECK(a["run"]["backend"] == "pool");
+    CHECK(b["run"]["backend"] == "mpi");
+    CHECK(b["run"]["processes"] == 2);  // worker ranks
+    CHECK(b["ok"] == true);
+    CHECK(without_run(a) == without_run(b));
+  }
+}
+#endif

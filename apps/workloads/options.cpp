@@ -79,18 +79,6 @@ Grid tutorial_grid(int days, int paths, int size) {
   return g;
 }
 
-std::vector<OptionPrices> price_grid(Pool& pool, const Grid& g, std::uint64_t seed, std::size_t chunksize,
-                                     const std::function<void(std::size_t, std::size_t)>& progress) {
-  std::vector<OptionPrices> out;
-  out.reserve(g.points.size());
-  // imap keeps point order and lets progress be reported; task i is point i, as with map.
-  for (auto&& p : pool.imap(PriceOptions{seed}, g.points, chunksize)) {
-    out.push_back(std::forward<decltype(p)>(p));
-    if (progress) progress(out.size(), g.points.size());
-  }
-  return out;
-}
-
 std::vector<OptionPrices> price_grid_serial(const Grid& g, std::uint64_t seed,
                                             const std::function<void(std::size_t, std::size_t)>& progress) {
   if (!progress) return serial_map(PriceOptions{seed}, g.points);

@@ -10,6 +10,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace mpx::workloads {
@@ -72,9 +73,19 @@ struct Grid {
 Grid tutorial_grid(int days = 260, int paths = 10000, int size = 5);
 
 // The grid's prices, in point order. `progress(done, total)` runs in this thread as points
-// are priced.
-std::vector<OptionPrices> price_grid(Pool& pool, const Grid& g, std::uint64_t seed, std::size_t chunksize = 1,
-                                     const std::function<void(std::size_t, std::size_t)>& progress = {});
+// are priced. `pool` is an mpx::Pool or an mpx::mpi::Pool: the same tasks, the same prices.
+template <class P>
+std::vector<OptionPrices> price_grid(P& pool, const Grid& g, std::uint64_t seed, std::size_t chunksize = 1,
+                                     const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+  std::vector<OptionPrices> out;
+  out.reserve(g.points.size());
+  // imap keeps point order and lets progress be reported; task i is point i, as with map.
+  for (auto&& p : pool.imap(PriceOptions{seed}, g.points, chunksize)) {
+    out.push_back(std::forward<decltype(p)>(p));
+    if (progress) progress(out.size(), g.points.size());
+  }
+  return out;
+}
 // The same prices computed in this process (the serial baseline; identical values).
 std::vector<OptionPrices> price_grid_serial(
     const Grid& g, std::uint64_t seed, const std::function<void(std::size_t, std::size_t)>& progress = {});
