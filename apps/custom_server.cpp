@@ -9,7 +9,8 @@
 #include "authkey_file.hpp"
 
 #include <fmt/core.h>
-#include <CLI/CLI.hpp>
+
+#include "cli.hpp"
 
 #include <string>
 #include <utility>
@@ -68,7 +69,7 @@ int main(int argc, char** argv) {
   auto* client_cmd = app.add_subcommand("client", "add to the named counter and print its total");
   client_cmd->add_option("--name", name, "the counter's name on the server")->capture_default_str();
   client_cmd->add_option("--add", add, "how much to add")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  MPX_APP_PARSE(app, argc, argv);
 
   try {
     auto a = mpx::Address::parse(address);

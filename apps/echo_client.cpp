@@ -6,7 +6,8 @@
 #include <mpx/connection.hpp>
 
 #include <fmt/core.h>
-#include <CLI/CLI.hpp>
+
+#include "cli.hpp"
 
 #include <iostream>
 #include <optional>
@@ -22,7 +23,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   auto* key_option = app.add_option("--authkey", key, "shared secret; without it, no handshake");
   app.add_option("messages", messages, "messages to send (default: one per line of standard input)");
-  CLI11_PARSE(app, argc, argv);
+  MPX_APP_PARSE(app, argc, argv);
 
   try {
     std::optional<std::string> authkey;

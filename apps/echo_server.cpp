@@ -5,7 +5,8 @@
 #include <mpx/connection.hpp>
 
 #include <fmt/core.h>
-#include <CLI/CLI.hpp>
+
+#include "cli.hpp"
 
 #include <csignal>
 #include <optional>
@@ -44,7 +45,7 @@ int main(int argc, char** argv) {
   auto* key_option = app.add_option("--authkey", key, "shared secret; without it, no handshake");
   app.add_option("--clients", clients, "exit after this many clients (0: until SIGINT/SIGTERM)")
       ->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  MPX_APP_PARSE(app, argc, argv);
 
   struct sigaction sa {};
   sa.sa_handler = request_stop;

@@ -14,7 +14,8 @@
 
 #include <fmt/core.h>
 #include <unistd.h>
-#include <CLI/CLI.hpp>
+
+#include "cli.hpp"
 
 #include <chrono>
 #include <string>
@@ -141,7 +142,7 @@ int main(int argc, char** argv) {
   app.add_subcommand("show", "print the shared dict");
   for (auto* s : {prod, cons, sub})
     s->add_option("--count", o.count, "how many items")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  MPX_APP_PARSE(app, argc, argv);
 
   try {
     auto m = mpx::Manager::connect(mpx::Address::parse(address), mpx::apps::read_authkey_file(keyfile));

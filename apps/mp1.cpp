@@ -4,6 +4,8 @@
 
 #include <unistd.h>
 
+#include "cli.hpp"
+
 #include <cstdio>
 
 namespace {
@@ -12,7 +14,12 @@ void worker() { std::printf("worker: process id %d, parent process id %d\n", ::g
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  CLI::App app{
+      "The tutorial's first example: this process prints its pid, starts an mpx::Process that "
+      "prints its own pid and its parent's, and waits for it. Takes no options but --help.",
+      "mp1"};
+  MPX_APP_PARSE(app, argc, argv);
   std::printf("parent: process id %d\n", ::getpid());
   mpx::Process p(worker);
   p.start();

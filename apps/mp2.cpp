@@ -2,6 +2,8 @@
 // Prints what the Python version prints.
 #include <mpx/pool.hpp>
 
+#include "cli.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <iostream>
@@ -33,9 +35,15 @@ std::string py(const std::vector<std::int64_t>& v) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  CLI::App app{"The tutorial's Pool example: apply, map, apply_async and map_async on an mpx::Pool.", "mp2"};
+  unsigned processes = 0;
+  app.add_option("-p,--processes", processes, "Worker processes (0: one per CPU, as Pool() in Python)")
+      ->capture_default_str();
+  MPX_APP_PARSE(app, argc, argv);
+
   using namespace std::chrono_literals;
-  mpx::Pool p;
+  mpx::Pool p(processes);
   std::vector<std::int64_t> xs(10);
   std::iota(xs.begin(), xs.end(), 0);
 

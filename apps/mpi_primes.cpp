@@ -9,9 +9,10 @@
 #include "workloads/progress.hpp"
 
 #include <fmt/core.h>
-#include <CLI/CLI.hpp>
 #include <boost/mpi/communicator.hpp>
 #include <boost/mpi/environment.hpp>
+
+#include "cli.hpp"
 
 #include <cmath>
 #include <cstdint>
@@ -46,7 +47,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return world.rank() == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 2);
+    // Only rank 0 prints; every rank exits as apps/cli.hpp says (0 after --help, 2 on a usage error).
+    const int rc = world.rank() == 0 ? app.exit(e) : e.get_exit_code();
+    return rc == 0 ? 0 : mpx::apps::kUsageError;
   }
   if (world.size() < 2) {
     fmt::print(stderr, "mpi_primes: needs a root and at least one worker rank: mpirun -n 2 (or more) {}\n",

@@ -5,6 +5,7 @@
 #include <mpx/proto/manager.hpp>
 
 #include "authkey_file.hpp"
+#include "cli.hpp"
 
 #include <fcntl.h>
 #include <spdlog/sinks/stdout_sinks.h>
@@ -14,7 +15,6 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
-#include <CLI/CLI.hpp>
 
 #include <cerrno>
 #include <chrono>
@@ -125,12 +125,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("mpxd ") + MPX_VERSION + " (manager protocol " +
                                         std::to_string(mpx::proto::kManagerVersion) + ")");
   app.footer(std::string(kSecurityHelp) + kExitHelp);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    int rc = app.exit(e);
-    return rc == 0 ? kOk : kUsage;
-  }
+  static_assert(kUsage == mpx::apps::kUsageError);
+  MPX_APP_PARSE(app, argc, argv);
 
   // The library logs through its own logger, which reads MPX_LOG_LEVEL on first use.
   ::setenv("MPX_LOG_LEVEL", level.c_str(), 1);

@@ -8,7 +8,8 @@
 #include <fmt/core.h>
 #include <spawn.h>
 #include <sys/wait.h>
-#include <CLI/CLI.hpp>
+
+#include "cli.hpp"
 
 #include <cstdio>
 #include <numeric>
@@ -42,7 +43,7 @@ int main(int argc, char** argv) {
   app.add_option("--count", count, "how many doubles")->capture_default_str()->check(CLI::Range(1, 1 << 27));
   app.add_option("--script", script, "the Python reader")->capture_default_str();
   app.add_option("--python", python, "the Python interpreter")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  MPX_APP_PARSE(app, argc, argv);
 
   try {
     // One more double than the data: the script leaves its answer there.

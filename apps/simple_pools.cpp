@@ -17,7 +17,8 @@
 #include <unistd.h>
 
 #include <fmt/core.h>
-#include <CLI/CLI.hpp>
+
+#include "cli.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -229,7 +230,7 @@ int main(int argc, char** argv) {
   app.add_option("--size", size, "workers per pool")->check(CLI::PositiveNumber);
   app.add_option("--repeat", repeat, "map() calls per pool; the median is reported")
       ->check(CLI::PositiveNumber);
-  CLI11_PARSE(app, argc, argv);
+  MPX_APP_PARSE(app, argc, argv);
 
   SimpleThreadPool threads(size);
   SimpleProcessPool processes(size);

@@ -10,7 +10,8 @@
 
 #include <fmt/core.h>
 #include <unistd.h>
-#include <CLI/CLI.hpp>
+
+#include "cli.hpp"
 
 #include <cctype>
 #include <sstream>
@@ -55,7 +56,7 @@ int main(int argc, char** argv) {
   app.add_option("--authkey-file", keyfile, "file holding the manager's authkey (mode 0600)")->required();
   app.add_option("--queue", queue, "the task queue's name")->capture_default_str();
   app.add_option("--processes", processes, "worker processes (0: one per CPU)")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  MPX_APP_PARSE(app, argc, argv);
 
   mpx::register_task("square", square);
   mpx::register_task("word_count", word_count);

@@ -44,6 +44,8 @@ if(MPX_BUILD_APPS)
   mpx_require(CLI11_FOUND "CLI11" "libcli11-dev")
   find_package(Eigen3 3.3 CONFIG QUIET)
   mpx_require(Eigen3_FOUND "Eigen" "libeigen3-dev")
+  find_package(nlohmann_json 3 CONFIG QUIET)   # the workloads' --json
+  mpx_require(nlohmann_json_FOUND "nlohmann::json" "nlohmann-json3-dev")
   find_package(benchmark CONFIG QUIET)   # optional: apps/bench prints plain lines either way
   find_package(Python3 COMPONENTS Interpreter QUIET)
 endif()

@@ -5,7 +5,7 @@
 #   sh cmake/install-deps.sh clang    also clang and its runtimes (libFuzzer targets, TSan)
 set -eu
 packages="g++ cmake make python3 libboost-dev libboost-serialization-dev libcereal-dev
-  libssl-dev libfmt-dev libspdlog-dev doctest-dev libcli11-dev libeigen3-dev
+  libssl-dev libfmt-dev libspdlog-dev doctest-dev libcli11-dev libeigen3-dev nlohmann-json3-dev
   libopenmpi-dev openmpi-bin libboost-mpi-dev"
 for extra in "$@"; do
   case "$extra" in

@@ -2,7 +2,7 @@
 // the filters given on the command line. Prints `name: value unit` lines.
 #include "bench.hpp"
 
-#include <CLI/CLI.hpp>
+#include "cli.hpp"
 
 #include <csignal>
 
@@ -14,7 +14,7 @@ int main(int argc, char** argv) {
   app.add_option("filters", filters, "run only groups whose name contains one of these");
   app.add_flag("--list", list, "list the groups and exit");
   app.add_flag("--quick", ctx.quick, "a short smoke run (few iterations; figures are rough)");
-  CLI11_PARSE(app, argc, argv);
+  MPX_APP_PARSE(app, argc, argv);
 
   std::signal(SIGPIPE, SIG_IGN);
   auto& groups = mpx::bench::registry();

@@ -44,21 +44,6 @@ auto members(const EnsembleOptions& o) { return std::views::iota(std::int64_t{0}
 
 }  // namespace
 
-std::vector<double> goe_spacings(Pool& pool, const EnsembleOptions& o,
-                                 const std::function<void(std::size_t, std::size_t)>& progress) {
-  const auto total = static_cast<std::size_t>(std::max<std::int64_t>(0, o.count));
-  std::size_t chunk = o.chunksize;
-  if (chunk == 0) chunk = std::max<std::size_t>(1, total / (8 * std::max(1U, pool.processes())));
-  std::vector<double> out;
-  out.reserve(total);
-  // imap keeps input order (member i's spacing lands at i) and lets progress be reported.
-  for (double s : pool.imap(GoeSpacing{o.n, o.seed}, members(o), chunk)) {
-    out.push_back(s);
-    if (progress) progress(out.size(), total);
-  }
-  return out;
-}
-
 std::vector<double> goe_spacings_serial(const EnsembleOptions& o) {
   return serial_map(GoeSpacing{o.n, o.seed}, members(o));
 }

@@ -6,10 +6,12 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <random>
+#include <ranges>
 #include <string>
 #include <vector>
 
@@ -41,9 +43,23 @@ struct EnsembleOptions {
 };
 
 // The raw central spacings of the ensemble, in member order. `progress(done, total)` runs in
-// this thread as results come in.
-std::vector<double> goe_spacings(Pool& pool, const EnsembleOptions& o,
-                                 const std::function<void(std::size_t, std::size_t)>& progress = {});
+// this thread as results come in. `pool` is an mpx::Pool or an mpx::mpi::Pool: the same tasks,
+// the same spacings.
+template <class P>
+std::vector<double> goe_spacings(P& pool, const EnsembleOptions& o,
+                                 const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+  const auto total = static_cast<std::size_t>(std::max<std::int64_t>(0, o.count));
+  std::size_t chunk = o.chunksize;
+  if (chunk == 0) chunk = std::max<std::size_t>(1, total / (8 * std::max(1U, pool.processes())));
+  std::vector<double> out;
+  out.reserve(total);
+  // imap keeps input order (member i's spacing lands at i) and lets progress be reported.
+  for (double s : pool.imap(GoeSpacing{o.n, o.seed}, std::views::iota(std::int64_t{0}, o.count), chunk)) {
+    out.push_back(s);
+    if (progress) progress(out.size(), total);
+  }
+  return out;
+}
 // The same ensemble computed in this process (the serial baseline; identical values).
 std::vector<double> goe_spacings_serial(const EnsembleOptions& o);
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <utility>
 
 namespace mpx::workloads {
 
@@ -78,12 +79,18 @@ Grid tutorial_grid(int days, int paths, int size) {
   return g;
 }
 
-std::vector<OptionPrices> price_grid(Pool& pool, const Grid& g, std::uint64_t seed, std::size_t chunksize) {
-  return pool.map(PriceOptions{seed}, g.points, chunksize);
-}
-
-std::vector<OptionPrices> price_grid_serial(const Grid& g, std::uint64_t seed) {
-  return serial_map(PriceOptions{seed}, g.points);
+std::vector<OptionPrices> price_grid_serial(const Grid& g, std::uint64_t seed,
+                                            const std::function<void(std::size_t, std::size_t)>& progress) {
+  if (!progress) return serial_map(PriceOptions{seed}, g.points);
+  std::size_t done = 0;
+  // serial_map runs point i as task i, so the wrapper draws exactly what PriceOptions alone does.
+  return serial_map(
+      [&](const OptionParams& p) {
+        OptionPrices r = PriceOptions{seed}(p);
+        progress(++done, g.points.size());
+        return r;
+      },
+      g.points);
 }
 
 std::string render_tables(const Grid& g, const std::vector<OptionPrices>& prices) {

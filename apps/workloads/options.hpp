@@ -7,8 +7,10 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace mpx::workloads {
@@ -28,6 +30,8 @@ struct OptionParams {
 
 enum Payoff : std::size_t { kEuroCall, kEuroPut, kAsianCall, kAsianPut };
 inline constexpr const char* kPayoffNames[] = {"European call", "European put", "Asian call", "Asian put"};
+// The same as identifiers (JSON keys).
+inline constexpr const char* kPayoffKeys[] = {"european_call", "european_put", "asian_call", "asian_put"};
 
 // Discounted mean payoffs and their Monte Carlo standard errors (sample sd / sqrt(paths)).
 struct OptionPrices {
@@ -68,9 +72,23 @@ struct Grid {
 };
 Grid tutorial_grid(int days = 260, int paths = 10000, int size = 5);
 
-std::vector<OptionPrices> price_grid(Pool& pool, const Grid& g, std::uint64_t seed,
-                                     std::size_t chunksize = 1);
-std::vector<OptionPrices> price_grid_serial(const Grid& g, std::uint64_t seed);
+// The grid's prices, in point order. `progress(done, total)` runs in this thread as points
+// are priced. `pool` is an mpx::Pool or an mpx::mpi::Pool: the same tasks, the same prices.
+template <class P>
+std::vector<OptionPrices> price_grid(P& pool, const Grid& g, std::uint64_t seed, std::size_t chunksize = 1,
+                                     const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+  std::vector<OptionPrices> out;
+  out.reserve(g.points.size());
+  // imap keeps point order and lets progress be reported; task i is point i, as with map.
+  for (auto&& p : pool.imap(PriceOptions{seed}, g.points, chunksize)) {
+    out.push_back(std::forward<decltype(p)>(p));
+    if (progress) progress(out.size(), g.points.size());
+  }
+  return out;
+}
+// The same prices computed in this process (the serial baseline; identical values).
+std::vector<OptionPrices> price_grid_serial(
+    const Grid& g, std::uint64_t seed, const std::function<void(std::size_t, std::size_t)>& progress = {});
 
 // "price ± se" tables, one per payoff.
 std::string render_tables(const Grid& g, const std::vector<OptionPrices>& prices);

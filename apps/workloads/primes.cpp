@@ -93,18 +93,6 @@ std::uint64_t default_segment(std::uint64_t n, unsigned processes) {
   return std::clamp<std::uint64_t>(n / per, std::uint64_t{1} << 16, std::uint64_t{1} << 24);
 }
 
-std::uint64_t count_primes_below(Pool& pool, std::uint64_t n, std::uint64_t segment,
-                                 const std::function<void(std::size_t, std::size_t)>& progress) {
-  const auto ranges = split_range(n, segment ? segment : default_segment(n, pool.processes()));
-  std::uint64_t total = 0;
-  std::size_t done = 0;
-  for (std::uint64_t c : pool.imap_unordered(count_primes_in, ranges)) {
-    total += c;
-    if (progress) progress(++done, ranges.size());
-  }
-  return total;
-}
-
 std::uint64_t count_primes_below_serial(std::uint64_t n, std::uint64_t segment) {
   std::uint64_t total = 0;
   for (const SieveRange& r : split_range(n, segment ? segment : default_segment(n, 1)))

@@ -41,8 +41,19 @@ std::uint64_t default_segment(std::uint64_t n, unsigned processes);
 
 // pi(n): the number of primes below n, one pool task per segment (0 = default_segment). Results
 // arrive in completion order; `progress(done, total)` is called after each, in this thread.
-std::uint64_t count_primes_below(Pool& pool, std::uint64_t n, std::uint64_t segment = 0,
-                                 const std::function<void(std::size_t, std::size_t)>& progress = {});
+// `pool` is an mpx::Pool or an mpx::mpi::Pool: the same tasks, the same count.
+template <class P>
+std::uint64_t count_primes_below(P& pool, std::uint64_t n, std::uint64_t segment = 0,
+                                 const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+  const auto ranges = split_range(n, segment ? segment : default_segment(n, pool.processes()));
+  std::uint64_t total = 0;
+  std::size_t done = 0;
+  for (std::uint64_t c : pool.imap_unordered(count_primes_in, ranges)) {
+    total += c;
+    if (progress) progress(++done, ranges.size());
+  }
+  return total;
+}
 // The same segments, one after another in this process: the serial baseline.
 std::uint64_t count_primes_below_serial(std::uint64_t n, std::uint64_t segment = 0);
 

@@ -1,0 +1,252 @@
+// The programs in apps/ as a user runs them: every one parses its command line (--help exits 0
+// with its usage, a usage error exits 2 with CLI11's message and does no work); output paths are
+// checked before any work; the workloads' --json documents have their keys and known values and
+// are the same, timings aside, for any --processes and --chunksize; options reports progress.
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+#include <support.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+using namespace std::chrono_literals;
+using mpx::test::run;
+using mpx::test::slurp;
+using Json = nlohmann::json;
+
+namespace {
+
+const std::string kApps = std::string(MPX_BINARY_DIR) + "/apps/";
+
+// Runs `command` through sh with stdout and stderr in their own files of `dir`.
+struct Ran {
+  std::optional<int> rc;
+  std::string out, err;
+};
+Ran sh(const mpx::test::TempDir& dir, const std::string& name, const std::string& command,
+       std::chrono::milliseconds timeout = 120s) {
+  const std::string out = dir / (name + ".out"), err = dir / (name + ".err");
+  Ran r;
+  r.rc = run({"/bin/sh", "-c", command + " >'" + out + "' 2>'" + err + "'"}, dir / (name + ".log"), timeout);
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+// The document without its "run" object (worker count, chunking, timings).
+Json without_run(Json doc) {
+  CHECK(doc.contains("run"));
+  doc.erase("run");
+  return doc;
+}
+
+}  // namespace
+
+TEST_CASE("every program: --help prints its usage and exits 0, a usage error exits 2 before any work") {
+  mpx::test::TempDir dir("mpx-apps");
+  std::vector<std::string> apps{"mp1",
+                                "mp2",
+                                "simple_pools",
+                                "echo_server",
+                                "echo_client",
+                                "custom_server",
+                                "manager_client",
+                                "task_worker",
+                                "shm_numpy_demo",
+                                "mpxd",
+                                "primes",
+                                "matrices",
+                                "options"};
+  for (const std::string& app : apps) {
+    CAPTURE(app);
+    const Ran help = sh(dir, app + "-help", kApps + app + " --help", 30s);
+    CHECK(help.rc == 0);
+    CHECK(help.out.find("Usage:") != std::string::npos);
+    CHECK(help.out.find("--help") != std::string::npos);
+    // CLI11's message names the first problem: the unknown flag, or a required option missing.
+    const Ran bogus = sh(dir, app + "-bogus", kApps + app + " --bogus", 30s);
+    CHECK(bogus.rc == 2);
+    CHECK(bogus.err.find("Run with --help for more information.") != std::string::npos);
+    CHECK(bogus.out.empty());  // nothing ran
+  }
+  for (std::string app : {"mp1", "mp2", "primes", "matrices", "options"})
+    CHECK(sh(dir, app + "-bogus2", kApps + app + " --bogus", 30s).err.find("--bogus") != std::string::npos);
+  // The tutorial demos used to run whatever they were given.
+  CHECK(sh(dir, "mp1", kApps + "mp1 --help", 30s).out.find("process id") == std::string::npos);
+  CHECK(sh(dir, "mp2", kApps + "mp2 --bogus", 30s).out.find("woke up") == std::string::npos);
+  // A value the option refuses is a usage error too.
+  CHECK(sh(dir, "p-bad", kApps + "primes --count-below lots", 30s).rc == 2);
+  CHECK(sh(dir, "o-bad", kApps + "options --grid 0", 30s).rc == 2);
+  CHECK(sh(dir, "m-bad", kApps + "matrices --size x", 30s).rc == 2);
+}
+
+TEST_CASE("mp1 and mp2 run with their flags") {
+  mpx::test::TempDir dir("mpx-apps");
+  const Ran mp1 = sh(dir, "mp1", kApps + "mp1", 30s);
+  CHECK(mp1.rc == 0);
+  CHECK(mp1.out.find("worker: process id") != std::string::npos);
+  const Ran mp2 = sh(dir, "mp2", kApps + "mp2 --processes 2", 30s);
+  CHECK(mp2.rc == 0);
+  CHECK(mp2.out ==
+        "10000000000\n[0, 1, 1024, 59049, 1048576, 9765625, 60466176, 282475249, 1073741824, 3486784401]\n"
+        "False\nI just woke up!\nTrue\n"
+        "[0, 1, 1024, 59049, 1048576, 9765625, 60466176, 282475249, 1073741824, 3486784401]\n");
+}
+
+TEST_CASE("matrices --svg: an unwritable path fails at once with exit 2, a good one gets the picture") {
+  mpx::test::TempDir dir("mpx-apps");
+  // Big enough to take minutes if it were computed first.
+  const std::string big = kApps + "matrices --size 400 --count 100000 --no-progress";
+  const auto t0 = std::chrono::steady_clock::now();
+  const Ran missing = sh(dir, "missing", big + " --svg '" + (dir / "no/such/dir/x.svg") + "'", 30s);
+  CHECK(missing.rc == 2);
+  CHECK(missing.err.find("cannot write") != std::string::npos);
+  CHECK(missing.out.empty());
+  const Ran directory = sh(dir, "directory", big + " --svg '" + dir.path().string() + "'", 30s);
+  CHECK(directory.rc == 2);
+  CHECK(std::chrono::steady_clock::now() - t0 < 10s);
+  CHECK(!std::filesystem::exists(dir / "no"));
+
+  const std::string svg = dir / "spacings.svg";
+  const Ran good = sh(dir, "good", kApps + "matrices --size 20 --count 50 --no-progress --svg '" + svg + "'");
+  CHECK(good.rc == 0);
+  CHECK(slurp(svg).find("<svg") != std::string::npos);
+  CHECK(slurp(svg).find("</svg>") != std::string::npos);
+}
+
+TEST_CASE("primes --json: known answers, the same document for any --processes and --chunksize") {
+  mpx::test::TempDir dir("mpx-apps");
+  const std::string cmd = kApps + "primes --json --repeat 1 --count-below 1e6 --no-progress";
+  const Ran one = sh(dir, "one", cmd + " -p 1");
+  const Ran two = sh(dir, "two", cmd + " -p 2 --chunksize 7 --segment 30000");
+  REQUIRE(one.rc == 0);
+  REQUIRE(two.rc == 0);
+  const Json a = Json::parse(one.out), b = Json::parse(two.out);  // stdout is the document alone
+  CHECK(a["program"] == "primes");
+  CHECK(a["ok"] == true);
+  CHECK(a["tutorial"]["primes_below_20000"] == 2262);
+  CHECK(a["tutorial"]["sum_primes"]["5000"] == 1548136);
+  CHECK(a["tutorial"]["pool_equals_serial"] == true);
+  CHECK(a["count_below"]["n"] == 1000000);
+  CHECK(a["count_below"]["pi"] == 78498);
+  CHECK(a["count_below"]["pool_equals_serial"] == true);
+  CHECK(a["checks"].size() == 5);
+  for (const Json& c : a["checks"]) CHECK(c["ok"] == true);
+  CHECK(a["run"]["processes"] == 1);
+  CHECK(b["run"]["processes"] == 2);
+  CHECK(b["run"]["count_below"]["segment"] == 30000);
+  CHECK(b["run"]["isprime"]["pool_seconds"].get<double>() > 0);
+  CHECK(b["run"]["count_below"].contains("speedup"));
+  CHECK(without_run(a) == without_run(b));
+  CHECK(one.err.find("all checks passed") != std::string::npos);  // the text went to stderr
+}
+
+TEST_CASE("matrices --json: the ensemble and its statistics, the same for any --processes and --chunksize") {
+  mpx::test::TempDir dir("mpx-apps");
+  const std::string cmd = kApps + "matrices --json --size 30 --count 200 --seed 7 --no-progress";
+  const Ran one = sh(dir, "one", cmd + " -p 1");
+  const Ran two = sh(dir, "two", cmd + " -p 2 --chunksize 3");
+  REQUIRE(one.rc == 0);
+  REQUIRE(two.rc == 0);
+  const Json a = Json::parse(one.out), b = Json::parse(two.out);
+  CHECK(a["program"] == "matrices");
+  CHECK(a["inputs"] == Json{{"size", 30}, {"count", 200}, {"seed", 7}, {"bins", 14}});
+  CHECK(a["spacings"].size() == 200);
+  CHECK(a["normalised_moments"]["mean"].get<double>() == doctest::Approx(1.0).epsilon(1e-9));
+  CHECK(a["histogram"]["density"].size() == 14);
+  CHECK(a["checks"]["pool_equals_serial"] == true);
+  CHECK(a["ok"] == true);
+  CHECK(b["run"]["chunksize"] == 3);
+  CHECK(b["run"].contains("speedup"));
+  CHECK(without_run(a) == without_run(b));
+  // Another seed, another ensemble.
+  const Ran other = sh(dir, "other", kApps + "matrices --json --size 30 --count 200 --seed 8 --no-progress");
+  REQUIRE(other.rc == 0);
+  CHECK(Json::parse(other.out)["spacings_checksum"] != a["spacings_checksum"]);
+}
+
+TEST_CASE("options --json: one object per grid point, the same for any --processes and --chunksize") {
+  mpx::test::TempDir dir("mpx-apps");
+  const std::string cmd = kApps + "options --json --paths 2000 --days 50 --grid 3";
+  const Ran one = sh(dir, "one", cmd + " -p 1 --no-progress");
+  const Ran two = sh(dir, "two", cmd + " -p 2 --chunksize 2");
+  REQUIRE(one.rc == 0);
+  REQUIRE(two.rc == 0);
+  const Json a = Json::parse(one.out), b = Json::parse(two.out);
+  CHECK(a["program"] == "options");
+  CHECK(a["inputs"]["seed"] == 2024);
+  CHECK(a["inputs"]["paths"] == 2000);
+  REQUIRE(a["points"].size() == 9);
+  CHECK(a["points"][0]["K"] == 90.0);
+  CHECK(a["points"][0]["sigma"] == 0.1);
+  CHECK(a["points"][8]["K"] == 110.0);
+  CHECK(a["points"][8]["sigma"] == 0.4);
+  for (const Json& p : a["points"]) {
+    for (const char* k : {"european_call", "european_put", "asian_call", "asian_put"}) {
+      CAPTURE(k);
+      CHECK(p[k].get<double>() >= 0);
+      CHECK(p[std::string(k) + "_se"].get<double>() > 0);
+    }
+    // An Asian option averages the path: it is cheaper than the European one.
+    CHECK(p["asian_call"].get<double>() < p["european_call"].get<double>());
+    CHECK(std::abs(p["european_call"].get<double>() - p["black_scholes_call"].get<double>()) <
+          4 * p["european_call_se"].get<double>());
+  }
+  CHECK(a["checks"]["black_scholes"]["ok"] == true);
+  CHECK(a["checks"]["pool_equals_serial"] == true);
+  CHECK(a["ok"] == true);
+  CHECK(without_run(a) == without_run(b));
+
+  // Progress on stderr: lines when it is not a terminal, none with --no-progress.
+  CHECK(two.err.find("pool: 9/9 (100%)") != std::string::npos);
+  CHECK(two.err.find("serial: 9/9 (100%)") != std::string::npos);
+  CHECK(one.err.find("pool: ") == std::string::npos);
+}
+
+TEST_CASE("--backend: a backend this build or this launch cannot give is a usage error") {
+  mpx::test::TempDir dir("mpx-apps");
+  for (std::string app : {"primes", "matrices", "options"}) {
+    CAPTURE(app);
+    CHECK(sh(dir, app + "-foo", kApps + app + " --backend foo", 30s).rc == 2);
+    // Not under mpirun (or built without MPI): a single rank has no workers. (MPI_Init's
+    // allocations outlive MPI_Finalize: no leak check for it under AddressSanitizer.)
+    const Ran alone =
+        sh(dir, app + "-alone",
+           "ASAN_OPTIONS=detect_leaks=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + kApps +
+               app + " --backend mpi --no-progress",
+           30s);
+    CHECK(alone.rc == 2);
+    CHECK(alone.err.find("--backend mpi") != std::string::npos);
+    CHECK(alone.out.empty());
+  }
+}
+
+#ifdef MPX_TEST_MPIEXEC
+TEST_CASE("--backend mpi under mpirun: the same documents, bit for bit, as --backend pool") {
+  mpx::test::TempDir dir("mpx-apps");
+  // Open MPI as root, on this host only, over shared memory; its allocations outlive MPI_Finalize
+  // (so no leak check for these runs under AddressSanitizer).
+  const std::string mpirun = std::string("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ") +
+                             "OMPI_MCA_plm=isolated OMPI_MCA_btl=self,vader ASAN_OPTIONS=detect_leaks=0 " +
+                             MPX_TEST_MPIEXEC + " -n 3 --oversubscribe ";
+  const std::vector<std::pair<std::string, std::string>> runs{
+      {"primes", "primes --json --repeat 1 --count-below 1e6 --no-progress"},
+      {"matrices", "matrices --json --size 30 --count 200 --no-progress"},
+      {"options", "options --json --paths 2000 --days 50 --grid 3 --no-progress"}};
+  for (const auto& [name, args] : runs) {
+    CAPTURE(name);
+    const Ran pool = sh(dir, name + "-pool", kApps + args + " --backend pool -p 2");
+    const Ran mpi = sh(dir, name + "-mpi", mpirun + kApps + args + " --backend mpi");
+    REQUIRE(pool.rc == 0);
+    REQUIRE(mpi.rc == 0);
+    const Json a = Json::parse(pool.out), b = Json::parse(mpi.out);  // rank 0 alone prints
+    CHECK(a["run"]["backend"] == "pool");
+    CHECK(b["run"]["backend"] == "mpi");
+    CHECK(b["run"]["processes"] == 2);  // worker ranks
+    CHECK(b["ok"] == true);
+    CHECK(without_run(a) == without_run(b));
+  }
+}
+#endif
