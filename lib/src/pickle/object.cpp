@@ -328,27 +328,34 @@ bool Exception::operator==(const Exception& other) const { return type == other.
 
 namespace {
 
+// One character (a byte, or a code point of a str) as Python's repr writes it between '...'.
+void repr_char(std::string& out, std::uint32_t c) {
+  if (c == '\\' || c == '\'') {
+    out += '\\';
+    out += static_cast<char>(c);
+  } else if (c == '\n') {
+    out += "\\n";
+  } else if (c == '\r') {
+    out += "\\r";
+  } else if (c == '\t') {
+    out += "\\t";
+  } else if (c >= 0x20 && c < 0x7f) {
+    out += static_cast<char>(c);
+  } else {
+    char buf[12];
+    if (c < 0x100)
+      std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned>(c));
+    else if (c < 0x10000)
+      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
+    else
+      std::snprintf(buf, sizeof buf, "\\U%08x", static_cast<unsigned>(c));
+    out += buf;
+  }
+}
+
 void repr_bytes(std::string& out, const unsigned char* p, std::size_t n) {
   out += '\'';
-  for (std::size_t i = 0; i < n; ++i) {
-    unsigned c = p[i];
-    if (c == '\\' || c == '\'') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (c >= 0x20 && c < 0x7f) {
-      out += static_cast<char>(c);
-    } else {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-    }
-  }
+  for (std::size_t i = 0; i < n; ++i) repr_char(out, p[i]);
   out += '\'';
 }
 
@@ -366,27 +373,7 @@ void repr_str(std::string& out, const std::string& s) {
     if (len == 4)
       c = ((c & 0x07) << 18) | ((p[i + 1] & 0x3fu) << 12) | ((p[i + 2] & 0x3fu) << 6) | (p[i + 3] & 0x3f);
     i += len;
-    char buf[12];
-    if (c == '\\' || c == '\'') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (c >= 0x20 && c < 0x7f) {
-      out += static_cast<char>(c);
-    } else {
-      if (c < 0x100)
-        std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned>(c));
-      else if (c < 0x10000)
-        std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
-      else
-        std::snprintf(buf, sizeof buf, "\\U%08x", static_cast<unsigned>(c));
-      out += buf;
-    }
+    repr_char(out, c);
   }
   out += '\'';
 }
