@@ -35,6 +35,21 @@ Ran sh(const mpx::test::TempDir& dir, const std::string& name, const std::string
   return r;
 }
 
+// The same --json command run twice, with the extra flags of each run; both must succeed.
+struct TwoRuns {
+  Ran one, two;
+  Json a, b;  // their documents (stdout is the document alone)
+};
+TwoRuns sh_twice(const mpx::test::TempDir& dir, const std::string& cmd, const std::string& first,
+                 const std::string& second) {
+  TwoRuns r{sh(dir, "one", cmd + first), sh(dir, "two", cmd + second), {}, {}};
+  REQUIRE(r.one.rc == 0);
+  REQUIRE(r.two.rc == 0);
+  r.a = Json::parse(r.one.out);
+  r.b = Json::parse(r.two.out);
+  return r;
+}
+
 // The document without its "run" object (worker count, chunking, timings).
 Json without_run(Json doc) {
   CHECK(doc.contains("run"));
@@ -119,11 +134,7 @@ TEST_CASE("matrices --svg: an unwritable path fails at once with exit 2, a good 
 TEST_CASE("primes --json: known answers, the same document for any --processes and --chunksize") {
   mpx::test::TempDir dir("mpx-apps");
   const std::string cmd = kApps + "primes --json --repeat 1 --count-below 1e6 --no-progress";
-  const Ran one = sh(dir, "one", cmd + " -p 1");
-  const Ran two = sh(dir, "two", cmd + " -p 2 --chunksize 7 --segment 30000");
-  REQUIRE(one.rc == 0);
-  REQUIRE(two.rc == 0);
-  const Json a = Json::parse(one.out), b = Json::parse(two.out);  // stdout is the document alone
+  const auto [one, two, a, b] = sh_twice(dir, cmd, " -p 1", " -p 2 --chunksize 7 --segment 30000");
   CHECK(a["program"] == "primes");
   CHECK(a["ok"] == true);
   CHECK(a["tutorial"]["primes_below_20000"] == 2262);
@@ -146,11 +157,7 @@ TEST_CASE("primes --json: known answers, the same document for any --processes a
 TEST_CASE("matrices --json: the ensemble and its statistics, the same for any --processes and --chunksize") {
   mpx::test::TempDir dir("mpx-apps");
   const std::string cmd = kApps + "matrices --json --size 30 --count 200 --seed 7 --no-progress";
-  const Ran one = sh(dir, "one", cmd + " -p 1");
-  const Ran two = sh(dir, "two", cmd + " -p 2 --chunksize 3");
-  REQUIRE(one.rc == 0);
-  REQUIRE(two.rc == 0);
-  const Json a = Json::parse(one.out), b = Json::parse(two.out);
+  const auto [one, two, a, b] = sh_twice(dir, cmd, " -p 1", " -p 2 --chunksize 3");
   CHECK(a["program"] == "matrices");
   CHECK(a["inputs"] == Json{{"size", 30}, {"count", 200}, {"seed", 7}, {"bins", 14}});
   CHECK(a["spacings"].size() == 200);
@@ -170,11 +177,7 @@ TEST_CASE("matrices --json: the ensemble and its statistics, the same for any --
 TEST_CASE("options --json: one object per grid point, the same for any --processes and --chunksize") {
   mpx::test::TempDir dir("mpx-apps");
   const std::string cmd = kApps + "options --json --paths 2000 --days 50 --grid 3";
-  const Ran one = sh(dir, "one", cmd + " -p 1 --no-progress");
-  const Ran two = sh(dir, "two", cmd + " -p 2 --chunksize 2");
-  REQUIRE(one.rc == 0);
-  REQUIRE(two.rc == 0);
-  const Json a = Json::parse(one.out), b = Json::parse(two.out);
+  const auto [one, two, a, b] = sh_twice(dir, cmd, " -p 1 --no-progress", " -p 2 --chunksize 2");
   CHECK(a["program"] == "options");
   CHECK(a["inputs"]["seed"] == 2024);
   CHECK(a["inputs"]["paths"] == 2000);
