@@ -97,6 +97,7 @@ enum class ExceptionType : std::uint8_t {
   Empty,               // queue.Empty (pickled as _queue.Empty, as Python does)
   Full,                // queue.Full
   BrokenBarrierError,  // threading.BrokenBarrierError
+  StopIteration,       // builtins.StopIteration (the end of a server-side iterator)
 };
 const char* exception_name(ExceptionType t) noexcept;  // "KeyError", "queue.Empty", ...
 

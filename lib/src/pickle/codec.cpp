@@ -225,6 +225,8 @@ GlobalName exception_global(ExceptionType t) {
       return {"queue", "Queue", "Full"};
     case ExceptionType::BrokenBarrierError:
       return {"threading", "threading", "BrokenBarrierError"};
+    case ExceptionType::StopIteration:
+      return {"builtins", "exceptions", "StopIteration"};
   }
   return {"builtins", "exceptions", "RuntimeError"};
 }
@@ -557,7 +559,8 @@ bool resolve_global(std::string_view module, std::string_view name, Global& g) {
         {"ValueError", ExceptionType::ValueError},
         {"TypeError", ExceptionType::TypeError},
         {"AttributeError", ExceptionType::AttributeError},
-        {"RuntimeError", ExceptionType::RuntimeError}};
+        {"RuntimeError", ExceptionType::RuntimeError},
+        {"StopIteration", ExceptionType::StopIteration}};
     for (auto& [n, t] : names)
       if (name == n) return g = {Callable::exception, t}, true;
   }

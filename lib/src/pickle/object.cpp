@@ -65,6 +65,8 @@ const char* exception_name(ExceptionType t) noexcept {
       return "queue.Full";
     case ExceptionType::BrokenBarrierError:
       return "threading.BrokenBarrierError";
+    case ExceptionType::StopIteration:
+      return "StopIteration";
   }
   return "?";
 }

@@ -7,6 +7,7 @@
 
 #include "server/object_server.hpp"
 
+#include <mpx/pickle.hpp>
 #include <mpx/proto/frame.hpp>
 #include <mpx/proto/manager.hpp>
 
@@ -45,6 +46,21 @@ struct Park {
   bool result = true;        // condition_wait: false once it timed out
   bool reacquiring = false;  // condition_wait: notified (or timed out), now waits for the lock
   bool quiet = false;        // answered only if it fails
+};
+
+// How the answer to a Python client's call becomes its reply (python_protocol.cpp): the ok
+// body as the value returned, and a failure as the exception raised (exception_for's mapping
+// when `error` is empty). Kept by a connection while the call is parked.
+struct PyAnswer {
+  std::function<py::Object(Reader&)> ok;
+  std::function<py::Object(const ErrorInfo&)> error;
+};
+// ('#RETURN', value) or ('#ERROR', exception) for a finished call.
+py::Object python_reply(proto::Status status, Reader& body, const PyAnswer& answer);
+
+class PythonClients;
+struct PythonClientsDeleter {
+  void operator()(PythonClients* p) const;
 };
 
 using proto::kQuietBit;  // quiet requests: answered only if they fail
@@ -87,6 +103,12 @@ class Conn : public std::enable_shared_from_this<Conn> {
 
   // Replies that have not gone out yet, and a way to send an unsolicited final error.
   void send_error_and_close(const ErrorInfo& e);
+
+  // A connection speaking Python's manager protocol (its first request was a pickle).
+  bool python() const noexcept { return python_; }
+  void expect_python_reply(PyAnswer answer) { py_answer_ = std::move(answer); }
+  void send_python(const py::Object& reply);
+  void send_python_pickle(std::span<const std::byte> pickle);
 
  private:
   enum class Phase { challenge_sent, await_peer_challenge, await_verdict, await_hello, ready };
@@ -132,6 +154,8 @@ class Conn : public std::enable_shared_from_this<Conn> {
   std::unordered_set<std::uint64_t> holdings_;
   SessionRec* session_ = nullptr;
   int peer_pid_ = 0;
+  bool python_ = false;
+  PyAnswer py_answer_;
 
   friend class ObjectServerImpl;
 };
@@ -282,6 +306,7 @@ class ObjectServerImpl {
     refused_at_cap,
     accept_failed,
     slow_reader_closed,
+    python_request_refused,
     count_
   };
   void note(Event e, std::string detail);
@@ -289,6 +314,8 @@ class ObjectServerImpl {
   // Called by connections.
   void handshake_done(Conn& c);
   void dispatch(Conn& c, Op op, std::uint64_t oid, Reader& r, Writer& w, bool& parked);
+  // A request frame from a Python client (python_protocol.cpp): answers it, or parks c.
+  void serve_python(Conn& c, Bytes& frame);
   SessionRec* join_session(std::string token);
   void leave_session(SessionRec* s);
   void conn_closed(Conn& c);
@@ -338,6 +365,8 @@ class ObjectServerImpl {
   std::vector<std::shared_ptr<Conn>> resumes_;  // connections whose parked request completed
   int batch_depth_ = 0;
   bool resume_posted_ = false;
+  std::unique_ptr<PythonClients, PythonClientsDeleter> python_;
+  friend class PythonClients;
   // Accept handlers may run after the server is gone (when the io_context outlives it).
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

@@ -164,8 +164,20 @@ void Conn::on_handshake_frame(Bytes& frame) {
           return;
         }
         phase_ = Phase::await_hello;
+        // Authenticated: the first request may be a Python client's, of any size.
+        decoder_.set_max_length(server_.options().max_message);
         return;
       case Phase::await_hello: {
+        if (py::looks_like_pickle(frame)) {
+          // Python's manager protocol: no hello, every frame a pickled request.
+          python_ = true;
+          phase_ = Phase::ready;
+          decoder_.set_max_length(server_.options().max_message);
+          timer_.cancel();
+          server_.handshake_done(*this);
+          handle_request(frame);
+          return;
+        }
         Reader r(frame);
         if (static_cast<Op>(r.u8()) != Op::hello) throw ProtocolError("mpx manager protocol: expected hello");
         r.u64();
@@ -204,6 +216,10 @@ void Conn::on_handshake_frame(Bytes& frame) {
 }
 
 void Conn::handle_request(Bytes& frame) {
+  if (python_) {
+    server_.serve_python(*this, frame);
+    return;
+  }
   std::size_t start = begin_frame();
   bool parked = false, quiet = false, failed = false;
   {
@@ -329,7 +345,13 @@ void Conn::complete(proto::Status status, const std::function<void(Writer&)>& bo
   ++park_gen_;
   timer_.cancel();
   if (closed_) return;
-  if (!quiet || status != proto::Status::ok) {
+  if (python_) {
+    Bytes scratch;
+    Writer w(scratch);
+    body(w);
+    Reader r(scratch);
+    send_python(python_reply(status, r, std::exchange(py_answer_, {})));
+  } else if (!quiet || status != proto::Status::ok) {
     std::size_t start = begin_frame();
     Writer w(out_);
     w.u8(quiet ? kQuietError : static_cast<std::uint8_t>(status));
@@ -343,8 +365,22 @@ void Conn::complete(proto::Status status, const std::function<void(Writer&)>& bo
   }
 }
 
+void Conn::send_python(const py::Object& reply) {
+  std::size_t start = begin_frame();
+  py::dumps_append(out_, reply);
+  end_frame(start);
+}
+
+void Conn::send_python_pickle(std::span<const std::byte> pickle) { send_frame(pickle); }
+
 void Conn::send_error_and_close(const ErrorInfo& e) {
   if (closed_ || closing_) return;
+  if (python_) {
+    send_python(py::Object::tuple({py::Object("#TRACEBACK"), py::Object("mpx server: " + e.message + "\n")}));
+    closing_ = true;
+    flush();
+    return;
+  }
   std::size_t start = begin_frame();
   Writer w(out_);
   w.u8(static_cast<std::uint8_t>(proto::Status::error));
@@ -462,6 +498,7 @@ constexpr const char* kNoteText[] = {
     "connection refused at the connection cap",
     "accept() failed",
     "closed with too many replies unread for too long",
+    "refused a Python client's request",
 };
 
 std::size_t default_max_connections() {

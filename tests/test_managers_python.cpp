@@ -1,0 +1,173 @@
+// Python's manager protocol on mpxd: a stock SyncManager client (tests/python/
+// sync_manager_peer.py) drives every proxy type against the daemon; named objects are the same
+// objects for C++ clients where their types agree; malformed Python requests get Python's
+// '#TRACEBACK' reply and the connection keeps serving.
+#include <mpx/connection.hpp>
+#include <mpx/managers.hpp>
+#include <mpx/pickle.hpp>
+
+#include <doctest/doctest.h>
+#include <support.hpp>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+namespace py = mpx::py;
+
+namespace {
+
+const std::string kMpxd = std::string(MPX_BINARY_DIR) + "/apps/mpxd";
+const std::string kPeer = std::string(MPX_SOURCE_DIR) + "/tests/python/sync_manager_peer.py";
+
+std::optional<std::string> find_python() {
+  const char* path = std::getenv("PATH");
+  std::string dirs = path ? path : "/usr/bin:/bin";
+  for (std::size_t start = 0; start <= dirs.size();) {
+    auto end = dirs.find(':', start);
+    if (end == std::string::npos) end = dirs.size();
+    auto candidate = dirs.substr(start, end - start) + "/python3";
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    start = end + 1;
+  }
+  return std::nullopt;
+}
+
+// An mpxd on a socket in a scratch directory, ready for clients.
+struct Daemon {
+  mpx::test::TempDir dir{"mpx-pymgr"};
+  std::string sock = dir / "mpxd.sock";
+  std::string key_file = mpx::test::write_file(dir / "key", "py key\n", 0600);
+  mpx::Address address = mpx::Address::unix_path(sock);
+  mpx::test::ChildProcess proc{{kMpxd, "--address", "unix:" + sock, "--authkey-file", key_file},
+                               dir / "mpxd.log"};
+
+  Daemon() {
+    const std::string hint = "build the mpxd target first: " + kMpxd;
+    REQUIRE_MESSAGE(fs::exists(kMpxd), hint);
+    for (int i = 0; i < 500 && !fs::exists(sock); ++i) REQUIRE_FALSE(proc.wait(10ms));
+    REQUIRE(fs::exists(sock));
+  }
+  mpx::Manager connect() { return mpx::Manager::connect(address, "py key"); }
+  mpx::Connection raw() { return mpx::Client(address, std::string("py key")); }
+};
+
+py::Object request(py::Object ident, std::string method, py::List args = {}, py::Dict kwds = {}) {
+  return py::Object::tuple({std::move(ident), py::Object(std::move(method)),
+                            py::Object::tuple(std::move(args)), py::Object(std::move(kwds))});
+}
+
+// The reply's kind ('#RETURN', '#ERROR', '#TRACEBACK') and value.
+std::pair<std::string, py::Object> answer(mpx::Connection& c) {
+  py::Object r = c.recv_object();
+  REQUIRE(r.kind() == py::Kind::tuple);
+  const auto& t = r.get<py::List>();
+  REQUIRE(t.size() == 2);
+  return {t[0].get<std::string>(), t[1]};
+}
+
+mpx::Bytes raw_bytes(std::string_view s) {
+  mpx::Bytes b(s.size());
+  std::memcpy(b.data(), s.data(), s.size());
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE("a stock Python SyncManager uses mpxd: every proxy type, named objects, Python's errors") {
+  auto python = find_python();
+  if (!python) {
+    MESSAGE("python3 not found on PATH: skipped");
+    return;
+  }
+  Daemon d;
+  std::string log = d.dir / "peer.log";
+  auto rc = mpx::test::run({*python, kPeer, d.sock, d.key_file}, log, 120s);
+  std::string out = mpx::test::slurp(log);
+  INFO(out);
+  INFO(d.proc.output());
+  CHECK(rc == 0);
+  CHECK(out.find("OK") != std::string::npos);
+
+  // The script left its named objects behind: a lock (no values) is the same object for C++,
+  // while a queue of pickles cannot be opened as a queue of C++ ints.
+  auto m = d.connect();
+  auto lock = m.lock("py-lock");
+  CHECK(lock.acquire(0s));
+  lock.release();
+  CHECK_THROWS_WITH_AS(m.queue<int>(0, "py-jobs"), doctest::Contains("pickle"), mpx::TypeMismatch);
+
+  // Every anonymous object the script made was released with its last proxy.
+  auto c = d.raw();
+  c.send_object(request(py::none, "number_of_objects"));
+  CHECK(answer(c) == std::pair<std::string, py::Object>{"#RETURN", py::Object(0)});
+}
+
+TEST_CASE("Python requests: malformed ones get '#TRACEBACK', and the connection keeps serving") {
+  Daemon d;
+  auto c = d.raw();
+  c.send_object(request(py::none, "dummy"));  // the first frame decides: Python's protocol
+  CHECK(answer(c) == std::pair<std::string, py::Object>{"#RETURN", py::none});
+
+  auto check_refused = [&](const mpx::Bytes& frame, const std::string& says) {
+    CAPTURE(says);
+    c.send_bytes(frame);
+    auto [kind, value] = answer(c);
+    CHECK(kind == "#TRACEBACK");
+    CHECK(py::repr(value).find(says) != std::string::npos);
+    c.send_object(request(py::none, "dummy"));
+    CHECK(answer(c).first == "#RETURN");
+  };
+  mpx::Bytes dummy = py::dumps(request(py::none, "dummy"));
+  SUBCASE("bad pickles") {
+    mpx::Bytes truncated(dummy.begin(), dummy.begin() + static_cast<std::ptrdiff_t>(dummy.size() / 2));
+    check_refused(truncated, "not a pickle");
+    mpx::Bytes wrong_protocol = dummy;
+    wrong_protocol[1] = std::byte{9};
+    check_refused(wrong_protocol, "not a pickle");
+    check_refused(raw_bytes("\x80\x02h\x05."), "not a pickle");              // memo reference to nothing
+    check_refused(raw_bytes("\x80\x02X\xff\xff\xff\x7f."), "not a pickle");  // a 2 GiB str in 7 bytes
+    std::string deep = "\x80\x02" + std::string(5000, ']') + std::string(5000, 'a') + ".";
+    check_refused(raw_bytes(deep), "not a pickle");  // nesting past the depth limit
+    check_refused(raw_bytes("\x80\x02"
+                            "cos\nsystem\n."),
+                  "os.system");  // any other global
+  }
+  SUBCASE("well-formed pickles that are not requests") {
+    check_refused(py::dumps(py::Object("hello")), "request is a tuple");
+    check_refused(py::dumps(py::Object::tuple({py::none, py::Object("dummy")})), "request is a tuple");
+    check_refused(py::dumps(request(py::Object("no-such-id"), "keys")), "no-such-id");
+    check_refused(py::dumps(request(py::none, "no_such_call")), "no_such_call");
+    check_refused(py::dumps(request(py::none, "create", {py::Object("NoSuchType")})), "NoSuchType");
+    check_refused(py::dumps(request(py::none, "shutdown")), "shutdown");
+  }
+  SUBCASE("a call with wrong arguments raises TypeError, as the method would") {
+    c.send_object(request(py::none, "create", {py::Object("dict")}));
+    auto [kind, made] = answer(c);
+    REQUIRE(kind == "#RETURN");
+    py::Object ident = made.get<py::List>()[0];
+    c.send_object(request(ident, "__setitem__", {py::Object(1)}));
+    auto [k1, e1] = answer(c);
+    CHECK(k1 == "#ERROR");
+    CHECK(e1.get<py::Exception>().type == py::ExceptionType::TypeError);
+    c.send_object(request(ident, "get", {}, py::Dict{{py::Object("bogus"), py::Object(1)}}));
+    auto [k2, e2] = answer(c);
+    CHECK(k2 == "#ERROR");
+    CHECK(py::repr(e2).find("bogus") != std::string::npos);
+    c.send_object(request(ident, "__setitem__", {py::List{}, py::Object(1)}));  // an unhashable key
+    CHECK(answer(c).first == "#ERROR");
+    c.send_object(request(py::none, "decref", {ident}));
+    CHECK(answer(c).first == "#RETURN");
+  }
+  // The server kept serving everyone.
+  auto m = d.connect();
+  m.dict<std::string, int>("still-here").set("x", 1);
+  CHECK(m.dict<std::string, int>("still-here").at("x") == 1);
+}
