@@ -15,8 +15,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <vector>
 
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
@@ -26,6 +29,7 @@ namespace {
 
 const std::string kMpxd = std::string(MPX_BINARY_DIR) + "/apps/mpxd";
 const std::string kPeer = std::string(MPX_SOURCE_DIR) + "/tests/python/sync_manager_peer.py";
+const std::string kShared = std::string(MPX_SOURCE_DIR) + "/tests/python/shared_objects_peer.py";
 
 std::optional<std::string> find_python() {
   const char* path = std::getenv("PATH");
@@ -73,6 +77,15 @@ std::pair<std::string, py::Object> answer(mpx::Connection& c) {
   return {t[0].get<std::string>(), t[1]};
 }
 
+// A program's own type: nothing Python could share.
+struct Point {
+  int x = 0, y = 0;
+  template <class A>
+  void serialize(A& a) {
+    a(x, y);
+  }
+};
+
 mpx::Bytes raw_bytes(std::string_view s) {
   mpx::Bytes b(s.size());
   std::memcpy(b.data(), s.data(), s.size());
@@ -96,13 +109,15 @@ TEST_CASE("a stock Python SyncManager uses mpxd: every proxy type, named objects
   CHECK(rc == 0);
   CHECK(out.find("OK") != std::string::npos);
 
-  // The script left its named objects behind: a lock (no values) is the same object for C++,
-  // while a queue of pickles cannot be opened as a queue of C++ ints.
+  // The script left its named objects behind: a lock (no values) is the same object for C++;
+  // a dict of Python lists is not a dict of C++ ints, while the drained queue takes any type.
   auto m = d.connect();
   auto lock = m.lock("py-lock");
   CHECK(lock.acquire(0s));
   lock.release();
-  CHECK_THROWS_WITH_AS(m.queue<int>(0, "py-jobs"), doctest::Contains("pickle"), mpx::TypeMismatch);
+  auto open_as_ints = [&] { m.dict<std::string, int>("py-dict"); };
+  CHECK_THROWS_WITH_AS(open_as_ints(), doctest::Contains("not all"), mpx::TypeMismatch);
+  CHECK(m.queue<int>(0, "py-jobs").empty());  // drained: any element type can take it over
 
   // Every anonymous object the script made was released with its last proxy.
   auto c = d.raw();
@@ -170,4 +185,72 @@ TEST_CASE("Python requests: malformed ones get '#TRACEBACK', and the connection 
   auto m = d.connect();
   m.dict<std::string, int>("still-here").set("x", 1);
   CHECK(m.dict<std::string, int>("still-here").at("x") == 1);
+}
+
+TEST_CASE("one named object, two languages: C++ types convert for Python, Python's values for C++") {
+  auto python = find_python();
+  if (!python) {
+    MESSAGE("python3 not found on PATH: skipped");
+    return;
+  }
+  Daemon d;
+  auto m = d.connect();
+  auto peer = [&](const std::string& step) {
+    std::string log = d.dir / ("peer-" + step + ".log");
+    auto rc = mpx::test::run({*python, kShared, d.sock, d.key_file, step}, log, 60s);
+    std::string out = mpx::test::slurp(log);
+    INFO(out);
+    CHECK(rc == 0);
+    CHECK(out.find("OK") != std::string::npos);
+  };
+
+  SUBCASE("C++ makes them first") {
+    using Doc = std::map<std::string, double>;
+    auto jobs = m.queue<Doc>(0, "cpp-jobs");
+    jobs.put(Doc{{"a", 1.5}});
+    auto counts = m.dict<std::string, std::int32_t>("cpp-counts");
+    counts.set("n", 1);
+    auto xs = m.list<double>("cpp-xs");
+    xs.append(0.5);
+    xs.append(1.5);
+    auto pair = m.value<std::tuple<std::string, std::int64_t, std::optional<bool>>>(
+        std::tuple<std::string, std::int64_t, std::optional<bool>>{"x", 7, std::nullopt}, "cpp-pair");
+    auto small = m.value<std::set<std::uint16_t>>({1, 2}, "cpp-set");
+    peer("cpp-made");
+    CHECK(jobs.get(10s) == Doc{{"b", 2.0}});
+    CHECK(jobs.empty());  // the refused puts left nothing behind
+    CHECK(counts.at("m") == 2);
+    CHECK(counts.size() == 2);
+    CHECK(xs.snapshot() == std::vector<double>{0.5, 1.5, 2.5});
+    CHECK(pair.get() == std::tuple<std::string, std::int64_t, std::optional<bool>>{"y", 8, true});
+    CHECK(small.get() == std::set<std::uint16_t>{3});
+  }
+  SUBCASE("Python makes them first") {
+    peer("py-made");
+    auto q = m.queue<std::map<std::string, double>>(0, "py-made");
+    CHECK(q.get(10s) == std::map<std::string, double>{{"x", 1.0}});
+    CHECK(q.get(10s) == std::map<std::string, double>{{"y", 2.0}});
+    CHECK(m.dict<std::string, std::vector<std::int64_t>>("py-dict").at("k") ==
+          std::vector<std::int64_t>{1, 2});
+    // A value that is not a dict: the queue stays Python's, untouched.
+    using Doc = std::map<std::string, double>;
+    CHECK_THROWS_WITH_AS(m.queue<Doc>(0, "py-mixed"), doctest::Contains("not all dict[str,f64]"),
+                         mpx::TypeMismatch);
+    CHECK_THROWS_AS(m.queue<std::string>(0, "py-mixed"), mpx::TypeMismatch);
+    auto c = d.raw();
+    c.send_object(request(py::none, "create", {py::Object("get_queue"), py::Object("py-mixed")}));
+    auto [kind, made] = answer(c);
+    REQUIRE(kind == "#RETURN");
+    py::Object ident = made.get<py::List>()[0];
+    c.send_object(request(ident, "qsize"));
+    CHECK(answer(c) == std::pair<std::string, py::Object>{"#RETURN", py::Object(2)});
+  }
+  SUBCASE("a C++ type Python cannot share is refused to Python clients") {
+    m.queue<Point>(0, "points");
+    auto c = d.raw();
+    c.send_object(request(py::none, "create", {py::Object("get_queue"), py::Object("points")}));
+    auto [kind, error] = answer(c);
+    CHECK(kind == "#ERROR");
+    CHECK(py::repr(error).find("cannot share") != std::string::npos);
+  }
 }

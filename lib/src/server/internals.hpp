@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -218,6 +219,13 @@ class Obj {
   // The object is going away: fail every parked request.
   virtual void fail_waiters(const ErrorInfo&) {}
 
+  // Re-encodes every value held (and every dict key) and takes a new tag: a named object a
+  // Python client made, opened by a C++ client as its own type (python_protocol.cpp). A
+  // rewrite that throws leaves the object as it was.
+  using Rewrite = std::function<Bytes(std::span<const std::byte>)>;
+  virtual void rewrite_values(const Rewrite& /*key*/, const Rewrite& /*value*/) {}
+  void retag(std::string tag) { tag_ = std::move(tag); }
+
  protected:
   // Parks c's request at the back of `list` (a handler returns this: true, parked).
   bool wait_in(WaitList& list, Conn& c, Op op, std::int64_t timeout_ns) {
@@ -320,6 +328,11 @@ class ObjectServerImpl {
   void leave_session(SessionRec* s);
   void conn_closed(Conn& c);
   Obj* find(std::uint64_t oid);
+  Obj* find_named(std::string_view name);
+  // Lets a C++ client open a named object a Python client made, holding pickles, as its own
+  // type (python_protocol.cpp): converts the values and retags it; false if the tags do not
+  // allow it, TypeMismatch if a value does not convert.
+  bool adopt_python_values(Obj& o, const std::string& tag);
   void request_shutdown();
   std::uint64_t next_task_id() noexcept { return next_task_id_++; }
   // Hands a finished task to its session (dropped if the session has ended).

@@ -737,6 +737,11 @@ Obj* ObjectServerImpl::find(std::uint64_t oid) {
   return it == objects_.end() ? nullptr : it->second.get();
 }
 
+Obj* ObjectServerImpl::find_named(std::string_view name) {
+  auto it = names_.find(std::string(name));
+  return it == names_.end() ? nullptr : find(it->second);
+}
+
 SessionRec* ObjectServerImpl::join_session(std::string token) {
   auto& s = sessions_[token];
   if (!s) {
@@ -867,7 +872,7 @@ void ObjectServerImpl::open(Conn& c, Reader& r, Writer& w) {
     auto it = names_.find(name);
     if (it != names_.end()) {
       Obj* o = find(it->second);
-      if (o->kind() != kind || o->tag() != tag)
+      if (o->kind() != kind || (o->tag() != tag && !adopt_python_values(*o, tag)))
         throw TypeMismatch("mpx: managed object '" + name + "' is a " +
                            std::string(proto::kind_name(o->kind())) + "<" + o->tag() + ">, not a " +
                            std::string(proto::kind_name(kind)) + "<" + tag + ">");

@@ -219,6 +219,21 @@ class DictObj final : public Obj {
     entries_.erase(e);
   }
 
+ public:
+  void rewrite_values(const Rewrite& key, const Rewrite& value) override {
+    std::list<Entry> converted;
+    for (const auto& e : entries_) {
+      Bytes k = key(std::as_bytes(std::span(e.key.data(), e.key.size())));
+      converted.push_back({std::string(reinterpret_cast<const char*>(k.data()), k.size()), value(e.value)});
+    }
+    Index index;
+    for (auto it = converted.begin(); it != converted.end(); ++it)
+      index.emplace(std::string_view(it->key), it);
+    entries_.swap(converted);
+    index_.swap(index);
+  }
+
+ private:
   std::list<Entry> entries_;
   Index index_;
 };
@@ -335,6 +350,14 @@ class ListObj final : public Obj {
           std::vector<Bytes> items = {})
       : Obj(owner, id, kind, std::move(tag), std::move(name)), items_(std::move(items)) {}
 
+  void rewrite_values(const Rewrite&, const Rewrite& value) override {
+    std::vector<Bytes> converted;
+    converted.reserve(items_.size());
+    for (const auto& v : items_) converted.push_back(value(v));
+    items_.swap(converted);
+    ++version_;
+  }
+
  private:
   // An array (Python's Manager().Array) is a list of fixed length.
   bool allowed(Op op) const {
@@ -402,6 +425,8 @@ class ValueObj final : public Obj {
   ValueObj(ObjectServerImpl& owner, std::uint64_t id, Kind kind, std::string tag, std::string name,
            Bytes initial)
       : Obj(owner, id, kind, std::move(tag), std::move(name)), value_(std::move(initial)) {}
+
+  void rewrite_values(const Rewrite&, const Rewrite& value) override { value_ = value(value_); }
 
   bool handle(Conn&, Op op, Reader& r, Writer& w) override {
     switch (op) {
@@ -611,6 +636,27 @@ class QueueObj final : public Obj {
     putters_.fail_all(e);
     getters_.fail_all(e);
     joiners_.fail_all(e);
+  }
+  // Items still waiting in parked puts are converted too: they are the queue's values to be.
+  void rewrite_values(const Rewrite&, const Rewrite& value) override {
+    std::deque<Bytes> converted;
+    std::size_t bytes = 0;
+    for (const auto& v : items_) {
+      converted.push_back(value(v));
+      bytes += converted.back().size();
+    }
+    std::vector<std::pair<Bytes*, Bytes>> parked;
+    for (Conn* pc : putters_) {
+      Park& p = pc->waiting();
+      if (p.op == Op::queue_put)
+        parked.emplace_back(&p.item, value(p.item));
+      else
+        for (std::size_t i = p.n; i < p.items.size(); ++i)
+          parked.emplace_back(&p.items[i], value(p.items[i]));
+    }
+    items_.swap(converted);
+    bytes_ = bytes;
+    for (auto& [slot, v] : parked) *slot = std::move(v);
   }
 
  private:

@@ -9,6 +9,7 @@
 #include "server/internals.hpp"
 
 #include "ipc/wire_errors.hpp"
+#include "server/value_schema.hpp"
 
 #include <fmt/format.h>
 
@@ -203,13 +204,23 @@ Bytes body(const std::function<void(Writer&)>& write) {
   return out;
 }
 
-py::List read_values(Reader& r) {
-  std::uint64_t n = r.count(8);
-  py::List out;
-  out.reserve(n);
-  for (std::uint64_t i = 0; i < n; ++i) out.push_back(unpickled(r.blob()));
-  return out;
-}
+// How one object stores a Python client's values: as pickles (an object made for Python), or
+// as the C++ encoding of the type its tag spells (value_schema.hpp).
+struct Codec {
+  std::shared_ptr<const ValueSchema> key, value;  // nullptr: pickles
+  Bytes put(const Object& v) const { return value ? value->encode(v) : pickled(v); }
+  Bytes put_key(const Object& k) const { return key ? key->encode(k) : pickled_key(k); }
+  Object get(std::span<const std::byte> b) const { return value ? value->decode(b) : unpickled(b); }
+  Object get_key(std::span<const std::byte> b) const { return key ? key->decode(b) : unpickled(b); }
+  // `u64 n` then n values.
+  py::List get_all(Reader& r) const {
+    std::uint64_t n = r.count(8);
+    py::List out;
+    out.reserve(n);
+    for (std::uint64_t i = 0; i < n; ++i) out.push_back(get(r.blob()));
+    return out;
+  }
+};
 
 const py::List& as_sequence(const Object& o, const char* what) {
   if (const auto* l = o.get_if<py::List>()) return *l;
@@ -331,6 +342,11 @@ class PythonClients {
   void decref(std::string_view ident);
   bool call(Conn& c, Entry& e, std::string_view method, const py::List& args, const py::Dict& kwds);
 
+  // How the object behind `e` stores values, from its current tag (a C++ client may have
+  // retagged it since): TypeMismatch for a C++ type Python cannot share.
+  Codec codec_for(const Entry& e);
+  std::shared_ptr<const ValueSchema> schema(std::string_view tag);
+
   // One server request answered at once (never parks), its ok body returned.
   Bytes query(Conn& c, const Entry& e, Op op, const Bytes& request = {});
   // The request that answers the call: its ok body becomes the returned value through `ok`
@@ -339,6 +355,7 @@ class PythonClients {
 
   ObjectServerImpl& server_;
   std::unordered_map<std::string, Entry> entries_;
+  std::unordered_map<std::string, std::shared_ptr<const ValueSchema>> schemas_;
   std::uint64_t next_iterator_ = 1;
 };
 
@@ -492,6 +509,15 @@ std::pair<std::string, PyType> PythonClients::create(Conn& c, std::string_view t
     name = *s;
   }
   auto make = [&](PyType t, Kind kind, std::string_view tag, const Bytes& init = {}) {
+    // A named object a C++ client made keeps its type: Python's values convert to it.
+    const Obj* existing = name.empty() ? nullptr : server_.find_named(name);
+    std::string adopted;
+    if (existing && existing->kind() == kind && existing->tag() != tag) {
+      adopted = existing->tag();
+      Entry probe{t, existing->id(), std::string(typeid_), true, 0, {}};
+      codec_for(probe);
+      tag = adopted;
+    }
     std::uint64_t oid = open(c, kind, name, tag, init);
     // A named object opened again is the same entry: its ident is stable for every client.
     std::string ident = fmt::format("{:x}", oid);
@@ -675,6 +701,58 @@ void PythonClients::decref(std::string_view ident) {
   if (e.oid && !e.named) server_.destroy(e.oid, "its last Python proxy was released");
 }
 
+std::shared_ptr<const ValueSchema> PythonClients::schema(std::string_view tag) {
+  auto it = schemas_.find(std::string(tag));
+  if (it != schemas_.end()) return it->second;
+  auto parsed = ValueSchema::parse(tag);
+  if (!parsed)
+    throw TypeMismatch(
+        fmt::format("mpx: the object holds C++ values of type '{}', which a Python client cannot share "
+                    "(proto/manager.md, \"Python clients\")",
+                    tag));
+  if (schemas_.size() > 1024) schemas_.clear();  // tags come from clients: keep the cache bounded
+  return schemas_[std::string(tag)] = parsed;
+}
+
+Codec PythonClients::codec_for(const Entry& e) {
+  const Obj* o = server_.find(e.oid);
+  if (!o) throw StateError("mpx: the managed object is gone");
+  std::string_view tag = o->tag();
+  auto part = [&](std::string_view t) { return t == kPickleTag ? nullptr : schema(t); };
+  if (o->kind() != Kind::dict) return {nullptr, part(tag)};
+  auto bar = tag.find('|');
+  if (bar == std::string_view::npos) throw TypeMismatch("mpx: a dict's type tag without '|'");
+  return {part(tag.substr(0, bar)), part(tag.substr(bar + 1))};
+}
+
+bool ObjectServerImpl::adopt_python_values(Obj& o, const std::string& tag) {
+  bool dict = o.kind() == Kind::dict;
+  if (o.tag() != (dict ? "pickle|pickle" : "pickle")) return false;  // only objects made for Python
+  std::shared_ptr<const ValueSchema> key, value;
+  if (dict) {
+    auto bar = tag.find('|');
+    if (bar == std::string::npos) return false;
+    key = ValueSchema::parse(std::string_view(tag).substr(0, bar));
+    value = ValueSchema::parse(std::string_view(tag).substr(bar + 1));
+    if (!key || !value) return false;
+  } else {
+    value = ValueSchema::parse(tag);
+    if (!value) return false;
+  }
+  auto convert = [](std::shared_ptr<const ValueSchema> s) {
+    return
+        [s](std::span<const std::byte> b) { return s ? s->encode(py::loads(b)) : Bytes(b.begin(), b.end()); };
+  };
+  try {
+    o.rewrite_values(convert(key), convert(value));
+  } catch (const std::exception& e) {
+    throw TypeMismatch(fmt::format("mpx: managed object '{}' holds Python values that are not all {}: {}",
+                                   o.name(), tag, e.what()));
+  }
+  o.retag(tag);
+  return true;
+}
+
 Bytes PythonClients::query(Conn& c, const Entry& e, Op op, const Bytes& request) {
   Bytes answer;
   Writer w(answer);
@@ -718,11 +796,11 @@ PyAnswer returns_bool() {
 PyAnswer returns_u64() {
   return {[](Reader& r) { return Object(r.u64()); }, {}};
 }
-PyAnswer returns_value() {
-  return {[](Reader& r) { return unpickled(r.blob()); }, {}};
+PyAnswer returns_value(const Codec& codec) {
+  return {[codec](Reader& r) { return codec.get(r.blob()); }, {}};
 }
-PyAnswer returns_values() {
-  return {[](Reader& r) { return Object(read_values(r)); }, {}};
+PyAnswer returns_values(const Codec& codec) {
+  return {[codec](Reader& r) { return Object(codec.get_all(r)); }, {}};
 }
 // Python's list index rules on a snapshot: an int, or a slice (step too).
 Object index_snapshot(const py::List& items, const Object& index) {
@@ -758,18 +836,22 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
     c.send_python(reply("#RETURN", std::move(v)));
     return false;
   };
+  const bool holds_values = e.type == PyType::dict || e.type == PyType::list || e.type == PyType::array ||
+                            e.type == PyType::queue || e.type == PyType::joinable_queue ||
+                            e.type == PyType::value;
+  const Codec codec = holds_values ? codec_for(e) : Codec{};
   auto snapshot = [&]() {
     Bytes b = query(c, e, Op::list_snapshot);
     Reader r(b);
-    return read_values(r);
+    return codec.get_all(r);
   };
   switch (e.type) {
     case PyType::dict: {
       if (m == "__setitem__") {
         Args a(m, args, kwds, {"key", "value"}, 2);
         return issue(c, e, Op::dict_set, body([&](Writer& w) {
-                       w.blob(pickled_key(a.at(0)));
-                       w.blob(pickled(a.at(1)));
+                       w.blob(codec.put_key(a.at(0)));
+                       w.blob(codec.put(a.at(1)));
                      }),
                      returns_none());
       }
@@ -779,9 +861,9 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
         bool fallback = m == "get" || a.has(1);
         Object dflt = a.has(1) ? a.at(1) : Object();
         return issue(c, e, m == "pop" ? Op::dict_pop : Op::dict_get,
-                     body([&](Writer& w) { w.blob(pickled_key(key)); }),
-                     {[key, fallback, dflt](Reader& r) {
-                        if (r.boolean()) return unpickled(r.blob());
+                     body([&](Writer& w) { w.blob(codec.put_key(key)); }),
+                     {[codec, key, fallback, dflt](Reader& r) {
+                        if (r.boolean()) return codec.get(r.blob());
                         if (!fallback) raise_with(T::KeyError, key);
                         return dflt;
                       },
@@ -789,13 +871,13 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
       }
       if (m == "__contains__") {
         Args a(m, args, kwds, {"key"}, 1);
-        return issue(c, e, Op::dict_contains, body([&](Writer& w) { w.blob(pickled_key(a.at(0))); }),
+        return issue(c, e, Op::dict_contains, body([&](Writer& w) { w.blob(codec.put_key(a.at(0))); }),
                      returns_bool());
       }
       if (m == "__delitem__") {
         Args a(m, args, kwds, {"key"}, 1);
         Object key = a.at(0);
-        return issue(c, e, Op::dict_erase, body([&](Writer& w) { w.blob(pickled_key(key)); }),
+        return issue(c, e, Op::dict_erase, body([&](Writer& w) { w.blob(codec.put_key(key)); }),
                      {[key](Reader& r) {
                         if (!r.boolean()) raise_with(T::KeyError, key);
                         return Object();
@@ -803,8 +885,16 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
                       {}});
       }
       if (m == "__len__") return issue(c, e, Op::dict_size, {}, returns_u64());
-      if (m == "keys") return issue(c, e, Op::dict_keys, {}, returns_values());
-      if (m == "values") return issue(c, e, Op::dict_values, {}, returns_values());
+      if (m == "keys")
+        return issue(c, e, Op::dict_keys, {},
+                     {[codec](Reader& r) {
+                        std::uint64_t n = r.count(8);
+                        py::List keys;
+                        for (std::uint64_t k = 0; k < n; ++k) keys.push_back(codec.get_key(r.blob()));
+                        return Object(std::move(keys));
+                      },
+                      {}});
+      if (m == "values") return issue(c, e, Op::dict_values, {}, returns_values(codec));
       if (m == "clear") return issue(c, e, Op::dict_clear, {}, returns_none());
       if (m == "items" || m == "copy" || m == "__iter__") {
         Bytes b = query(c, e, Op::dict_items);
@@ -813,8 +903,8 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
         py::List items;
         py::Dict d;
         for (std::uint64_t i = 0; i < n; ++i) {
-          Object k = unpickled(r.blob());
-          Object v = unpickled(r.blob());
+          Object k = codec.get_key(r.blob());
+          Object v = codec.get(r.blob());
           if (m == "items")
             items.push_back(Object::tuple({std::move(k), std::move(v)}));
           else if (m == "copy")
@@ -848,8 +938,8 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
         return issue(c, e, Op::dict_update, body([&](Writer& w) {
                        w.u64(d.size());
                        for (std::size_t i = 0; i < d.size(); ++i) {
-                         w.blob(pickled(d.keys()[i]));
-                         w.blob(pickled(d.values()[i]));
+                         w.blob(codec.put(d.keys()[i]));
+                         w.blob(codec.put(d.values()[i]));
                        }
                      }),
                      returns_none());
@@ -857,17 +947,17 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
       if (m == "setdefault") {
         Args a(m, args, kwds, {"key", "default"}, 1);
         return issue(c, e, Op::dict_setdefault, body([&](Writer& w) {
-                       w.blob(pickled_key(a.at(0)));
-                       w.blob(pickled(a.has(1) ? a.at(1) : Object()));
+                       w.blob(codec.put_key(a.at(0)));
+                       w.blob(codec.put(a.has(1) ? a.at(1) : Object()));
                      }),
-                     returns_value());
+                     returns_value(codec));
       }
       if (m == "popitem") {
         Args a(m, args, kwds, {});
         return issue(c, e, Op::dict_popitem, {},
-                     {[](Reader& r) {
-                        Object k = unpickled(r.blob());
-                        return Object::tuple({std::move(k), unpickled(r.blob())});
+                     {[codec](Reader& r) {
+                        Object k = codec.get_key(r.blob());
+                        return Object::tuple({std::move(k), codec.get(r.blob())});
                       },
                       [](const ErrorInfo& err) -> Object {
                         if (err.code == proto::ErrorCode::key)
@@ -891,7 +981,7 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
         if (a.at(0).kind() == py::Kind::slice) return done(index_snapshot(snapshot(), a.at(0)));
         std::int64_t i = as_int(a.at(0), "list indices");
         return issue(c, e, Op::list_at, body([&](Writer& w) { w.i64(i); }),
-                     {returns_value().ok, out_of_range("list index out of range")});
+                     {returns_value(codec).ok, out_of_range("list index out of range")});
       }
       if (m == "__setitem__") {
         Args a(m, args, kwds, {"index", "value"}, 2);
@@ -900,7 +990,7 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
         std::int64_t i = as_int(a.at(0), "list indices");
         return issue(c, e, Op::list_set, body([&](Writer& w) {
                        w.i64(i);
-                       w.blob(pickled(a.at(1)));
+                       w.blob(codec.put(a.at(1)));
                      }),
                      {returns_none().ok, out_of_range("list assignment index out of range")});
       }
@@ -913,7 +1003,7 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
       }
       if (m == "append") {
         Args a(m, args, kwds, {"object"}, 1);
-        return issue(c, e, Op::list_append, body([&](Writer& w) { w.blob(pickled(a.at(0))); }),
+        return issue(c, e, Op::list_append, body([&](Writer& w) { w.blob(codec.put(a.at(0))); }),
                      returns_none());
       }
       if (m == "extend") {
@@ -921,7 +1011,7 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
         const auto& items = as_sequence(a.at(0), "extend()");
         return issue(c, e, Op::list_extend, body([&](Writer& w) {
                        w.u64(items.size());
-                       for (const auto& v : items) w.blob(pickled(v));
+                       for (const auto& v : items) w.blob(codec.put(v));
                      }),
                      returns_none());
       }
@@ -930,7 +1020,7 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
         std::int64_t i = as_int(a.at(0), "list indices");
         return issue(c, e, Op::list_insert, body([&](Writer& w) {
                        w.i64(i);
-                       w.blob(pickled(a.at(1)));
+                       w.blob(codec.put(a.at(1)));
                      }),
                      returns_none());
       }
@@ -938,7 +1028,7 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
         Args a(m, args, kwds, {"index"});
         std::int64_t i = a.has(0) ? as_int(a.at(0), "list indices") : -1;
         return issue(c, e, Op::list_pop, body([&](Writer& w) { w.i64(i); }),
-                     {returns_value().ok, out_of_range("pop index out of range")});
+                     {returns_value(codec).ok, out_of_range("pop index out of range")});
       }
       if (m == "remove" || m == "index" || m == "count" || m == "__contains__") {
         Args a(m, args, kwds, {"value", "start", "stop"}, 1);
@@ -953,7 +1043,7 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
                 {Object(remove ? "list.remove(x): x not in list" : py::repr(v) + " is not in list")}};
           return exception_for(err);
         };
-        return issue(c, e, op, body([&](Writer& w) { w.blob(pickled(v)); }), std::move(answer));
+        return issue(c, e, op, body([&](Writer& w) { w.blob(codec.put(v)); }), std::move(answer));
       }
       if (m == "reverse") return issue(c, e, Op::list_reverse, {}, returns_none());
       if (m == "__add__") {
@@ -973,7 +1063,7 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
         query(c, e, Op::list_clear);
         return issue(c, e, Op::list_extend, body([&](Writer& w) {
                        w.u64(out.size());
-                       for (const auto& v : out) w.blob(pickled(v));
+                       for (const auto& v : out) w.blob(codec.put(v));
                      }),
                      {[out](Reader&) { return Object(out); }, {}});
       }
@@ -986,7 +1076,7 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
           Bytes b = query(c, e, Op::list_snapshot_versioned);
           Reader r(b);
           std::uint64_t version = r.u64();
-          py::List items = read_values(r);
+          py::List items = codec.get_all(r);
           std::vector<std::uint64_t> order(items.size());
           for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
           std::stable_sort(order.begin(), order.end(), [&](std::uint64_t x, std::uint64_t y) {
@@ -1009,7 +1099,7 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
         bool block = m == "put" && (!a.has(1) || truthy(a.at(1)));
         std::int64_t t = timeout_ns(a[2], block);
         return issue(c, e, Op::queue_put, body([&](Writer& w) {
-                       w.blob(pickled(a.at(0)));
+                       w.blob(codec.put(a.at(0)));
                        w.i64(t);
                      }),
                      returns_none());
@@ -1018,7 +1108,7 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
         Args a(m, args, kwds, {"block", "timeout"});
         bool block = m == "get" && (!a.has(0) || truthy(a.at(0)));
         std::int64_t t = timeout_ns(a[1], block);
-        return issue(c, e, Op::queue_get, body([&](Writer& w) { w.i64(t); }), returns_value());
+        return issue(c, e, Op::queue_get, body([&](Writer& w) { w.i64(t); }), returns_value(codec));
       }
       Args no_args(m, args, kwds, {});
       if (m == "qsize") return issue(c, e, Op::queue_size, {}, returns_u64());
@@ -1134,7 +1224,7 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
                        w.str(attr);
                        w.str(kPickleTag);
                      }),
-                     {returns_value().ok, [attr](const ErrorInfo& err) -> Object {
+                     {returns_value(Codec{}).ok, [attr](const ErrorInfo& err) -> Object {
                         if (err.code == proto::ErrorCode::key)
                           return py::Exception{
                               T::AttributeError,
@@ -1163,11 +1253,12 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
     case PyType::value: {
       if (m == "get") {
         Args a(m, args, kwds, {});
-        return issue(c, e, Op::value_get, {}, returns_value());
+        return issue(c, e, Op::value_get, {}, returns_value(codec));
       }
       if (m == "set") {
         Args a(m, args, kwds, {"value"}, 1);
-        return issue(c, e, Op::value_set, body([&](Writer& w) { w.blob(pickled(a.at(0))); }), returns_none());
+        return issue(c, e, Op::value_set, body([&](Writer& w) { w.blob(codec.put(a.at(0))); }),
+                     returns_none());
       }
       break;
     }
