@@ -32,8 +32,8 @@ using Json = nlohmann::json;
 
 // The script's --json document, or nothing (with the reason on stdout as a comment line).
 std::optional<Json> run_script(const std::string& script, const std::string& args) {
-  const std::string path = std::string(MPX_SOURCE_DIR) + "/apps/bench/python/" + script;
-  const std::string cmd = "python3 '" + path + "' --json --processes 2 " + args + " 2>/dev/null";
+  const std::string cmd = "python3 '" + mpx::bench::python_script(script).string() +
+                          "' --json --processes 2 " + args + " 2>/dev/null";
   std::FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) return std::nullopt;
   std::string out;
