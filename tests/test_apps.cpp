@@ -311,3 +311,25 @@ TEST_CASE("--backend mpi under mpirun: the same documents, bit for bit, as --bac
   }
 }
 #endif
+
+TEST_CASE("the tutorial's drivers in Python (apps/bench/python) pass their own checks, on a pool too") {
+  mpx::test::TempDir dir("mpx-apps");
+  if (sh(dir, "python3", "command -v python3", 30s).rc != 0) {
+    MESSAGE("no python3: skipped");
+    return;
+  }
+  const std::string py = "python3 " + std::string(MPX_SOURCE_DIR) + "/apps/bench/python/";
+  const std::vector<std::pair<std::string, std::string>> runs{
+      {"primes", "primes.py --json -p 2 --isprime-items 20000 --sum-primes-items 200"},
+      {"matrices", "matrices.py --json -p 2 --size 12 --count 60"},
+      {"options", "options.py --json -p 2 --paths 200 --days 20 --grid 3"}};
+  for (const auto& [name, args] : runs) {
+    CAPTURE(name);
+    const Ran r = sh(dir, name + "-py", py + args, 60s);
+    REQUIRE(r.rc == 0);
+    const Json doc = Json::parse(r.out);
+    CHECK(doc["ok"] == true);
+    CHECK(doc["run"]["processes"] == 2);
+    CHECK(r.err.find("all checks passed") != std::string::npos);
+  }
+}

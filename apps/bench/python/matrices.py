@@ -7,6 +7,9 @@ to the C++ program; --json prints one document on stdout (text to stderr).
 
     python3 matrices.py [--size 50] [--count 1000] [--seed 2024] [--processes 2] [--json]
 
+The tutorial's sizes are the defaults (minutes in CPython); the benchmark runs
+smaller matrices and fewer of them, and says so.
+
 Without numpy there is no LAPACK, so the eigenvalues come from a small routine
 here: Householder reduction to tridiagonal form, then bisection on Sturm
 sequences for just the two central eigenvalues (self-checked against the trace
