@@ -1,12 +1,14 @@
 // Workers for a named task queue on a running manager (mpxd, or any mpx::Server): registers
-// a few task functions by name and serves the queue with N forked worker processes until the
-// manager stops or this program gets SIGTERM/SIGINT. Clients in other programs submit to the
-// queue by name (see manager_client's `submit`).
+// a few task functions by name, and the workloads' tasks (workloads/tasks.hpp), and serves the
+// queue with N forked worker processes until the manager stops or this program gets
+// SIGTERM/SIGINT. Clients in other programs submit to the queue by name (see manager_client's
+// `submit`, and primes, matrices and options with --backend mpxd).
 //
 //   task_worker --address unix:/tmp/mpxd.sock --authkey-file key --queue work --processes 2
 #include <mpx/managers.hpp>
 
 #include "authkey_file.hpp"
+#include "workloads/tasks.hpp"
 
 #include <fmt/core.h>
 #include <unistd.h>
@@ -48,7 +50,8 @@ int main(int argc, char** argv) {
   CLI::App app{
       "Serves a named task queue on a running mpx manager (mpxd) with forked workers.\n"
       "Tasks: square(long) -> long, word_count(string) -> int, shout(string) -> string,\n"
-      "isqrt(long) -> long (fails with RemoteError for a negative number), pid() -> int.",
+      "isqrt(long) -> long (fails with RemoteError for a negative number), pid() -> int;\n"
+      "and the workloads' tasks, for primes, matrices and options run with --backend mpxd.",
       "task_worker"};
   std::string address, keyfile, queue = "work";
   unsigned processes = 2;
@@ -63,6 +66,7 @@ int main(int argc, char** argv) {
   mpx::register_task("shout", shout);
   mpx::register_task("isqrt", checked_sqrt);
   mpx::register_task("pid", [] { return static_cast<int>(::getpid()); });
+  mpx::workloads::register_tasks();
 
   try {
     auto a = mpx::Address::parse(address);

@@ -1,12 +1,14 @@
 // The programs in apps/ as a user runs them: every one parses its command line (--help exits 0
 // with its usage, a usage error exits 2 with CLI11's message and does no work); output paths are
 // checked before any work; the workloads' --json documents have their keys and known values and
-// are the same, timings aside, for any --processes and --chunksize; options reports progress.
+// are the same, timings aside, for any --processes and --chunksize, and on every backend (a pool,
+// MPI ranks, task_workers of an mpxd); options reports progress.
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 #include <support.hpp>
 
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -223,7 +225,63 @@ TEST_CASE("--backend: a backend this build or this launch cannot give is a usage
     CHECK(alone.rc == 2);
     CHECK(alone.err.find("--backend mpi") != std::string::npos);
     CHECK(alone.out.empty());
+    // mpxd needs its daemon named; the daemon's flags mean nothing to the other backends.
+    const Ran nowhere = sh(dir, app + "-nowhere", kApps + app + " --backend mpxd --no-progress", 30s);
+    CHECK(nowhere.rc == 2);
+    CHECK(nowhere.err.find("--address") != std::string::npos);
+    CHECK(sh(dir, app + "-stray", kApps + app + " --address unix:/nonexistent --no-progress", 30s).rc == 2);
+    // No daemon there: said at once, before any work.
+    const std::string key = mpx::test::write_file(dir / "key", "k", 0600);
+    const Ran absent =
+        sh(dir, app + "-absent",
+           kApps + app + " --backend mpxd --no-progress --address unix:" + (dir / "none.sock") +
+               " --authkey-file " + key,
+           30s);
+    CHECK(absent.rc == 1);
+    CHECK(absent.err.find("--backend mpxd") != std::string::npos);
+    CHECK(absent.out.empty());
   }
+}
+
+TEST_CASE("--backend mpxd: task_workers on a running mpxd give the same documents, bit for bit, as a pool") {
+  mpx::test::TempDir dir("mpx-apps");
+  const std::string sock = dir / "mpxd.sock";
+  const std::string key = mpx::test::write_file(dir / "authkey", "apps test key\n", 0600);
+  const std::vector<std::string> server{"--address", "unix:" + sock, "--authkey-file", key};
+  auto with_server = [&](std::vector<std::string> args) {
+    args.insert(args.end(), server.begin(), server.end());
+    return args;
+  };
+  mpx::test::ChildProcess mpxd(with_server({kApps + "mpxd", "--log-level", "warn"}), dir / "mpxd.log");
+  for (int i = 0; i < 400 && !std::filesystem::exists(sock); ++i) REQUIRE_FALSE(mpxd.wait(25ms));
+  REQUIRE(std::filesystem::exists(sock));
+  mpx::test::ChildProcess workers(with_server({kApps + "task_worker", "--processes", "2"}),
+                                  dir / "workers.log");
+
+  // The daemon's runs chunk differently from the pool's: every item must still keep its task index.
+  const std::string daemon = " --backend mpxd --address unix:" + sock + " --authkey-file " + key;
+  const std::vector<std::pair<std::string, std::string>> runs{
+      {"primes --json --repeat 1 --count-below 1e6 --no-progress", " --chunksize 7 --segment 30000"},
+      {"matrices --json --size 30 --count 200 --no-progress", " --chunksize 3"},
+      {"options --json --paths 2000 --days 50 --grid 3 --no-progress", " --chunksize 2"}};
+  for (const auto& [args, chunking] : runs) {
+    const std::string name = args.substr(0, args.find(' '));
+    CAPTURE(name);
+    const Ran pool = sh(dir, name + "-pool", kApps + args + " --backend pool -p 2", 60s);
+    const Ran queued = sh(dir, name + "-mpxd", kApps + args + chunking + daemon, 60s);
+    REQUIRE(pool.rc == 0);
+    REQUIRE(queued.rc == 0);
+    const Json a = Json::parse(pool.out), b = Json::parse(queued.out);
+    CHECK(b["run"]["backend"] == "mpxd");
+    CHECK(b["ok"] == true);
+    CHECK(without_run(a) == without_run(b));
+  }
+
+  // The workers stop with the daemon, which removes its socket file.
+  mpxd.signal(SIGTERM);
+  CHECK(mpxd.wait(30s) == 0);
+  CHECK(workers.wait(30s) == 0);
+  CHECK_FALSE(std::filesystem::exists(sock));
 }
 
 #ifdef MPX_TEST_MPIEXEC
@@ -253,3 +311,25 @@ TEST_CASE("--backend mpi under mpirun: the same documents, bit for bit, as --bac
   }
 }
 #endif
+
+TEST_CASE("the tutorial's drivers in Python (apps/bench/python) pass their own checks, on a pool too") {
+  mpx::test::TempDir dir("mpx-apps");
+  if (sh(dir, "python3", "command -v python3", 30s).rc != 0) {
+    MESSAGE("no python3: skipped");
+    return;
+  }
+  const std::string py = "python3 " + std::string(MPX_SOURCE_DIR) + "/apps/bench/python/";
+  const std::vector<std::pair<std::string, std::string>> runs{
+      {"primes", "primes.py --json -p 2 --isprime-items 20000 --sum-primes-items 200"},
+      {"matrices", "matrices.py --json -p 2 --size 12 --count 60"},
+      {"options", "options.py --json -p 2 --paths 200 --days 20 --grid 3"}};
+  for (const auto& [name, args] : runs) {
+    CAPTURE(name);
+    const Ran r = sh(dir, name + "-py", py + args, 60s);
+    REQUIRE(r.rc == 0);
+    const Json doc = Json::parse(r.out);
+    CHECK(doc["ok"] == true);
+    CHECK(doc["run"]["processes"] == 2);
+    CHECK(r.err.find("all checks passed") != std::string::npos);
+  }
+}

@@ -86,11 +86,17 @@ inline void report_ratio(std::string_view name, double candidate, double baselin
   std::fflush(stdout);
 }
 
+// apps/bench/python/<script_name> in the source tree. (Not found through __FILE__: a build through
+// ccache with a base_dir compiles with relative paths, and the scripts then vanish silently.)
+inline std::filesystem::path python_script(const std::string& script_name) {
+  return std::filesystem::path(MPX_SOURCE_DIR) / "apps" / "bench" / "python" / script_name;
+}
+
 // A Python baseline's figures: the `name: value unit` lines printed by apps/bench/python/<script>
 // (empty when the script or python3 is missing).
 inline std::map<std::string, double> python_figures(const std::string& script_name, bool quick, int runs) {
   std::map<std::string, double> out;
-  auto script = std::filesystem::path(__FILE__).parent_path() / "python" / script_name;
+  auto script = python_script(script_name);
   if (!std::filesystem::exists(script)) return out;
   std::string cmd = "python3 '" + script.string() + "' " + std::to_string(runs) + (quick ? " --quick" : "") +
                     " 2>/dev/null";
