@@ -1,14 +1,15 @@
 #!/bin/sh
 # The manager daemon with its socket clients: starts mpxd on a Unix socket with a fresh
 # private authkey, serves a task queue with task_worker, runs two manager_client instances
-# that share a queue and a dict, submits named tasks, reads the dict from Python, then
+# that share a queue and a dict, submits named tasks, reads the dict from Python, runs a stock
+# Python SyncManager and a C++/Python pipeline over named queues against it, then
 # stops mpxd with SIGTERM (the workers follow it) and removes everything it made.
 # Usage: sh apps/mpxd_demo.sh [BUILD_DIR]
 set -eu
 build=${1:-build}
 bin="$build/apps"
 here=$(cd "$(dirname "$0")" && pwd)
-for p in mpxd task_worker manager_client; do
+for p in mpxd task_worker manager_client mixed_pipeline; do
   [ -x "$bin/$p" ] || { echo "no $p in $bin: build first (cmake -S . -B $build && cmake --build $build)" >&2; exit 2; }
 done
 tmp=$(mktemp -d)
@@ -48,6 +49,15 @@ if command -v python3 >/dev/null 2>&1; then
   echo; echo "== Python (standard library only, speaking proto/manager.md) reads and writes the dict"
   python3 "$here/python/manager_dict.py" "$@" --name demo set python.says hello
   python3 "$here/python/manager_dict.py" "$@" --name demo items
+
+  echo; echo "== a stock Python SyncManager against mpxd: dict, queue, lock"
+  python3 "$here/python/sync_manager_client.py" "$@"
+
+  echo; echo "== one pipeline, two languages: C++ feeds the named queue 'jobs', Python answers on 'results'"
+  python3 "$here/python/mixed_pipeline.py" "$@" &
+  consumer=$!
+  "$bin/mixed_pipeline" "$@" --count 1000
+  wait "$consumer"; consumer=""
 fi
 
 echo; echo "== mpxd stops on SIGTERM; the workers stop with it"

@@ -344,7 +344,8 @@ class PythonClients {
 
   // How the object behind `e` stores values, from its current tag (a C++ client may have
   // retagged it since): TypeMismatch for a C++ type Python cannot share.
-  Codec codec_for(const Entry& e);
+  Codec codec_for(const Entry& e) { return codec_for(e.oid); }
+  Codec codec_for(std::uint64_t oid);
   std::shared_ptr<const ValueSchema> schema(std::string_view tag);
 
   // One server request answered at once (never parks), its ok body returned.
@@ -714,8 +715,8 @@ std::shared_ptr<const ValueSchema> PythonClients::schema(std::string_view tag) {
   return schemas_[std::string(tag)] = parsed;
 }
 
-Codec PythonClients::codec_for(const Entry& e) {
-  const Obj* o = server_.find(e.oid);
+Codec PythonClients::codec_for(std::uint64_t oid) {
+  const Obj* o = server_.find(oid);
   if (!o) throw StateError("mpx: the managed object is gone");
   std::string_view tag = o->tag();
   auto part = [&](std::string_view t) { return t == kPickleTag ? nullptr : schema(t); };
@@ -1108,7 +1109,10 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
         Args a(m, args, kwds, {"block", "timeout"});
         bool block = m == "get" && (!a.has(0) || truthy(a.at(0)));
         std::int64_t t = timeout_ns(a[1], block);
-        return issue(c, e, Op::queue_get, body([&](Writer& w) { w.i64(t); }), returns_value(codec));
+        // Decoded by the tag the queue has when the item arrives: a get that waits on a queue
+        // of pickles may be answered after a C++ client has taken the queue over.
+        return issue(c, e, Op::queue_get, body([&](Writer& w) { w.i64(t); }),
+                     {[this, oid = e.oid](Reader& r) { return codec_for(oid).get(r.blob()); }, {}});
       }
       Args no_args(m, args, kwds, {});
       if (m == "qsize") return issue(c, e, Op::queue_size, {}, returns_u64());
