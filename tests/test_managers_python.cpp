@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 #include <support.hpp>
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -31,6 +32,7 @@ const std::string kMpxd = std::string(MPX_BINARY_DIR) + "/apps/mpxd";
 const std::string kPeer = std::string(MPX_SOURCE_DIR) + "/tests/python/sync_manager_peer.py";
 const std::string kPipeline = std::string(MPX_BINARY_DIR) + "/apps/mixed_pipeline";
 const std::string kPipelinePy = std::string(MPX_SOURCE_DIR) + "/apps/python/mixed_pipeline.py";
+const std::string kWorker = std::string(MPX_BINARY_DIR) + "/apps/task_worker";
 const std::string kShared = std::string(MPX_SOURCE_DIR) + "/tests/python/shared_objects_peer.py";
 
 std::optional<std::string> find_python() {
@@ -282,4 +284,29 @@ TEST_CASE("the mixed pipeline example: a C++ producer and a stock Python consume
     CHECK(consumer.wait(30s) == 0);
     CHECK(consumer.output().find("answered 300 jobs") != std::string::npos);
   }
+}
+
+TEST_CASE("a stock Python client submits to a named task queue that C++ workers serve") {
+  auto python = find_python();
+  if (!python) {
+    MESSAGE("python3 not found on PATH: skipped");
+    return;
+  }
+  Daemon d;
+  REQUIRE_MESSAGE(fs::exists(kWorker), "build the task_worker target first");
+  mpx::test::ChildProcess workers(
+      {kWorker, "--address", "unix:" + d.sock, "--authkey-file", d.key_file, "--processes", "2"},
+      d.dir / "workers.log");
+  // A C++ result means a worker serves, and it told the server its tasks before taking one.
+  auto m = d.connect();
+  CHECK(m.task_queue("work").submit<long>("square", 3L).get(30s) == 9);
+  std::string log = d.dir / "tasks.log";
+  auto rc = mpx::test::run({*python, kShared, d.sock, d.key_file, "tasks"}, log, 60s);
+  std::string out = mpx::test::slurp(log);
+  INFO(out);
+  INFO(workers.output());
+  CHECK(rc == 0);
+  CHECK(out.find("OK") != std::string::npos);
+  workers.signal(SIGTERM);
+  CHECK(workers.wait(30s) == 0);
 }

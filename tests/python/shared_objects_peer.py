@@ -3,6 +3,7 @@
 usage: shared_objects_peer.py ADDRESS AUTHKEY_FILE STEP
   cpp-made   reads and extends the objects the C++ side made first (C++ types)
   py-made    makes objects first, holding Python values the C++ side then opens
+  tasks      submits to the named task queue 'work' that apps/task_worker serves
 Standard library only; prints "OK" when every assertion holds.
 """
 import multiprocessing.managers as mm
@@ -13,7 +14,7 @@ class Shared(mm.BaseManager):
     pass
 
 
-for typeid in ("get_dict", "get_list", "get_queue", "get_value"):
+for typeid in ("get_dict", "get_list", "get_queue", "get_value", "get_task_queue"):
     Shared.register(typeid)
 
 
@@ -59,6 +60,22 @@ def main():
         mixed = m.get_queue("py-mixed")
         mixed.put({"x": 1.0})
         mixed.put("not a dict")
+    elif step == "tasks":
+        tq = m.get_task_queue("work")
+        assert ("square", "tuple[i64]", "i64") in tq.tasks(), tq.tasks()
+        assert tq.submit("square", 7) == 49
+        assert tq.submit("shout", "hello") == "HELLO!"
+        assert tq.submit("word_count", "one two three") == 3
+        assert tq.submit("pid") > 0
+        try:
+            tq.submit("isqrt", -1)
+            raise AssertionError("isqrt(-1) did not fail")
+        except RuntimeError as e:
+            assert "negative" in str(e), e
+        assert raises(TypeError, tq.submit, "square", "seven")
+        assert raises(TypeError, tq.submit, "square", 1, 2)
+        assert raises(ValueError, tq.submit, "no_such_task")
+        assert tq.submit("isqrt", 1 << 40) == 1 << 20  # and the queue still serves
     else:
         sys.exit(f"unknown step {step}")
     print("OK")

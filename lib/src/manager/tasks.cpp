@@ -178,6 +178,21 @@ int run_worker(const Address& address, const std::string& authkey, const std::st
       req.w().i32(static_cast<std::int32_t>(::getpid()));
       req.call();
     }
+    try {
+      // What this worker runs, so that the server can take tasks from Python clients.
+      auto tasks = named_tasks();
+      Request req(conn, proto::Op::task_catalog, oid);
+      req.w().u32(static_cast<std::uint32_t>(tasks.size()));
+      for (const auto& [name, task] : tasks) {
+        req.w().str(name);
+        req.w().u64(task.tag);
+        req.w().str(task.args_tag);
+        req.w().str(task.result_tag);
+      }
+      req.call();
+    } catch (const ProtocolError&) {
+      // A server from before task_catalog: C++ clients are served all the same.
+    }
     Bytes body, out;
     for (;;) {
       std::uint64_t tid;

@@ -328,6 +328,12 @@ std::optional<NamedTask> find_named_task(std::string_view name) {
   return it->second;
 }
 
+std::vector<std::pair<std::string, NamedTask>> named_tasks() {
+  std::lock_guard lk(g_registry_mutex);
+  auto& r = registry();
+  return {r.begin(), r.end()};
+}
+
 void report_callback_exception(std::exception_ptr e) noexcept {
   try {
     auto [type, message] = describe(std::move(e));

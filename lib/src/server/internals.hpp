@@ -15,6 +15,7 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -272,6 +273,14 @@ std::unique_ptr<Obj> make_registered(ObjectServerImpl& owner, std::uint64_t id, 
 std::unique_ptr<Obj> make_task_queue(ObjectServerImpl& owner, std::uint64_t id, std::string tag,
                                      std::string name);
 std::unique_ptr<Obj> make_mailbox(ObjectServerImpl& owner);
+// A task as its workers registered it (task_catalog): the signature tag the task body carries,
+// and the type tags of its arguments (a tuple) and result.
+struct TaskSignature {
+  std::uint64_t tag = 0;
+  std::string args_tag, result_tag;
+};
+// The tasks a task queue's workers said they run; nullptr if `queue` is not a task queue.
+const std::map<std::string, TaskSignature, std::less<>>* task_catalog(const Obj& queue);
 void deliver_to_mailbox(Obj& mailbox, TaskOutcome outcome);
 
 class ObjectServerImpl {
@@ -327,6 +336,9 @@ class ObjectServerImpl {
   SessionRec* join_session(std::string token);
   void leave_session(SessionRec* s);
   void conn_closed(Conn& c);
+  // Gives a connection that has none (a Python client's) a session of its own, for the
+  // results of the tasks it submits.
+  SessionRec* own_session(Conn& c);
   Obj* find(std::uint64_t oid);
   Obj* find_named(std::string_view name);
   // Lets a C++ client open a named object a Python client made, holding pickles, as its own

@@ -752,6 +752,11 @@ SessionRec* ObjectServerImpl::join_session(std::string token) {
   return s.get();
 }
 
+SessionRec* ObjectServerImpl::own_session(Conn& c) {
+  if (!c.session_) c.session_ = join_session(fmt::format("python-connection-{}", c.id()));
+  return c.session_;
+}
+
 void ObjectServerImpl::leave_session(SessionRec* s) {
   if (!s || --s->connections > 0) return;
   auto anonymous = std::move(s->anonymous);

@@ -59,6 +59,7 @@ enum class PyType {
   value,
   array,
   iterator,
+  task_queue,
 };
 
 // What each type exposes, as Python's own server answers `create` (the method names the
@@ -85,6 +86,7 @@ const std::vector<std::string>& exposed(PyType t, bool named) {
   static const std::vector<std::string> value = {"get", "set"};
   static const std::vector<std::string> array = {"__len__", "__getitem__", "__setitem__"};
   static const std::vector<std::string> iterator = {"__next__", "send", "throw", "close"};
+  static const std::vector<std::string> task_queue = {"submit", "tasks"};
   switch (t) {
     case PyType::dict:
       return named ? named_dict : dict;
@@ -112,6 +114,8 @@ const std::vector<std::string>& exposed(PyType t, bool named) {
       return array;
     case PyType::iterator:
       return iterator;
+    case PyType::task_queue:
+      return task_queue;
   }
   return iterator;
 }
@@ -348,6 +352,10 @@ class PythonClients {
   Codec codec_for(std::uint64_t oid);
   std::shared_ptr<const ValueSchema> schema(std::string_view tag);
 
+  // tq.submit(name, *args): runs the task on the queue's workers, answers with its result.
+  bool submit_task(Conn& c, const Entry& e, const std::map<std::string, TaskSignature, std::less<>>& catalog,
+                   const py::List& args, const py::Dict& kwds);
+
   // One server request answered at once (never parks), its ok body returned.
   Bytes query(Conn& c, const Entry& e, Op op, const Bytes& request = {});
   // The request that answers the call: its ok body becomes the returned value through `ok`
@@ -497,6 +505,7 @@ std::pair<std::string, PyType> PythonClients::create(Conn& c, std::string_view t
       {"get_namespace", PyType::namespace_},
       {"get_condition", PyType::condition},
       {"get_semaphore", PyType::semaphore},
+      {"get_task_queue", PyType::task_queue},
   };
   std::string name;
   std::optional<PyType> type;
@@ -554,6 +563,8 @@ std::pair<std::string, PyType> PythonClients::create(Conn& c, std::string_view t
         return make(*type, Kind::namespace_, "");
       case PyType::condition:
         return make(*type, Kind::condition, "");
+      case PyType::task_queue:
+        return make(*type, Kind::task_queue, "");
       case PyType::semaphore: {
         Args a(typeid_, args, kwds, {"name", "value"}, 1);
         std::int64_t v = a.has(1) ? as_int(a.at(1), "value") : 1;
@@ -752,6 +763,73 @@ bool ObjectServerImpl::adopt_python_values(Obj& o, const std::string& tag) {
   }
   o.retag(tag);
   return true;
+}
+
+bool PythonClients::submit_task(Conn& c, const Entry& e,
+                                const std::map<std::string, TaskSignature, std::less<>>& catalog,
+                                const py::List& args, const py::Dict& kwds) {
+  using T = py::ExceptionType;
+  if (!kwds.empty()) raise(T::TypeError, "submit() takes the task's arguments by position");
+  const auto* task = args.empty() ? nullptr : args[0].get_if<std::string>();
+  if (!task) raise(T::TypeError, "submit() takes the task's name, then its arguments");
+  auto it = catalog.find(*task);
+  if (it == catalog.end())
+    raise(T::ValueError, fmt::format("no worker of this task queue has registered a task '{}' (yet)", *task));
+  const TaskSignature& sig = it->second;
+  py::List call(args.begin() + 1, args.end());
+  Bytes payload;
+  if (sig.args_tag == "tuple[]") {
+    if (!call.empty())
+      raise(T::TypeError, fmt::format("{}() takes no arguments ({} given)", *task, call.size()));
+  } else {
+    try {
+      payload = schema(sig.args_tag)->encode(Object::tuple(std::move(call)));
+    } catch (const TypeMismatch& mismatch) {
+      raise(T::TypeError, fmt::format("{}() takes ({}): {}", *task, sig.args_tag, mismatch.what()));
+    }
+  }
+  std::shared_ptr<const ValueSchema> result = sig.result_tag == "void" ? nullptr : schema(sig.result_tag);
+  // The task body a C++ client's submit makes (proto/pool.md, section 4): by name, one call.
+  Bytes request = body([&](Writer& w) {
+    w.str(*task);
+    Bytes encoded = body([&](Writer& t) {
+      t.u8(2);
+      t.str32(*task);
+      t.u64(sig.tag);
+      t.u64(0);
+      t.u32(1);
+      t.raw(payload.data(), payload.size());
+    });
+    w.blob(encoded);
+  });
+  // Results go to a session's mailbox: this connection's own, where its calls, one at a time,
+  // find exactly the result of the task they submitted.
+  server_.own_session(c);
+  query(c, e, Op::task_submit, request);
+  return issue(c, e, Op::task_wait, body([](Writer& w) {
+                 w.u64(1);
+                 w.i64(proto::kForever);
+               }),
+               {[result](Reader& r) -> Object {
+                  r.u64();  // one result
+                  r.u64();  // the task id
+                  if (r.u8() != 0) throw Raise{exception_for(proto::read_error(r)).get<py::Exception>()};
+                  Reader out(r.blob());
+                  switch (out.u8()) {
+                    case 0:
+                      return result ? result->decode(out.rest()) : Object();
+                    case 1: {
+                      std::string type(out.str32());
+                      raise(T::RuntimeError, fmt::format("{}: {}", type, out.str32()));
+                    }
+                    default: {
+                      auto kind = out.u8();  // 1 ValueError, 2 TypeMismatch, else an error
+                      std::string message(out.str32());
+                      raise(kind == 1 ? T::ValueError : kind == 2 ? T::TypeError : T::RuntimeError, message);
+                    }
+                  }
+                },
+                {}});
 }
 
 Bytes PythonClients::query(Conn& c, const Entry& e, Op op, const Bytes& request) {
@@ -1264,6 +1342,20 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
         return issue(c, e, Op::value_set, body([&](Writer& w) { w.blob(codec.put(a.at(0))); }),
                      returns_none());
       }
+      break;
+    }
+    case PyType::task_queue: {
+      const Obj* q = server_.find(e.oid);
+      const auto* catalog = q ? task_catalog(*q) : nullptr;
+      if (!catalog) throw StateError("mpx: the task queue is gone");
+      if (m == "tasks") {
+        Args a(m, args, kwds, {});
+        py::List out;
+        for (const auto& [task, sig] : *catalog)
+          out.push_back(Object::tuple({Object(task), Object(sig.args_tag), Object(sig.result_tag)}));
+        return done(std::move(out));
+      }
+      if (m == "submit") return submit_task(c, e, *catalog, args, kwds);
       break;
     }
     case PyType::iterator: {

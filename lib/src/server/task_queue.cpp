@@ -149,6 +149,21 @@ class TaskQueueObj final : public Obj {
         server_.deliver_task(owner, std::move(o));
         return false;
       }
+      case Op::task_catalog: {
+        if (workers_.find(&c) == workers_.end()) throw StateError("mpx: task_catalog before task_serve");
+        std::uint32_t n = r.u32();
+        std::map<std::string, TaskSignature, std::less<>> given;
+        for (std::uint32_t i = 0; i < n; ++i) {
+          std::string task(r.str());
+          TaskSignature& sig = given[task];
+          sig.tag = r.u64();
+          sig.args_tag = std::string(r.str());
+          sig.result_tag = std::string(r.str());
+        }
+        r.expect_end();
+        for (auto& [task, sig] : given) catalog_[task] = std::move(sig);  // the latest worker's word counts
+        return false;
+      }
       case Op::task_worker_exit: {
         std::int32_t pid = r.i32();
         std::int32_t code = r.i32();
@@ -197,6 +212,8 @@ class TaskQueueObj final : public Obj {
     c.complete_error({ErrorCode::empty, {}, "mpx: no task is waiting", 0});
   }
   void drop_waiter(Conn& c) override { idle_.remove(&c); }
+
+  const std::map<std::string, TaskSignature, std::less<>>& catalog() const noexcept { return catalog_; }
 
   // A worker's connection closed: the task it was running failed with it.
   void release_held(Conn& c) override {
@@ -288,15 +305,21 @@ class TaskQueueObj final : public Obj {
     server_.deliver_task(owner, std::move(o));
   }
 
-  std::map<std::uint64_t, Task> tasks_;  // submitted and not finished
-  std::deque<std::uint64_t> pending_;    // not yet taken, in submission order
-  WaitList idle_;                        // workers waiting in task_next
+  std::map<std::string, TaskSignature, std::less<>> catalog_;  // what workers said they run
+  std::map<std::uint64_t, Task> tasks_;                        // submitted and not finished
+  std::deque<std::uint64_t> pending_;                          // not yet taken, in submission order
+  WaitList idle_;                                              // workers waiting in task_next
   std::unordered_map<Conn*, Worker> workers_;
   std::vector<Lost> lost_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 }  // namespace
+
+const std::map<std::string, TaskSignature, std::less<>>* task_catalog(const Obj& queue) {
+  const auto* q = dynamic_cast<const TaskQueueObj*>(&queue);
+  return q ? &q->catalog() : nullptr;
+}
 
 std::unique_ptr<Obj> make_task_queue(ObjectServerImpl& owner, std::uint64_t id, std::string tag,
                                      std::string name) {

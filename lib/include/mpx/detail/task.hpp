@@ -13,6 +13,7 @@
 //  * by a registered name (register_named_task), for binaries that register the same name.
 #pragma once
 
+#include <mpx/detail/proxy_tags.hpp>
 #include <mpx/errors.hpp>
 #include <mpx/proto/codec.hpp>
 #include <mpx/serialize.hpp>
@@ -502,9 +503,13 @@ ChunkOutcome<R> decode_chunk_result(std::span<const std::byte> bytes, std::size_
 struct NamedTask {
   std::uint64_t tag = 0;                     // named_signature_tag of the function
   std::function<void(const TaskCall&)> run;  // decodes the arguments, calls, encodes the result
+  // The type tags of its arguments (as a tuple; "tuple[]" for none) and result ("void" for
+  // none), which a worker tells the server so that Python clients can submit it.
+  std::string args_tag, result_tag;
 };
 void register_named_task(std::string name, NamedTask task);  // replaces an earlier registration
 std::optional<NamedTask> find_named_task(std::string_view name);
+std::vector<std::pair<std::string, NamedTask>> named_tasks();  // every registration, by name
 
 template <class R, class... A>
 std::uint64_t named_signature_tag() {
@@ -556,6 +561,14 @@ NamedTask make_named_task(F f) {
   using Args = typename Sig::args;
   NamedTask t;
   t.tag = named_tag_of<R, Args>::get();
+  if constexpr (std::tuple_size_v<Args> == 0)
+    t.args_tag = "tuple[]";
+  else
+    t.args_tag = wire_type_tag<Args>();
+  if constexpr (std::is_void_v<R>)
+    t.result_tag = "void";
+  else
+    t.result_tag = wire_type_tag<R>();
   t.run = [f = std::move(f)](const TaskCall& call) mutable {
     auto args = decode_args_tuple<Args>(call.payload);
     Bytes& out = *call.out;

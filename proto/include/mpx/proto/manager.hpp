@@ -106,6 +106,7 @@ enum class Op : std::uint8_t {
   task_next = 0x83,
   task_result = 0x84,
   task_worker_exit = 0x85,
+  task_catalog = 0x86,
 };
 
 enum class Kind : std::uint8_t {
