@@ -93,13 +93,14 @@ inline std::filesystem::path python_script(const std::string& script_name) {
 }
 
 // A Python baseline's figures: the `name: value unit` lines printed by apps/bench/python/<script>
-// (empty when the script or python3 is missing).
-inline std::map<std::string, double> python_figures(const std::string& script_name, bool quick, int runs) {
+// (empty when the script or python3 is missing). `extra` is appended to its command line as is.
+inline std::map<std::string, double> python_figures(const std::string& script_name, bool quick, int runs,
+                                                    const std::string& extra = {}) {
   std::map<std::string, double> out;
   auto script = python_script(script_name);
   if (!std::filesystem::exists(script)) return out;
   std::string cmd = "python3 '" + script.string() + "' " + std::to_string(runs) + (quick ? " --quick" : "") +
-                    " 2>/dev/null";
+                    " " + extra + " 2>/dev/null";
   FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) return out;
   char line[512];

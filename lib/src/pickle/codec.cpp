@@ -15,6 +15,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 
 namespace mpx::py {
@@ -1277,10 +1278,252 @@ Bytes dumps(const Object& o, int protocol) {
   return out;
 }
 
+namespace {
+
+// The common case in one pass: values built straight on a stack of Objects, for pickles of
+// plain values without shared structure (what Python's pickle.dumps makes of a dict of
+// scalars, a list of tuples ...). Anything else, or anything wrong, returns nullopt and the
+// general unpickler above (a graph, then values) decides, with its exact error messages.
+class FastUnpickler {
+ public:
+  FastUnpickler(std::span<const std::byte> in, const LoadLimits& limits)
+      : p_(reinterpret_cast<const unsigned char*>(in.data())),
+        end_(p_ + in.size()),
+        begin_(p_),
+        limits_(limits),
+        budget_(limits.max_objects ? limits.max_objects : 4 * in.size() + (std::size_t{1} << 20)) {
+    // An item takes at least two bytes of input: a guess from the length, capped.
+    std::size_t guess = std::min<std::size_t>(in.size() / 2, 1 << 14);
+    stack_.reserve(guess);
+    depth_.reserve(guess);
+  }
+
+  std::optional<Object> run() {
+    try {
+      while (p_ < end_) {
+        unsigned op = *p_++;
+        if (op == STOP)
+          return p_ == end_ && stack_.size() == 1 && marks_.empty() ? std::optional(std::move(stack_[0]))
+                                                                    : std::nullopt;
+        if (!step(op)) return std::nullopt;
+      }
+    } catch (...) {
+    }
+    return std::nullopt;
+  }
+
+ private:
+  // A memo entry: a scalar's copy, a str's bytes in the input, or a container (whose later
+  // reference means shared structure: the general path's business).
+  struct Memo {
+    enum Kind : std::uint8_t { none, scalar, str, container } kind = none;
+    Object value;
+    std::uint32_t at = 0, size = 0;
+  };
+
+  bool need(std::size_t n) const { return static_cast<std::size_t>(end_ - p_) >= n; }
+  template <class T>
+  T le() {
+    T v;
+    std::memcpy(&v, p_, sizeof v);
+    p_ += sizeof v;
+    return v;
+  }
+  bool push(Object o, std::uint32_t depth = 0) {
+    if (budget_-- == 0) return false;
+    stack_.push_back(std::move(o));
+    depth_.push_back(depth);
+    last_str_ = nullptr;
+    return true;
+  }
+  bool str(std::size_t n) {
+    if (!need(n) || !valid_utf8(p_, n)) return false;
+    const unsigned char* at = p_;
+    p_ += n;
+    if (!push(Object(std::string(reinterpret_cast<const char*>(at), n)))) return false;
+    last_str_ = at;
+    last_len_ = n;
+    return true;
+  }
+  std::size_t floor() const { return marks_.empty() ? 0 : marks_.back(); }
+  // Moves the items above the mark into the container below it.
+  bool extend(Kind kind, std::size_t multiple) {
+    if (marks_.empty()) return false;
+    std::size_t m = marks_.back();
+    marks_.pop_back();
+    if (m == 0 || (stack_.size() - m) % multiple) return false;
+    if (m - 1 < floor()) return false;
+    Object& target = stack_[m - 1];
+    if (target.kind() != kind) return false;
+    std::uint32_t depth = depth_[m - 1];
+    for (std::size_t i = m; i < stack_.size(); ++i) depth = std::max(depth, depth_[i] + 1);
+    if (depth >= limits_.max_depth) return false;
+    depth_[m - 1] = depth;
+    if (kind == Kind::dict) {
+      Dict& d = target.get<Dict>();
+      d.reserve(d.size() + (stack_.size() - m) / 2);
+      for (std::size_t i = m; i < stack_.size(); i += 2)
+        d.set(std::move(stack_[i]), std::move(stack_[i + 1]));
+    } else {
+      List& l = target.get<List>();
+      l.reserve(l.size() + stack_.size() - m);
+      for (std::size_t i = m; i < stack_.size(); ++i) l.push_back(std::move(stack_[i]));
+    }
+    stack_.resize(m);
+    depth_.resize(m);
+    last_str_ = nullptr;
+    return true;
+  }
+  bool tuple(std::size_t n) {
+    if (stack_.size() < floor() + n) return false;
+    std::size_t first = stack_.size() - n;
+    std::uint32_t depth = 1;
+    List items;
+    items.reserve(n);
+    for (std::size_t i = first; i < stack_.size(); ++i) {
+      depth = std::max(depth, depth_[i] + 1);
+      items.push_back(std::move(stack_[i]));
+    }
+    if (depth >= limits_.max_depth) return false;
+    stack_.resize(first);
+    depth_.resize(first);
+    return push(Object::tuple(std::move(items)), depth);
+  }
+  bool put(std::size_t i) {
+    if (stack_.size() <= floor() || i >= static_cast<std::size_t>(end_ - begin_)) return false;
+    if (i >= memo_.size()) memo_.resize(i + 1);
+    Memo& m = memo_[i];
+    const Object& top = stack_.back();
+    if (last_str_) {
+      m = {Memo::str, Object(), static_cast<std::uint32_t>(last_str_ - begin_),
+           static_cast<std::uint32_t>(last_len_)};
+    } else if (top.kind() == Kind::list || top.kind() == Kind::dict || top.kind() == Kind::tuple ||
+               top.kind() == Kind::set || top.kind() == Kind::bytes || top.kind() == Kind::str) {
+      m = {Memo::container, Object(), 0, 0};
+    } else {
+      m = {Memo::scalar, top, 0, 0};
+    }
+    return true;
+  }
+  bool get(std::size_t i) {
+    if (i >= memo_.size()) return false;
+    const Memo& m = memo_[i];
+    if (m.kind == Memo::scalar) return push(m.value);
+    if (m.kind == Memo::str)
+      return push(Object(std::string(reinterpret_cast<const char*>(begin_ + m.at), m.size)));
+    return false;
+  }
+
+  bool step(unsigned op) {
+    switch (op) {
+      case PROTO:
+        return need(1) && *p_++ <= 5;
+      case FRAME:
+        return need(8) && le<std::uint64_t>() <= static_cast<std::size_t>(end_ - p_);
+      case MARK:
+        marks_.push_back(stack_.size());
+        last_str_ = nullptr;
+        return true;
+      case NONE:
+        return push(Object());
+      case NEWTRUE:
+        return push(Object(true));
+      case NEWFALSE:
+        return push(Object(false));
+      case BININT:
+        return need(4) && push(Object(le<std::int32_t>()));
+      case BININT1:
+        return need(1) && push(Object(static_cast<std::int64_t>(*p_++)));
+      case BININT2:
+        return need(2) && push(Object(static_cast<std::int64_t>(le<std::uint16_t>())));
+      case BINFLOAT:
+        return need(8) && push(Object(std::bit_cast<double>(__builtin_bswap64(le<std::uint64_t>()))));
+      case SHORT_BINUNICODE:
+        return need(1) && str(*p_++);
+      case BINUNICODE:
+        return need(4) && str(le<std::uint32_t>());
+      case SHORT_BINBYTES: {
+        if (!need(1)) return false;
+        std::size_t n = *p_++;
+        if (!need(n)) return false;
+        const auto* b = reinterpret_cast<const std::byte*>(p_);
+        p_ += n;
+        return push(Object(Bytes(b, b + n)));
+      }
+      case EMPTY_DICT:
+        return push(Object(Dict{}));
+      case EMPTY_LIST:
+        return push(Object(List{}));
+      case EMPTY_TUPLE:
+        return push(Object::tuple({}));
+      case TUPLE1:
+        return tuple(1);
+      case TUPLE2:
+        return tuple(2);
+      case TUPLE3:
+        return tuple(3);
+      case TUPLE: {
+        if (marks_.empty()) return false;
+        std::size_t m = marks_.back();
+        marks_.pop_back();
+        return tuple(stack_.size() - m);
+      }
+      case SETITEM:
+        marks_.push_back(stack_.size() - std::min<std::size_t>(stack_.size(), 2));
+        return extend(Kind::dict, 2);
+      case SETITEMS:
+        return extend(Kind::dict, 2);
+      case APPEND:
+        marks_.push_back(stack_.size() - std::min<std::size_t>(stack_.size(), 1));
+        return extend(Kind::list, 1);
+      case APPENDS:
+        return extend(Kind::list, 1);
+      case MEMOIZE:
+        return put(memo_.size());
+      case BINPUT:
+        return need(1) && put(*p_++);
+      case LONG_BINPUT:
+        return need(4) && put(le<std::uint32_t>());
+      case BINGET:
+        return need(1) && get(*p_++);
+      case LONG_BINGET:
+        return need(4) && get(le<std::uint32_t>());
+      default:
+        return false;
+    }
+  }
+
+  const unsigned char* p_;
+  const unsigned char* end_;
+  const unsigned char* begin_;
+  LoadLimits limits_;
+  std::size_t budget_;
+  std::vector<Object> stack_;
+  std::vector<std::uint32_t> depth_;  // per stack entry: the nesting of containers in it
+  std::vector<std::size_t> marks_;
+  std::vector<Memo> memo_;
+  const unsigned char* last_str_ = nullptr;  // the top is a str read from here (for the memo)
+  std::size_t last_len_ = 0;
+};
+
+}  // namespace
+
 Object loads(std::span<const std::byte> data, const LoadLimits& limits) {
+  if (auto fast = FastUnpickler(data, limits).run()) return std::move(*fast);
   Unpickler u(data, limits);
   return u.run();
 }
+
+namespace detail {
+// The two paths one at a time, for the fuzz target that checks they agree (not in the header).
+std::optional<Object> loads_fast_path(std::span<const std::byte> data, const LoadLimits& limits) {
+  return FastUnpickler(data, limits).run();
+}
+Object loads_general_path(std::span<const std::byte> data, const LoadLimits& limits) {
+  Unpickler u(data, limits);
+  return u.run();
+}
+}  // namespace detail
 
 bool looks_like_pickle(std::span<const std::byte> data) noexcept {
   return data.size() >= 3 && data[0] == std::byte{PROTO} && data[1] >= std::byte{2} &&
