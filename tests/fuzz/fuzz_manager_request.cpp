@@ -171,7 +171,7 @@ mpx::Bytes python_request(std::span<const std::byte> chunk, const std::vector<py
   unsigned head = next();
   py::Object ident = head % 4 == 0 || idents.empty() ? py::Object() : idents[next() % idents.size()];
   if (head % 16 == 5) ident = py::Object("bogus");
-  py::Object method(std::string(kMethods[next() % std::size(kMethods)]));
+  py::Object method{std::string(kMethods[next() % std::size(kMethods)])};
   py::List args;
   if (head % 3 == 0) args.push_back(py::Object(std::string(kTypeids[next() % std::size(kTypeids)])));
   for (unsigned n = next() % 4; n > 0; --n) args.push_back(value(value, 0));
