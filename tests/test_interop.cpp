@@ -36,20 +36,6 @@ const std::string kModern = kSource + "/tests/python/modern_peer.py";
 const std::vector<std::size_t> kSizes{0, 1, 20000, 6 << 20};
 const std::string kSizesArg = "0,1,20000,6291456";
 
-std::optional<std::string> find_python() {
-  const char* path = std::getenv("PATH");
-  std::string dirs = path ? path : "/usr/bin:/bin";
-  std::size_t start = 0;
-  while (start <= dirs.size()) {
-    auto end = dirs.find(':', start);
-    if (end == std::string::npos) end = dirs.size();
-    auto candidate = dirs.substr(start, end - start) + "/python3";
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
-    start = end + 1;
-  }
-  return std::nullopt;
-}
-
 // A child process (python3 -u ..., or one of the example programs); its stdout comes back
 // through a pipe, stderr is shared.
 class PyChild {
@@ -160,13 +146,6 @@ void exchange(mpx::Connection& c) {
   }
 }
 
-#define REQUIRE_PYTHON(var)                                     \
-  auto var = find_python();                                     \
-  if (!var) {                                                   \
-    MESSAGE("python3 not found on PATH: interop test skipped"); \
-    return;                                                     \
-  }
-
 std::vector<std::string> client_args(bool modern, const Address& a, std::optional<std::string> key) {
   std::vector<std::string> args;
   if (modern) args = {kModern, "--strict"};
@@ -187,7 +166,7 @@ std::vector<std::string> server_args(bool modern, const std::string& digest, con
 }  // namespace
 
 TEST_CASE("Python clients against an mpx Listener") {
-  REQUIRE_PYTHON(python);
+  MPX_REQUIRE_PYTHON(python);
   TempDir dir;
   for (bool modern : {false, true}) {
     for (auto address : {Address::unix_path(dir.path().string() + "/l.sock"), Address::tcp("127.0.0.1", 0),
@@ -210,7 +189,7 @@ TEST_CASE("Python clients against an mpx Listener") {
 }
 
 TEST_CASE("a Python client with the wrong key is refused; the mpx Listener keeps serving") {
-  REQUIRE_PYTHON(python);
+  MPX_REQUIRE_PYTHON(python);
   TempDir dir;
   for (bool modern : {false, true}) {
     CAPTURE(modern);
@@ -232,7 +211,7 @@ TEST_CASE("a Python client with the wrong key is refused; the mpx Listener keeps
 }
 
 TEST_CASE("mpx Clients against a Python Listener") {
-  REQUIRE_PYTHON(python);
+  MPX_REQUIRE_PYTHON(python);
   TempDir dir;
   struct Case {
     bool modern;
@@ -275,7 +254,7 @@ TEST_CASE("mpx Clients against a Python Listener") {
 }
 
 TEST_CASE("the example programs talk to their Python counterparts") {
-  REQUIRE_PYTHON(python);
+  MPX_REQUIRE_PYTHON(python);
   const std::string bin = MPX_BINARY_DIR;
   const std::string server = bin + "/apps/echo_server", client = bin + "/apps/echo_client";
   if (::access(server.c_str(), X_OK) != 0 || ::access(client.c_str(), X_OK) != 0) {
@@ -328,7 +307,7 @@ TEST_CASE("the example programs talk to their Python counterparts") {
 }
 
 TEST_CASE("send_bytes_batch reaches a Python peer as separate messages, in order") {
-  REQUIRE_PYTHON(python);
+  MPX_REQUIRE_PYTHON(python);
   TempDir dir;
   PyChild py(*python, server_args(false, "", "unix:" + dir.path().string() + "/batch.sock", "k", 1));
   auto ready = py.read_line();

@@ -35,19 +35,6 @@ const std::string kPipelinePy = std::string(MPX_SOURCE_DIR) + "/apps/python/mixe
 const std::string kWorker = std::string(MPX_BINARY_DIR) + "/apps/task_worker";
 const std::string kShared = std::string(MPX_SOURCE_DIR) + "/tests/python/shared_objects_peer.py";
 
-std::optional<std::string> find_python() {
-  const char* path = std::getenv("PATH");
-  std::string dirs = path ? path : "/usr/bin:/bin";
-  for (std::size_t start = 0; start <= dirs.size();) {
-    auto end = dirs.find(':', start);
-    if (end == std::string::npos) end = dirs.size();
-    auto candidate = dirs.substr(start, end - start) + "/python3";
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
-    start = end + 1;
-  }
-  return std::nullopt;
-}
-
 // An mpxd on a socket in a scratch directory, ready for clients.
 struct Daemon {
   mpx::test::TempDir dir{"mpx-pymgr"};
@@ -64,6 +51,16 @@ struct Daemon {
     REQUIRE(fs::exists(sock));
   }
   mpx::Manager connect() { return mpx::Manager::connect(address, "py key"); }
+  // Runs a program to its end (its output in the scratch directory): exit code and output.
+  struct Ran {
+    std::optional<int> rc;
+    std::string out;
+  };
+  Ran run(const std::vector<std::string>& args, const std::string& log_name) {
+    std::string log = dir / log_name;
+    auto rc = mpx::test::run(args, log, 120s);
+    return {rc, mpx::test::slurp(log)};
+  }
   mpx::Connection raw() { return mpx::Client(address, std::string("py key")); }
 };
 
@@ -99,15 +96,9 @@ mpx::Bytes raw_bytes(std::string_view s) {
 }  // namespace
 
 TEST_CASE("a stock Python SyncManager uses mpxd: every proxy type, named objects, Python's errors") {
-  auto python = find_python();
-  if (!python) {
-    MESSAGE("python3 not found on PATH: skipped");
-    return;
-  }
+  MPX_REQUIRE_PYTHON(python);
   Daemon d;
-  std::string log = d.dir / "peer.log";
-  auto rc = mpx::test::run({*python, kPeer, d.sock, d.key_file}, log, 120s);
-  std::string out = mpx::test::slurp(log);
+  auto [rc, out] = d.run({*python, kPeer, d.sock, d.key_file}, "peer.log");
   INFO(out);
   INFO(d.proc.output());
   CHECK(rc == 0);
@@ -192,17 +183,11 @@ TEST_CASE("Python requests: malformed ones get '#TRACEBACK', and the connection 
 }
 
 TEST_CASE("one named object, two languages: C++ types convert for Python, Python's values for C++") {
-  auto python = find_python();
-  if (!python) {
-    MESSAGE("python3 not found on PATH: skipped");
-    return;
-  }
+  MPX_REQUIRE_PYTHON(python);
   Daemon d;
   auto m = d.connect();
   auto peer = [&](const std::string& step) {
-    std::string log = d.dir / ("peer-" + step + ".log");
-    auto rc = mpx::test::run({*python, kShared, d.sock, d.key_file, step}, log, 60s);
-    std::string out = mpx::test::slurp(log);
+    auto [rc, out] = d.run({*python, kShared, d.sock, d.key_file, step}, "peer-" + step + ".log");
     INFO(out);
     CHECK(rc == 0);
     CHECK(out.find("OK") != std::string::npos);
@@ -260,11 +245,7 @@ TEST_CASE("one named object, two languages: C++ types convert for Python, Python
 }
 
 TEST_CASE("the mixed pipeline example: a C++ producer and a stock Python consumer share named queues") {
-  auto python = find_python();
-  if (!python) {
-    MESSAGE("python3 not found on PATH: skipped");
-    return;
-  }
+  MPX_REQUIRE_PYTHON(python);
   Daemon d;
   REQUIRE_MESSAGE(fs::exists(kPipeline), "build the mixed_pipeline target first");
   // Either side may open the queues first (a Python get may wait on a queue of pickles that the
@@ -274,10 +255,9 @@ TEST_CASE("the mixed pipeline example: a C++ producer and a stock Python consume
     mpx::test::ChildProcess consumer(
         {*python, kPipelinePy, "--address", "unix:" + d.sock, "--authkey-file", d.key_file},
         d.dir / "consumer.log");
-    std::string log = d.dir / "producer.log";
-    auto rc = mpx::test::run(
-        {kPipeline, "--address", "unix:" + d.sock, "--authkey-file", d.key_file, "--count", "300"}, log, 60s);
-    std::string out = mpx::test::slurp(log);
+    auto [rc, out] =
+        d.run({kPipeline, "--address", "unix:" + d.sock, "--authkey-file", d.key_file, "--count", "300"},
+              "producer.log");
     INFO(out);
     CHECK(rc == 0);
     CHECK(out.find("300 answers back from Python, 0 wrong") != std::string::npos);
@@ -287,11 +267,7 @@ TEST_CASE("the mixed pipeline example: a C++ producer and a stock Python consume
 }
 
 TEST_CASE("a stock Python client submits to a named task queue that C++ workers serve") {
-  auto python = find_python();
-  if (!python) {
-    MESSAGE("python3 not found on PATH: skipped");
-    return;
-  }
+  MPX_REQUIRE_PYTHON(python);
   Daemon d;
   REQUIRE_MESSAGE(fs::exists(kWorker), "build the task_worker target first");
   mpx::test::ChildProcess workers(
@@ -300,9 +276,7 @@ TEST_CASE("a stock Python client submits to a named task queue that C++ workers 
   // A C++ result means a worker serves, and it told the server its tasks before taking one.
   auto m = d.connect();
   CHECK(m.task_queue("work").submit<long>("square", 3L).get(30s) == 9);
-  std::string log = d.dir / "tasks.log";
-  auto rc = mpx::test::run({*python, kShared, d.sock, d.key_file, "tasks"}, log, 60s);
-  std::string out = mpx::test::slurp(log);
+  auto [rc, out] = d.run({*python, kShared, d.sock, d.key_file, "tasks"}, "tasks.log");
   INFO(out);
   INFO(workers.output());
   CHECK(rc == 0);

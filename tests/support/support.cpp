@@ -117,6 +117,19 @@ std::optional<int> run(const std::vector<std::string>& args, const std::string& 
   return p.wait(timeout);
 }
 
+std::optional<std::string> find_python3() {
+  const char* path = std::getenv("PATH");
+  std::string dirs = path ? path : "/usr/bin:/bin";
+  for (std::size_t start = 0; start <= dirs.size();) {
+    auto end = dirs.find(':', start);
+    if (end == std::string::npos) end = dirs.size();
+    auto candidate = dirs.substr(start, end - start) + "/python3";
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    start = end + 1;
+  }
+  return std::nullopt;
+}
+
 std::size_t open_fds() {
   std::size_t n = 0;
   for ([[maybe_unused]] auto& e : fs::directory_iterator("/proc/self/fd")) ++n;

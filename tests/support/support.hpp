@@ -97,6 +97,16 @@ class ChildProcess {
 std::optional<int> run(const std::vector<std::string>& args, const std::string& log,
                        std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
+// The python3 on PATH, for the tests that talk to stock Python; nullopt without one.
+std::optional<std::string> find_python3();
+// Binds `var` to python3's path, or ends the test case with a message when there is none.
+#define MPX_REQUIRE_PYTHON(var)                                 \
+  auto var = ::mpx::test::find_python3();                       \
+  if (!var) {                                                   \
+    MESSAGE("python3 not found on PATH: this test is skipped"); \
+    return;                                                     \
+  }
+
 // Descriptors open in this process now.
 std::size_t open_fds();
 
