@@ -34,6 +34,7 @@
 #include <utility>
 #include <vector>
 
+#include <mpx/context.hpp>
 #include <mpx/detail/fork.hpp>
 #include <mpx/errors.hpp>
 #include <mpx/timeout.hpp>
@@ -64,6 +65,7 @@ class Process {  // movable, not copyable
   struct Options {
     std::string name;  // "" -> "Process-<n>"
     bool daemon = false;
+    std::optional<Context> context{};  // none: get_start_method() at start()
   };
 
   // No target: run() does nothing unless a subclass overrides it.
