@@ -597,7 +597,8 @@ void Process::start() {
       throw ValueError(prefix + "the target " + detail::demangle(s.target->function_type().name()) +
                        " or one of its arguments is not transferable; pass a function pointer, a "
                        "captureless lambda or a serializable function object, with serializable arguments "
-                       "(a capturing lambda cannot cross to another process)");
+                       "(a capturing lambda cannot cross to another process, and neither can a Queue, "
+                       "lock, Event, Value or Array handle yet: start such children with fork)");
     req.name = s.name;
     req.daemon = s.daemon;
     req.identity = s.identity;
