@@ -314,6 +314,9 @@ void ensure_started_locked(ServerHandle& h) {
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     throw Error("mpx: cannot start the fork server: socketpair: " + errno_text(errno));
   int server_end = sv[1];
+  // The children look their target up in the module table; reading it now means none of them
+  // calls into the loader, whose lock a thread of this process may hold when the server forks.
+  prepare_code_refs();
   auto body = [](void* ctx) -> int { return server_main(*static_cast<int*>(ctx)); };
   try {
     h.process = fork_server_process(body, &server_end);
