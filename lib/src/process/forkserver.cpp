@@ -234,6 +234,7 @@ void reap(std::map<pid_t, ServerChild>& children) {
 // Runs in the server: fork on request, report exits, and end when the parent is gone.
 int server_main(int sock) {
   close_from(3, sock);
+  disable_module_rescan();  // a target missing from the inherited table is an error, not a scan
   sigset_t all;
   ::sigfillset(&all);
   // The server is only reached through its socket; terminal signals are for its children.
