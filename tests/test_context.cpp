@@ -219,6 +219,25 @@ TEST_SUITE("context") {
     CHECK(out.find("from the forkserver child") != std::string::npos);
   }
 
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: the child starts in its starter's working directory now") {
+    mpx::Process warm(forkserver());  // the server's snapshot has the old directory
+    warm.start();
+    REQUIRE(warm.join(30s));
+    mpx::test::TempDir dir;
+    auto old = std::filesystem::current_path();
+    std::filesystem::current_path(dir.path());
+    mpx::Process p(forkserver(), &write_and_exit, std::string("relative"), std::string("here"), 0);
+    try {
+      p.start();
+    } catch (...) {
+      std::filesystem::current_path(old);
+      throw;
+    }
+    std::filesystem::current_path(old);
+    REQUIRE(p.join(30s));
+    CHECK(read_file(dir / "relative") == "here");
+  }
+
   TEST_CASE_FIXTURE(PlainSignals, "forkserver: sentinel, is_alive, join timeout, terminate, kill") {
     mpx::Process a(forkserver(), &sleeper);
     a.start();

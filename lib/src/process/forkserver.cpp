@@ -2,16 +2,16 @@
 // start method (see <mpx/context.hpp> for why it exists and when it starts).
 //
 // Protocol on one Unix stream socket, one request at a time (the parent holds a mutex):
-//   request: u64 body length, with SCM_RIGHTS [status pipe write end, then the caller's
-//            stdin/stdout/stderr that are open]; the body: u8 which std streams came, name,
+//   request: u64 body length, with SCM_RIGHTS [status pipe write end, working directory, then
+//            the caller's stdin/stdout/stderr that are open]; the body: u8 which std streams came, name,
 //            daemon, identity, the caller's ProcessInfo, its signal mask, the target bytes.
 //   reply:   i32 pid (or -1), i32 errno, with SCM_RIGHTS [pidfd of the child] when there is one.
 // The server keeps each child's status pipe and writes its exit code there when it reaps it;
 // the parent's read end is the child's sentinel. The pidfd is opened before the server can reap
 // the child, so the parent's signals can never reach a recycled pid.
 //
-// The streams cross on every request so a child writes where its starter writes now, not where
-// the starter wrote when the server was forked.
+// The streams and the working directory cross on every request so a child writes where its
+// starter writes now, not where the starter wrote when the server was forked.
 #include "process/forkserver.hpp"
 
 #include <fcntl.h>
@@ -39,7 +39,7 @@
 namespace mpx::detail {
 namespace {
 
-constexpr std::size_t kMaxFds = 4;  // status pipe + three standard streams
+constexpr std::size_t kMaxFds = 5;  // status pipe, working directory, three standard streams
 // A request larger than this is not one the parent sent: the server drops the connection.
 constexpr std::uint64_t kMaxRequest = std::uint64_t{1} << 32;
 
@@ -166,7 +166,7 @@ bool serve_one(int sock, std::map<pid_t, ServerChild>& children) {
     for (std::size_t i = 0; i < nfds; ++i) ::close(fds[i]);
     return false;
   };
-  if (nfds < 1 || length > kMaxRequest) return drop();
+  if (nfds < 2 || length > kMaxRequest) return drop();
   Bytes body(static_cast<std::size_t>(length));
   if (!read_all(sock, body.data(), body.size())) return drop();
   ForwardedStart req;
@@ -187,7 +187,7 @@ bool serve_one(int sock, std::map<pid_t, ServerChild>& children) {
   } catch (const std::exception&) {
     return drop();
   }
-  std::size_t expected = 1;
+  std::size_t expected = 2;
   for (int i = 0; i < 3; ++i)
     if (streams & (1u << i)) ++expected;
   if (nfds != expected) return drop();
@@ -195,7 +195,9 @@ bool serve_one(int sock, std::map<pid_t, ServerChild>& children) {
   pid_t server = ::getpid();
   pid_t pid = ::fork();
   if (pid == 0) {
-    std::size_t next = 1;
+    // The starter's working directory now, not the one it had when the server was forked.
+    if (::fchdir(fds[1]) != 0) ::_exit(1);
+    std::size_t next = 2;
     for (int i = 0; i < 3; ++i) {
       if (!(streams & (1u << i))) continue;
       ::dup2(fds[next++], i);  // dup2 clears CLOEXEC on the copy
@@ -235,6 +237,8 @@ void reap(std::map<pid_t, ServerChild>& children) {
 int server_main(int sock) {
   close_from(3, sock);
   disable_module_rescan();  // a target missing from the inherited table is an error, not a scan
+  // A starter that ignores SIGCHLD would have its children reaped by the kernel, exit codes lost.
+  ::signal(SIGCHLD, SIG_DFL);
   sigset_t all;
   ::sigfillset(&all);
   // The server is only reached through its socket; terminal signals are for its children.
@@ -358,7 +362,7 @@ std::shared_ptr<ChildProcess> forkserver_start_child(const ForwardedStart& req) 
   proto::Writer w(body);
   std::uint8_t streams = 0;
   std::array<int, kMaxFds> fds{};
-  std::size_t nfds = 1;
+  std::size_t nfds = 2;
   for (int i = 0; i < 3; ++i) {
     if (::fcntl(i, F_GETFD) < 0) continue;
     streams |= static_cast<std::uint8_t>(1u << i);
@@ -374,9 +378,16 @@ std::shared_ptr<ChildProcess> forkserver_start_child(const ForwardedStart& req) 
   w.raw(&req.mask, sizeof req.mask);
   w.blob(req.target);
 
+  int cwd = ::open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (cwd < 0) throw Error("mpx: cannot start a child: open the working directory: " + errno_text(errno));
   int status[2];
-  if (::pipe2(status, O_CLOEXEC) != 0) throw Error("mpx: cannot start a child: pipe: " + errno_text(errno));
+  if (::pipe2(status, O_CLOEXEC) != 0) {
+    int err = errno;
+    ::close(cwd);
+    throw Error("mpx: cannot start a child: pipe: " + errno_text(err));
+  }
   fds[0] = status[1];
+  fds[1] = cwd;
   ServerHandle& h = handle();
   std::int32_t reply[2] = {-1, 0};
   int pidfd = -1;
@@ -394,9 +405,11 @@ std::shared_ptr<ChildProcess> forkserver_start_child(const ForwardedStart& req) 
     } catch (...) {
       ::close(status[0]);
       ::close(status[1]);
+      ::close(cwd);
       throw;
     }
     ::close(status[1]);
+    ::close(cwd);
     if (!ok) {
       stop_locked(h);  // the next start() starts a new one
       ::close(status[0]);
