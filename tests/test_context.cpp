@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -100,6 +101,12 @@ struct Adder {
 };
 
 void takes_event(mpx::Event) {}
+
+// A shared memory block crosses by name, as in Python: the child attaches to it.
+void fill_block(std::string name, int value) {
+  auto shm = mpx::SharedMemory::attach(name);
+  for (int& x : shm.as<int>()) x = value;
+}
 
 // Waits (bounded) for an adopted pid and returns its wait status, or -1.
 int reap_adopted(pid_t pid, std::chrono::milliseconds limit = 5000ms) {
@@ -271,6 +278,17 @@ TEST_SUITE("context") {
     CHECK(id.rfind("Reporter 1 " + std::to_string(::getpid()) + " ", 0) == 0);
     // Its real parent is the server, not this process.
     CHECK(id != "Reporter 1 " + std::to_string(::getpid()) + " " + std::to_string(::getpid()));
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: a shared memory block made before start() reaches the child") {
+    auto shm = mpx::SharedMemory::create(64 * sizeof(int));
+    mpx::Process p(forkserver(), &fill_block, shm.name(), 7);
+    p.start();
+    REQUIRE(p.join(30s));
+    CHECK(p.exitcode() == 0);
+    auto xs = shm.as<int>();
+    CHECK(std::all_of(xs.begin(), xs.end(), [](int x) { return x == 7; }));
+    shm.unlink();
   }
 
   TEST_CASE_FIXTURE(PlainSignals, "forkserver: what cannot cross makes start() throw ValueError naming it") {
