@@ -266,6 +266,30 @@ TEST_SUITE("context") {
     CHECK(mpx::active_children().empty());
   }
 
+  TEST_CASE_FIXTURE(PlainSignals,
+                    "forkserver: ~Process terminates a daemon child and joins a non-daemon one") {
+    mpx::test::TempDir dir;
+    pid_t daemon_pid = 0;
+    {
+      mpx::Process d(forkserver(true), &sleeper);
+      d.start();
+      daemon_pid = d.pid();
+    }
+    // Not our child (the server reaps it), so "gone" is: no such process any more.
+    CHECK(eventually([&] { return ::kill(daemon_pid, 0) != 0; }));
+    {
+      mpx::Process n(
+          forkserver(false),
+          [](std::string path) {
+            std::this_thread::sleep_for(100ms);
+            write_file_atomically(path, "done");
+          },
+          dir / "late");
+      n.start();
+    }
+    CHECK(read_file(dir / "late") == "done");
+  }
+
   TEST_CASE_FIXTURE(PlainSignals, "forkserver: the child knows its name, daemon flag and its starter") {
     mpx::test::TempDir dir;
     mpx::Process p(
