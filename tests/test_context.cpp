@@ -100,7 +100,23 @@ struct Adder {
   }
 };
 
-void takes_event(mpx::Event) {}
+void takes_queue(mpx::Queue<int>) {}
+
+// Process-shared handles cross to a forkserver child as arguments.
+void count_and_signal(mpx::Event ev, mpx::Value<int> v, mpx::Lock lock) {
+  {
+    std::lock_guard guard(lock);
+    v.store(v.load() + 1);
+  }
+  ev.set();
+}
+
+void report_server(mpx::Value<int> v) { v.store(static_cast<int>(::getppid())); }
+
+// Exits 3 if the lock, held by the starter, could be taken.
+void try_held_lock(mpx::Lock lock) {
+  if (lock.acquire(50ms)) std::exit(3);
+}
 
 // A shared memory block crosses by name, as in Python: the child attaches to it.
 void fill_block(std::string name, int value) {
@@ -304,6 +320,63 @@ TEST_SUITE("context") {
     CHECK(id != "Reporter 1 " + std::to_string(::getpid()) + " " + std::to_string(::getpid()));
   }
 
+  TEST_CASE_FIXTURE(PlainSignals,
+                    "forkserver: a Lock, Event and Value made after the server started reach the child") {
+    mpx::Process warm(forkserver());  // the server runs before the objects are made
+    warm.start();
+    REQUIRE(warm.join(30s));
+    auto memfds = [] {
+      int n = 0;
+      for (auto& [fd, what] : mpx::test::open_fd_set()) n += what.find("memfd:mpx") != std::string::npos;
+      return n;
+    };
+    int before = memfds();
+    mpx::Event ev;
+    mpx::Value<int> v(41);
+    mpx::Lock lock;
+    CHECK(memfds() == before + 3);  // made by fd: not in the server's snapshot
+    mpx::Process p(forkserver(), &count_and_signal, ev, v, lock);
+    p.start();
+    CHECK(ev.wait(30s));
+    REQUIRE(p.join(30s));
+    CHECK(p.exitcode() == 0);
+    CHECK(v.load() == 42);
+
+    lock.acquire();
+    mpx::Process q(forkserver(), &try_held_lock, lock);
+    q.start();
+    REQUIRE(q.join(30s));
+    CHECK(q.exitcode() == 0);  // the child saw the lock held
+    lock.release();
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: handles made before the server started reach the child too") {
+    Subreaper adopt;  // the helper's server, once the helper is gone
+    mpx::Value<int> server(0);
+    auto child = mpx::detail::fork_child(helper("early"), [server] {
+      mpx::Event ev;  // in the server's snapshot
+      mpx::Value<int> v(1);
+      mpx::Lock lock;
+      mpx::set_start_method(mpx::StartMethod::forkserver);
+      mpx::Event late;  // made by fd
+      mpx::Process p(&count_and_signal, ev, v, lock);
+      p.start();
+      if (!p.join(30s) || p.exitcode() != 0) return 2;
+      if (!ev.is_set() || v.load() != 2) return 3;
+      mpx::Process q(&count_and_signal, late, v, lock);
+      q.start();
+      if (!q.join(30s) || q.exitcode() != 0) return 4;
+      mpx::Process r(&report_server, server);
+      r.start();
+      r.join(30s);
+      return late.is_set() && v.load() == 3 ? 0 : 5;
+    });
+    REQUIRE(child->wait(60s));
+    CHECK(child->exitcode() == 0);
+    REQUIRE(server.load() > 0);
+    CHECK(reap_adopted(server.load()) != -1);
+  }
+
   TEST_CASE_FIXTURE(PlainSignals, "forkserver: a shared memory block made before start() reaches the child") {
     auto shm = mpx::SharedMemory::create(64 * sizeof(int));
     mpx::Process p(forkserver(), &fill_block, shm.name(), 7);
@@ -326,14 +399,14 @@ TEST_SUITE("context") {
     }
     CHECK(capturing.pid() == 0);
 
-    mpx::Event ev;
-    mpx::Process with_event(forkserver(), &takes_event, ev);
+    mpx::Queue<int> q;
+    mpx::Process with_queue(forkserver(), &takes_queue, q);
     try {
-      with_event.start();
-      FAIL("an Event crossed to a forkserver child");
+      with_queue.start();
+      FAIL("a Queue crossed to a forkserver child");
     } catch (const mpx::ValueError& e) {
       CHECK(std::string(e.what()).find("forkserver") != std::string::npos);
-      CHECK(std::string(e.what()).find("Event") != std::string::npos);
+      CHECK(std::string(e.what()).find("Lock, Event and Value") != std::string::npos);
     }
 
     struct Sub : mpx::Process {

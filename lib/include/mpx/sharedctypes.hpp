@@ -70,9 +70,25 @@ class Value {
     detail::LockState lock;
     alignas(std::atomic_ref<T>::required_alignment) T value;
   };
+  template <class>
+  friend struct detail::process_handle;
+  struct Adopt {};
+  Value(Adopt, std::shared_ptr<Shared> s)
+      : s_(std::move(s)), lock_(std::shared_ptr<detail::LockState>(s_, &s_->lock)) {}
   std::shared_ptr<Shared> s_;
   mutable RLock lock_;
 };
+
+// A Value a forkserver child can be given as a Process argument (<mpx/detail/process_handle.hpp>).
+namespace detail {
+template <class T>
+struct process_handle<Value<T>> {
+  static const void* state(const Value<T>& h) { return h.s_.get(); }
+  static Value<T> adopt(void* p) {
+    return Value<T>(typename Value<T>::Adopt{}, adopt_shared_state<typename Value<T>::Shared>(p));
+  }
+};
+}  // namespace detail
 
 namespace detail {
 

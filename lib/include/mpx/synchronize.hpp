@@ -21,6 +21,7 @@
 #include <memory>
 #include <type_traits>
 
+#include <mpx/detail/process_handle.hpp>
 #include <mpx/detail/sync.hpp>
 #include <mpx/errors.hpp>
 #include <mpx/timeout.hpp>
@@ -80,6 +81,9 @@ class Lock : public detail::Lockable<Lock> {
 
  private:
   friend class Condition;
+  template <class>
+  friend struct detail::process_handle;
+  explicit Lock(std::shared_ptr<detail::LockState> s) : s_(std::move(s)) {}
   std::shared_ptr<detail::LockState> s_;
 };
 
@@ -176,6 +180,9 @@ class Event {
   bool wait(Timeout timeout = forever);
 
  private:
+  template <class>
+  friend struct detail::process_handle;
+  explicit Event(std::shared_ptr<detail::EventState> s) : s_(std::move(s)) {}
   std::shared_ptr<detail::EventState> s_;
 };
 
@@ -200,5 +207,19 @@ class Barrier {
   std::shared_ptr<detail::BarrierState> s_;
   std::shared_ptr<const std::function<void()>> action_;
 };
+
+// Handles a forkserver child can be given as Process arguments (<mpx/detail/process_handle.hpp>).
+namespace detail {
+template <>
+struct process_handle<Lock> {
+  static const void* state(const Lock& h) { return h.s_.get(); }
+  static Lock adopt(void* p) { return Lock(adopt_shared_state<LockState>(p)); }
+};
+template <>
+struct process_handle<Event> {
+  static const void* state(const Event& h) { return h.s_.get(); }
+  static Event adopt(void* p) { return Event(adopt_shared_state<EventState>(p)); }
+};
+}  // namespace detail
 
 }  // namespace mpx

@@ -2,9 +2,10 @@
 // start method (see <mpx/context.hpp> for why it exists and when it starts).
 //
 // Protocol on one Unix stream socket, one request at a time (the parent holds a mutex):
-//   request: u64 body length, with SCM_RIGHTS [status pipe write end, working directory, then
-//            the caller's stdin/stdout/stderr that are open]; the body: u8 which std streams came, name,
-//            daemon, identity, the caller's ProcessInfo, its signal mask, the target bytes.
+//   request: u64 body length, with SCM_RIGHTS [status pipe write end, working directory, the
+//            caller's stdin/stdout/stderr that are open, one memfd per shared mapping]; the body:
+//            u8 which std streams came, name, daemon, identity, the caller's ProcessInfo, its
+//            signal mask, the target bytes, u32 n and n × (u64 base, u64 bytes) for the mappings.
 //   reply:   i32 pid (or -1), i32 errno, with SCM_RIGHTS [pidfd of the child] when there is one.
 // The server keeps each child's status pipe and writes its exit code there when it reaps it;
 // the parent's read end is the child's sentinel. The pidfd is opened before the server can reap
@@ -17,8 +18,10 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -27,6 +30,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -35,11 +39,15 @@
 #include <mpx/proto/codec.hpp>
 
 #include "common/log.hpp"
+#include "process/shared_mappings.hpp"
 
 namespace mpx::detail {
 namespace {
 
-constexpr std::size_t kMaxFds = 5;  // status pipe, working directory, three standard streams
+// Shared mappings one start may hand over (one descriptor each), and all descriptors of a
+// request: status pipe, working directory, three standard streams, the mappings.
+constexpr std::size_t kMaxMaps = 64;
+constexpr std::size_t kMaxFds = 5 + kMaxMaps;
 // A request larger than this is not one the parent sent: the server drops the connection.
 constexpr std::uint64_t kMaxRequest = std::uint64_t{1} << 32;
 
@@ -146,6 +154,45 @@ bool recv_with_fds(int sock, void* data, std::size_t n, int* fds, std::size_t& n
   return read_all(sock, static_cast<char*>(data) + r, n - static_cast<std::size_t>(r));
 }
 
+// The inode of the file mapped at exactly `base` here, 0 if no mapping starts there.
+ino_t inode_mapped_at(std::uintptr_t base) {
+  FILE* f = std::fopen("/proc/self/maps", "re");
+  if (!f) return 0;
+  char line[512];
+  ino_t found = 0;
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long lo = 0, hi = 0, inode = 0;
+    char perms[8];
+    if (std::sscanf(line, "%lx-%lx %7s %*s %*s %lu", &lo, &hi, perms, &inode) == 4 && lo == base) {
+      found = static_cast<ino_t>(inode);
+      break;
+    }
+  }
+  std::fclose(f);
+  return found;
+}
+
+// Maps a shared object where its starter has it, so the addresses in the arguments hold. A
+// mapping already there is either this very one (made after the server was chosen but before
+// it forked: in its snapshot) or one the starter has since unmapped (its address reused): the
+// first stays, the second is replaced.
+bool map_at_starters_address(const SharedMappingRef& m) {
+  void* want = reinterpret_cast<void*>(m.base);
+  void* p = ::mmap(want, m.bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED_NOREPLACE, m.fd, 0);
+  if (p == want) return true;
+  if (p != MAP_FAILED) {
+    ::munmap(p, m.bytes);  // a kernel without MAP_FIXED_NOREPLACE took it as a hint
+    return false;
+  }
+  if (errno != EEXIST) return false;
+  struct stat st {};
+  if (::fstat(m.fd, &st) != 0) return false;
+  ino_t there = inode_mapped_at(m.base);
+  if (there == st.st_ino) return true;
+  if (there == 0) return false;  // something of this process's own overlaps: leave it alone
+  return ::mmap(want, m.bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, m.fd, 0) == want;
+}
+
 void read_failed(const char*) { throw ProtocolError("mpx: malformed fork server request"); }
 
 // ---------------------------------------------------------------------------------------------
@@ -184,12 +231,22 @@ bool serve_one(int sock, std::map<pid_t, ServerChild>& children) {
     std::memcpy(&req.mask, mask.data(), sizeof(sigset_t));
     auto target = in.take(in.u64());
     req.target.assign(target.begin(), target.end());
+    std::uint32_t n = in.u32();
+    if (n > kMaxMaps) return drop();
+    for (std::uint32_t i = 0; i < n; ++i) {
+      SharedMappingRef m;
+      m.base = static_cast<std::uintptr_t>(in.u64());
+      m.bytes = static_cast<std::size_t>(in.u64());
+      req.maps.push_back(m);
+    }
   } catch (const std::exception&) {
     return drop();
   }
   std::size_t expected = 2;
   for (int i = 0; i < 3; ++i)
     if (streams & (1u << i)) ++expected;
+  for (std::size_t i = 0; i < req.maps.size(); ++i) req.maps[i].fd = fds[expected + i];
+  expected += req.maps.size();
   if (nfds != expected) return drop();
 
   pid_t server = ::getpid();
@@ -201,6 +258,14 @@ bool serve_one(int sock, std::map<pid_t, ServerChild>& children) {
     for (int i = 0; i < 3; ++i) {
       if (!(streams & (1u << i))) continue;
       ::dup2(fds[next++], i);  // dup2 clears CLOEXEC on the copy
+    }
+    for (auto& m : req.maps) {
+      if (!map_at_starters_address(m)) {
+        std::string text =
+            "mpx: forkserver child " + req.name + ": cannot map a shared object at its address\n";
+        (void)!::write(2, text.data(), text.size());
+        ::_exit(1);
+      }
     }
     close_from(3, -1);  // the control socket, the other children's status pipes, the copies above
     forwarded_child_main(req, server);
@@ -319,6 +384,8 @@ void ensure_started_locked(ServerHandle& h) {
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     throw Error("mpx: cannot start the fork server: socketpair: " + errno_text(errno));
   int server_end = sv[1];
+  // Mappings made from here on are not in the server's snapshot: they must be given by fd.
+  share_mappings_by_fd();
   // The children look their target up in the module table; reading it now means none of them
   // calls into the loader, whose lock a thread of this process may hold when the server forks.
   prepare_code_refs();
@@ -362,7 +429,7 @@ std::shared_ptr<ChildProcess> forkserver_start_child(const ForwardedStart& req) 
   proto::Writer w(body);
   std::uint8_t streams = 0;
   std::array<int, kMaxFds> fds{};
-  std::size_t nfds = 2;
+  std::size_t nfds = 2;  // status pipe and working directory, set below
   for (int i = 0; i < 3; ++i) {
     if (::fcntl(i, F_GETFD) < 0) continue;
     streams |= static_cast<std::uint8_t>(1u << i);
@@ -377,6 +444,14 @@ std::shared_ptr<ChildProcess> forkserver_start_child(const ForwardedStart& req) 
   w.u8(req.parent.daemon ? 1 : 0);
   w.raw(&req.mask, sizeof req.mask);
   w.blob(req.target);
+  if (req.maps.size() > kMaxMaps)
+    throw ValueError("Process::start: start method forkserver: the arguments hold more than " +
+                     std::to_string(kMaxMaps) + " shared objects made after the fork server started");
+  w.u32(static_cast<std::uint32_t>(req.maps.size()));
+  for (auto& m : req.maps) {
+    w.u64(m.base);
+    w.u64(m.bytes);
+  }
 
   int cwd = ::open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (cwd < 0) throw Error("mpx: cannot start a child: open the working directory: " + errno_text(errno));
@@ -388,6 +463,7 @@ std::shared_ptr<ChildProcess> forkserver_start_child(const ForwardedStart& req) 
   }
   fds[0] = status[1];
   fds[1] = cwd;
+  for (auto& m : req.maps) fds[nfds++] = m.fd;
   ServerHandle& h = handle();
   std::int32_t reply[2] = {-1, 0};
   int pidfd = -1;

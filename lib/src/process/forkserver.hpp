@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <mpx/detail/fork.hpp>
 #include <mpx/process.hpp>
@@ -18,9 +19,10 @@ struct ForwardedStart {
   std::string name;
   bool daemon = false;
   std::string identity;
-  ProcessInfo parent;  // the process that called start(), not the server
-  sigset_t mask{};     // the caller's signal mask, which the child runs with
-  Bytes target;        // encode_target's bytes; empty for a Process without a target
+  ProcessInfo parent;                  // the process that called start(), not the server
+  sigset_t mask{};                     // the caller's signal mask, which the child runs with
+  Bytes target;                        // encode_target's bytes; empty for a Process without a target
+  std::vector<SharedMappingRef> maps;  // what the arguments' handles need mapped in the child
 };
 
 // In the parent: has the server fork the child, starting the server first if needed.

@@ -28,6 +28,7 @@
 
 #include "common/log.hpp"
 #include "process/forkserver.hpp"
+#include "process/shared_mappings.hpp"
 
 namespace mpx {
 namespace detail {
@@ -151,6 +152,7 @@ void after_fork_in_child(Globals* prepared) {
     g_abandoned_forker = old;
   }
   forkserver_forget_after_fork();
+  shared_mappings_after_fork();
   g_child_started.store(false, std::memory_order_relaxed);
 }
 
@@ -593,12 +595,12 @@ void Process::start() {
           prefix + "cannot start a Process subclass (" + detail::demangle(typeid(*this).name()) +
           "): its run() exists only in this process; give a Process a transferable target instead");
     detail::ForwardedStart req;
-    if (s.target && !s.target->encode(req.target))
+    if (s.target && !s.target->encode(req.target, req.maps))
       throw ValueError(prefix + "the target " + detail::demangle(s.target->function_type().name()) +
                        " or one of its arguments is not transferable; pass a function pointer, a "
                        "captureless lambda or a serializable function object, with serializable arguments "
-                       "(a capturing lambda cannot cross to another process, and neither can a Queue, "
-                       "lock, Event, Value or Array handle yet: start such children with fork)");
+                       "(a capturing lambda cannot cross to another process; of the process-shared handles, "
+                       "Lock, Event and Value can, the others not yet: start such children with fork)");
     req.name = s.name;
     req.daemon = s.daemon;
     req.identity = s.identity;

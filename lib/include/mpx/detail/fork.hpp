@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
+#include <vector>
 
 #include <mpx/detail/transfer.hpp>
 #include <mpx/errors.hpp>
@@ -117,7 +118,8 @@ class Target {
   virtual void run() = 0;
   // Appends the target as bytes another process can run (run_encoded_target); false when the
   // function or an argument cannot cross a process boundary.
-  virtual bool encode(Bytes& out) const = 0;
+  // Shared mappings the arguments' handles need go to maps.
+  virtual bool encode(Bytes& out, std::vector<SharedMappingRef>& maps) const = 0;
   // For the error that says which target could not cross.
   virtual const std::type_info& function_type() const noexcept = 0;
 };
@@ -128,12 +130,13 @@ class BoundTarget final : public Target {
   template <class G, class... A>
   explicit BoundTarget(G&& f, A&&... args) : f_(std::forward<G>(f)), args_(std::forward<A>(args)...) {}
   void run() override { std::apply(std::move(f_), std::move(args_)); }
-  bool encode(Bytes& out) const override {
+  bool encode(Bytes& out, std::vector<SharedMappingRef>& maps) const override {
     if constexpr (transferable_target<F, Args...>) {
-      encode_target(out, f_, args_);
+      encode_target(out, maps, f_, args_);
       return true;
     } else {
       (void)out;
+      (void)maps;
       return false;
     }
   }

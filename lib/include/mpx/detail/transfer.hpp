@@ -6,6 +6,7 @@
 // arguments it decodes.
 #pragma once
 
+#include <mpx/detail/process_handle.hpp>
 #include <mpx/detail/task.hpp>
 
 #include <array>
@@ -19,6 +20,7 @@
 #include <type_traits>
 #include <utility>
 #include <variant>
+#include <vector>
 
 namespace mpx::detail {
 
@@ -27,12 +29,42 @@ struct ProcessTargetTag {};
 using TargetInvoker = std::uint64_t (*)(const std::span<const std::byte>* payload);
 
 // Given nullptr, only returns the signature tag; else decodes and calls the target.
+// A shared mapping that must reach the child: it is mapped there at `base` from `fd`.
+struct SharedMappingRef {
+  std::uintptr_t base = 0;
+  std::size_t bytes = 0;
+  int fd = -1;
+};
+// Appends p (state of a handle) and notes the mapping it lies in, unless the fork server
+// already has that mapping from its snapshot (lib/src/process/shared_mappings.cpp).
+void encode_shared_pointer(Bytes& out, std::vector<SharedMappingRef>& maps, const void* p);
+
+// Each argument on its own: a handle as the address of its state, anything else encoded and
+// length-prefixed.
+template <class A>
+void encode_target_arg(Bytes& out, std::vector<SharedMappingRef>& maps, const A& a) {
+  if constexpr (crossing_handle<A>)
+    encode_shared_pointer(out, maps, process_handle<A>::state(a));
+  else
+    encode_prefixed(out, a);
+}
+
+template <class A>
+A decode_target_arg(proto::Reader& in) {
+  if constexpr (crossing_handle<A>)
+    return process_handle<A>::adopt(reinterpret_cast<void*>(static_cast<std::uintptr_t>(in.u64())));
+  else
+    return decode<A>(in.take(in.u64()));
+}
+
 template <class D, class... A>
 std::uint64_t target_invoker(const std::span<const std::byte>* payload) {
   if (!payload) return type_tag<InvokerTag<ProcessTargetTag, D, A...>>();
   auto in = task_reader(*payload);
   D f = decode_fn<D>(in);
-  auto args = decode_args<A...>(in.rest());
+  // Braces: the arguments are read in order.
+  std::tuple<A...> args{decode_target_arg<A>(in)...};
+  if (in.remaining() != 0) throw ProtocolError("mpx: trailing bytes after a process target's arguments");
   call_fn(f, args);
   return 0;
 }
@@ -74,10 +106,11 @@ struct deep_transferable<std::array<T, N>> : std::bool_constant<deep_transferabl
 
 template <class F, class... A>
 inline constexpr bool transferable_target = fn_kind<F>() != FnKind::invalid &&
-                                            (deep_transferable_v<A> && ...);
+                                            ((deep_transferable_v<A> || crossing_handle<A>)&&...);
 
 template <class D, class... A>
-void encode_target(Bytes& out, const D& f, const std::tuple<A...>& args) {
+void encode_target(Bytes& out, std::vector<SharedMappingRef>& maps, const D& f,
+                   const std::tuple<A...>& args) {
   constexpr TargetInvoker inv = &target_invoker<D, A...>;
   CodeRef ref = code_ref(reinterpret_cast<std::uintptr_t>(inv));
   proto::Writer w(out);
@@ -85,7 +118,7 @@ void encode_target(Bytes& out, const D& f, const std::tuple<A...>& args) {
   w.u64(ref.offset);
   w.u64(inv(nullptr));
   encode_fn(out, f);
-  std::apply([&](const A&... a) { encode_args<A...>(out, a...); }, args);
+  std::apply([&](const A&... a) { (encode_target_arg(out, maps, a), ...); }, args);
 }
 
 // In the child: runs what encode_target wrote; an empty encoding is a Process without a target.
