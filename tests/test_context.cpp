@@ -100,7 +100,11 @@ struct Adder {
   }
 };
 
-void takes_queue(mpx::Queue<int>) {}
+void takes_semaphore(mpx::Semaphore) {}
+
+void echo_doubled(mpx::Queue<int> in, mpx::JoinableQueue<std::string> out) {
+  for (int x; (x = in.get()) >= 0;) out.put(std::to_string(2 * x));
+}
 
 // Process-shared handles cross to a forkserver child as arguments.
 void count_and_signal(mpx::Event ev, mpx::Value<int> v, mpx::Lock lock) {
@@ -350,6 +354,22 @@ TEST_SUITE("context") {
     lock.release();
   }
 
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: queues made after the server started reach the child") {
+    mpx::Queue<int> in;
+    mpx::JoinableQueue<std::string> out;
+    mpx::Process p(forkserver(), &echo_doubled, in, out);
+    p.start();
+    for (int i = 0; i < 100; ++i) in.put(i);
+    in.put(-1);
+    for (int i = 0; i < 100; ++i) {
+      CHECK(out.get(30s) == std::to_string(2 * i));
+      out.task_done();
+    }
+    CHECK(out.join(1s));
+    REQUIRE(p.join(30s));
+    CHECK(p.exitcode() == 0);
+  }
+
   TEST_CASE_FIXTURE(PlainSignals, "forkserver: handles made before the server started reach the child too") {
     Subreaper adopt;  // the helper's server, once the helper is gone
     mpx::Value<int> server(0);
@@ -399,14 +419,14 @@ TEST_SUITE("context") {
     }
     CHECK(capturing.pid() == 0);
 
-    mpx::Queue<int> q;
-    mpx::Process with_queue(forkserver(), &takes_queue, q);
+    mpx::Semaphore sem;
+    mpx::Process with_semaphore(forkserver(), &takes_semaphore, sem);
     try {
-      with_queue.start();
-      FAIL("a Queue crossed to a forkserver child");
+      with_semaphore.start();
+      FAIL("a Semaphore crossed to a forkserver child");
     } catch (const mpx::ValueError& e) {
       CHECK(std::string(e.what()).find("forkserver") != std::string::npos);
-      CHECK(std::string(e.what()).find("Lock, Event and Value") != std::string::npos);
+      CHECK(std::string(e.what()).find("Lock, Event, Value and the queues") != std::string::npos);
     }
 
     struct Sub : mpx::Process {
