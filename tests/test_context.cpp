@@ -100,7 +100,24 @@ struct Adder {
   }
 };
 
-void takes_semaphore(mpx::Semaphore) {}
+void takes_condition(mpx::Condition) {}
+
+// Each kind of handle, used in the child: sums what it saw into the RawValue.
+void use_every_handle(mpx::RLock rl, mpx::Semaphore sem, mpx::BoundedSemaphore bsem, mpx::Array<int> a,
+                      mpx::RawArray<double> ra, mpx::RawValue<long> total, mpx::SimpleQueue<int> sq) {
+  {
+    std::lock_guard g1(rl);
+    std::lock_guard g2(rl);  // recursive
+  }
+  sem.release();
+  if (!bsem.acquire(1s)) std::exit(4);
+  long sum = 0;
+  for (int x : a) sum += x;
+  for (double x : ra) sum += static_cast<long>(x);
+  a[0] = -1;
+  total.store(sum);
+  sq.put(static_cast<int>(sum));
+}
 
 void echo_doubled(mpx::Queue<int> in, mpx::JoinableQueue<std::string> out) {
   for (int x; (x = in.get()) >= 0;) out.put(std::to_string(2 * x));
@@ -370,6 +387,25 @@ TEST_SUITE("context") {
     CHECK(p.exitcode() == 0);
   }
 
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: every other crossing handle kind reaches the child") {
+    mpx::RLock rl;
+    mpx::Semaphore sem(0);
+    mpx::BoundedSemaphore bsem(1);
+    mpx::Array<int> a(std::vector<int>{1, 2, 3});
+    mpx::RawArray<double> ra(std::vector<double>{10, 20});
+    mpx::RawValue<long> total(0);
+    mpx::SimpleQueue<int> sq;
+    mpx::Process p(forkserver(), &use_every_handle, rl, sem, bsem, a, ra, total, sq);
+    p.start();
+    CHECK(sem.acquire(30s));
+    CHECK(sq.get() == 36);
+    REQUIRE(p.join(30s));
+    CHECK(p.exitcode() == 0);
+    CHECK(total.load() == 36);
+    CHECK(a[0] == -1);
+    CHECK_FALSE(bsem.acquire(0ms));  // the child holds it
+  }
+
   TEST_CASE_FIXTURE(PlainSignals, "forkserver: handles made before the server started reach the child too") {
     Subreaper adopt;  // the helper's server, once the helper is gone
     mpx::Value<int> server(0);
@@ -419,14 +455,14 @@ TEST_SUITE("context") {
     }
     CHECK(capturing.pid() == 0);
 
-    mpx::Semaphore sem;
-    mpx::Process with_semaphore(forkserver(), &takes_semaphore, sem);
+    mpx::Condition cond;
+    mpx::Process with_condition(forkserver(), &takes_condition, cond);
     try {
-      with_semaphore.start();
-      FAIL("a Semaphore crossed to a forkserver child");
+      with_condition.start();
+      FAIL("a Condition crossed to a forkserver child");
     } catch (const mpx::ValueError& e) {
       CHECK(std::string(e.what()).find("forkserver") != std::string::npos);
-      CHECK(std::string(e.what()).find("Lock, Event, Value and the queues") != std::string::npos);
+      CHECK(std::string(e.what()).find("Condition and Barrier") != std::string::npos);
     }
 
     struct Sub : mpx::Process {

@@ -8,13 +8,13 @@
 // argument; anything else makes Process::start() throw ValueError naming the method, at run
 // time, since the method is a run-time choice.
 //
-// A Lock, an Event, a Value or a queue (Queue, JoinableQueue, SimpleQueue) passed as an argument
-// reaches the child too: once the server runs,
+// Lock, RLock, Semaphore, BoundedSemaphore, Event, Value, Array, RawValue, RawArray and the
+// queues (Queue, JoinableQueue, SimpleQueue) passed as arguments reach the child too: once the
+// server runs,
 // such objects are made in memfd mappings (one descriptor each, while they live), which start()
 // hands to the server so the child maps them where this process has them. Objects made before
-// the server started are in its snapshot already. Other process-shared handles (RLock,
-// Semaphore, Condition, Barrier, Array, RawValue, RawArray) are not passed yet and make start()
-// throw ValueError; shared memory blocks cross by name (SharedMemory::attach).
+// the server started are in its snapshot already. Condition and Barrier are not passed yet
+// and make start() throw ValueError; shared memory blocks cross by name (SharedMemory::attach).
 //
 // The server is forked from this process (exec'ing a fresh image is what spawn is for), closes
 // every descriptor it inherited but its control socket, and then only forks. It is a snapshot of

@@ -103,6 +103,8 @@ class RLock : public detail::Lockable<RLock> {
 
  private:
   friend class Condition;
+  template <class>
+  friend struct detail::process_handle;
   std::shared_ptr<detail::LockState> s_;
 };
 
@@ -128,14 +130,22 @@ class Semaphore {
 
  protected:
   Semaphore(std::uint64_t value, bool bounded);
+  explicit Semaphore(std::shared_ptr<detail::SemaphoreState> s) : s_(std::move(s)) {}
 
  private:
+  template <class>
+  friend struct detail::process_handle;
   std::shared_ptr<detail::SemaphoreState> s_;
 };
 
 class BoundedSemaphore : public Semaphore {
  public:
   explicit BoundedSemaphore(std::uint64_t value = 1) : Semaphore(value, true) {}
+
+ private:
+  template <class>
+  friend struct detail::process_handle;
+  explicit BoundedSemaphore(std::shared_ptr<detail::SemaphoreState> s) : Semaphore(std::move(s)) {}
 };
 
 // Over a Lock or an RLock (a new RLock by default). wait() releases the lock completely (every
@@ -214,6 +224,21 @@ template <>
 struct process_handle<Lock> {
   static const void* state(const Lock& h) { return h.s_.get(); }
   static Lock adopt(void* p) { return Lock(adopt_shared_state<LockState>(p)); }
+};
+template <>
+struct process_handle<RLock> {
+  static const void* state(const RLock& h) { return h.s_.get(); }
+  static RLock adopt(void* p) { return RLock(adopt_shared_state<LockState>(p)); }
+};
+template <>
+struct process_handle<Semaphore> {
+  static const void* state(const Semaphore& h) { return h.s_.get(); }
+  static Semaphore adopt(void* p) { return Semaphore(adopt_shared_state<SemaphoreState>(p)); }
+};
+template <>
+struct process_handle<BoundedSemaphore> {
+  static const void* state(const BoundedSemaphore& h) { return h.s_.get(); }
+  static BoundedSemaphore adopt(void* p) { return BoundedSemaphore(adopt_shared_state<SemaphoreState>(p)); }
 };
 template <>
 struct process_handle<Event> {

@@ -596,12 +596,11 @@ void Process::start() {
           "): its run() exists only in this process; give a Process a transferable target instead");
     detail::ForwardedStart req;
     if (s.target && !s.target->encode(req.target, req.maps))
-      throw ValueError(
-          prefix + "the target " + detail::demangle(s.target->function_type().name()) +
-          " or one of its arguments is not transferable; pass a function pointer, a "
-          "captureless lambda or a serializable function object, with serializable arguments "
-          "(a capturing lambda cannot cross to another process; of the process-shared handles, "
-          "Lock, Event, Value and the queues can, the others not yet: start such children with fork)");
+      throw ValueError(prefix + "the target " + detail::demangle(s.target->function_type().name()) +
+                       " or one of its arguments is not transferable; pass a function pointer, a "
+                       "captureless lambda or a serializable function object, with serializable arguments "
+                       "(a capturing lambda cannot cross to another process; of the process-shared handles, "
+                       "only Condition and Barrier cannot yet: start such children with fork)");
     req.name = s.name;
     req.daemon = s.daemon;
     req.identity = s.identity;
