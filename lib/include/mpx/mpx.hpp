@@ -2,6 +2,7 @@
 #pragma once
 
 #include <mpx/connection.hpp>     // Address, Connection, Pipe, Listener, Client, wait
+#include <mpx/context.hpp>        // StartMethod, set_start_method, get_context
 #include <mpx/errors.hpp>         // the exceptions mpx throws
 #include <mpx/futures.hpp>        // async_get with Asio tokens, wait, as_completed
 #include <mpx/logging.hpp>        // get_logger, log_to_stderr

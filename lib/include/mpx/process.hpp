@@ -1,6 +1,9 @@
 // Processes: Python's multiprocessing.Process on fork(2).
 //
 // A Process runs any callable (capturing lambdas included) with its arguments in a forked child.
+// Under the forkserver start method (<mpx/context.hpp>: Options::context or set_start_method)
+// the child is forked by the fork server instead, so the target and its arguments must be
+// transferable; everything below holds for those children too.
 // Exit codes follow Python: 0 after a normal return, 1 when the target throws, n for exit(n),
 // -N when killed by signal N. The child ends with _exit after flushing what it left buffered in
 // stdout/stderr and the standard iostreams (other FILEs it opened are its to fclose, as with
@@ -34,6 +37,7 @@
 #include <utility>
 #include <vector>
 
+#include <mpx/context.hpp>
 #include <mpx/detail/fork.hpp>
 #include <mpx/errors.hpp>
 #include <mpx/timeout.hpp>
@@ -64,6 +68,7 @@ class Process {  // movable, not copyable
   struct Options {
     std::string name;  // "" -> "Process-<n>"
     bool daemon = false;
+    std::optional<Context> context{};  // none: get_start_method() at start()
   };
 
   // No target: run() does nothing unless a subclass overrides it.

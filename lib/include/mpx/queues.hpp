@@ -28,6 +28,7 @@
 //    holding a handle exits, however it exits. No file descriptors are used.
 #pragma once
 
+#include <mpx/detail/process_handle.hpp>
 #include <mpx/detail/queue_core.hpp>
 #include <mpx/errors.hpp>
 #include <mpx/serialize.hpp>
@@ -223,6 +224,9 @@ class Queue {
   std::size_t max_item_bytes() const { return core_.max_item_bytes(); }  // largest encoded item
 
  protected:
+  template <class>
+  friend struct detail::process_handle;
+  explicit Queue(detail::QueueCore core) : core_(std::move(core)) {}
   detail::QueueCore core_;
   bool closed_ = false;
 };
@@ -234,6 +238,12 @@ class JoinableQueue : public Queue<T> {
  public:
   using Queue<T>::Queue;
 
+ private:
+  template <class>
+  friend struct detail::process_handle;
+  explicit JoinableQueue(detail::QueueCore core) : Queue<T>(std::move(core)) {}
+
+ public:
   // One call per item taken with get(); StateError when called more times than items were put.
   void task_done() { this->core_.task_done(); }
   // Until every item ever put has had its task_done(); false on timeout.
@@ -258,7 +268,30 @@ class SimpleQueue {
     if (options.maxsize != 0) throw ValueError("mpx::SimpleQueue has no maxsize");
     return options;
   }
+  template <class>
+  friend struct detail::process_handle;
+  explicit SimpleQueue(Queue<T> q) : q_(std::move(q)) {}
   Queue<T> q_;
 };
+
+// Queues a forkserver child can be given as Process arguments (<mpx/detail/process_handle.hpp>).
+// The child's handle starts open, as a forked child's copy of an open handle would be.
+namespace detail {
+template <class T>
+struct process_handle<Queue<T>> {
+  static const void* state(const Queue<T>& q) { return q.core_.state(); }
+  static Queue<T> adopt(void* p) { return Queue<T>(QueueCore::adopt(p)); }
+};
+template <class T>
+struct process_handle<JoinableQueue<T>> {
+  static const void* state(const JoinableQueue<T>& q) { return q.core_.state(); }
+  static JoinableQueue<T> adopt(void* p) { return JoinableQueue<T>(QueueCore::adopt(p)); }
+};
+template <class T>
+struct process_handle<SimpleQueue<T>> {
+  static const void* state(const SimpleQueue<T>& q) { return q.q_.core_.state(); }
+  static SimpleQueue<T> adopt(void* p) { return SimpleQueue<T>(process_handle<Queue<T>>::adopt(p)); }
+};
+}  // namespace detail
 
 }  // namespace mpx

@@ -70,9 +70,25 @@ class Value {
     detail::LockState lock;
     alignas(std::atomic_ref<T>::required_alignment) T value;
   };
+  template <class>
+  friend struct detail::process_handle;
+  struct Adopt {};
+  Value(Adopt, std::shared_ptr<Shared> s)
+      : s_(std::move(s)), lock_(std::shared_ptr<detail::LockState>(s_, &s_->lock)) {}
   std::shared_ptr<Shared> s_;
   mutable RLock lock_;
 };
+
+// A Value a forkserver child can be given as a Process argument (<mpx/detail/process_handle.hpp>).
+namespace detail {
+template <class T>
+struct process_handle<Value<T>> {
+  static const void* state(const Value<T>& h) { return h.s_.get(); }
+  static Value<T> adopt(void* p) {
+    return Value<T>(typename Value<T>::Adopt{}, adopt_shared_state<typename Value<T>::Shared>(p));
+  }
+};
+}  // namespace detail
 
 namespace detail {
 
@@ -146,6 +162,10 @@ class Array : public detail::SharedElements<T, detail::LockedArrayHeader> {
   Array(Sized, std::size_t n)
       : Base(detail::make_locked_object<detail::LockedArrayHeader>(Base::extra_bytes(n), n)),
         lock_(std::shared_ptr<detail::LockState>(this->s_, &this->s_->lock)) {}
+  template <class>
+  friend struct detail::process_handle;
+  explicit Array(std::shared_ptr<detail::LockedArrayHeader> s)
+      : Base(std::move(s)), lock_(std::shared_ptr<detail::LockState>(this->s_, &this->s_->lock)) {}
 
   RLock lock_;
 };
@@ -176,6 +196,10 @@ class RawValue {
     explicit Shared(T v) : value(v) {}
     alignas(std::atomic_ref<T>::required_alignment) T value;
   };
+  template <class>
+  friend struct detail::process_handle;
+  struct Adopt {};
+  RawValue(Adopt, std::shared_ptr<Shared> s) : s_(std::move(s)) {}
   std::shared_ptr<Shared> s_;
 };
 
@@ -193,6 +217,32 @@ class RawArray : public detail::SharedElements<T, detail::RawArrayHeader> {
                                                                            init.size())) {
     this->copy(init);
   }
+
+ private:
+  template <class>
+  friend struct detail::process_handle;
+  explicit RawArray(std::shared_ptr<detail::RawArrayHeader> s) : Base(std::move(s)) {}
 };
+
+// The other shared values a forkserver child can be given as Process arguments.
+namespace detail {
+template <class T>
+struct process_handle<RawValue<T>> {
+  static const void* state(const RawValue<T>& h) { return h.s_.get(); }
+  static RawValue<T> adopt(void* p) {
+    return RawValue<T>(typename RawValue<T>::Adopt{}, adopt_shared_state<typename RawValue<T>::Shared>(p));
+  }
+};
+template <class T>
+struct process_handle<Array<T>> {
+  static const void* state(const Array<T>& h) { return h.s_.get(); }
+  static Array<T> adopt(void* p) { return Array<T>(adopt_shared_state<LockedArrayHeader>(p)); }
+};
+template <class T>
+struct process_handle<RawArray<T>> {
+  static const void* state(const RawArray<T>& h) { return h.s_.get(); }
+  static RawArray<T> adopt(void* p) { return RawArray<T>(adopt_shared_state<RawArrayHeader>(p)); }
+};
+}  // namespace detail
 
 }  // namespace mpx

@@ -21,6 +21,7 @@
 #include <memory>
 #include <type_traits>
 
+#include <mpx/detail/process_handle.hpp>
 #include <mpx/detail/sync.hpp>
 #include <mpx/errors.hpp>
 #include <mpx/timeout.hpp>
@@ -80,6 +81,9 @@ class Lock : public detail::Lockable<Lock> {
 
  private:
   friend class Condition;
+  template <class>
+  friend struct detail::process_handle;
+  explicit Lock(std::shared_ptr<detail::LockState> s) : s_(std::move(s)) {}
   std::shared_ptr<detail::LockState> s_;
 };
 
@@ -99,6 +103,8 @@ class RLock : public detail::Lockable<RLock> {
 
  private:
   friend class Condition;
+  template <class>
+  friend struct detail::process_handle;
   std::shared_ptr<detail::LockState> s_;
 };
 
@@ -124,14 +130,22 @@ class Semaphore {
 
  protected:
   Semaphore(std::uint64_t value, bool bounded);
+  explicit Semaphore(std::shared_ptr<detail::SemaphoreState> s) : s_(std::move(s)) {}
 
  private:
+  template <class>
+  friend struct detail::process_handle;
   std::shared_ptr<detail::SemaphoreState> s_;
 };
 
 class BoundedSemaphore : public Semaphore {
  public:
   explicit BoundedSemaphore(std::uint64_t value = 1) : Semaphore(value, true) {}
+
+ private:
+  template <class>
+  friend struct detail::process_handle;
+  explicit BoundedSemaphore(std::shared_ptr<detail::SemaphoreState> s) : Semaphore(std::move(s)) {}
 };
 
 // Over a Lock or an RLock (a new RLock by default). wait() releases the lock completely (every
@@ -176,6 +190,9 @@ class Event {
   bool wait(Timeout timeout = forever);
 
  private:
+  template <class>
+  friend struct detail::process_handle;
+  explicit Event(std::shared_ptr<detail::EventState> s) : s_(std::move(s)) {}
   std::shared_ptr<detail::EventState> s_;
 };
 
@@ -200,5 +217,34 @@ class Barrier {
   std::shared_ptr<detail::BarrierState> s_;
   std::shared_ptr<const std::function<void()>> action_;
 };
+
+// Handles a forkserver child can be given as Process arguments (<mpx/detail/process_handle.hpp>).
+namespace detail {
+template <>
+struct process_handle<Lock> {
+  static const void* state(const Lock& h) { return h.s_.get(); }
+  static Lock adopt(void* p) { return Lock(adopt_shared_state<LockState>(p)); }
+};
+template <>
+struct process_handle<RLock> {
+  static const void* state(const RLock& h) { return h.s_.get(); }
+  static RLock adopt(void* p) { return RLock(adopt_shared_state<LockState>(p)); }
+};
+template <>
+struct process_handle<Semaphore> {
+  static const void* state(const Semaphore& h) { return h.s_.get(); }
+  static Semaphore adopt(void* p) { return Semaphore(adopt_shared_state<SemaphoreState>(p)); }
+};
+template <>
+struct process_handle<BoundedSemaphore> {
+  static const void* state(const BoundedSemaphore& h) { return h.s_.get(); }
+  static BoundedSemaphore adopt(void* p) { return BoundedSemaphore(adopt_shared_state<SemaphoreState>(p)); }
+};
+template <>
+struct process_handle<Event> {
+  static const void* state(const Event& h) { return h.s_.get(); }
+  static Event adopt(void* p) { return Event(adopt_shared_state<EventState>(p)); }
+};
+}  // namespace detail
 
 }  // namespace mpx

@@ -1,5 +1,6 @@
 // process/ — starting, watching and reaping processes (<mpx/process.hpp>). May include: ipc,
 // serialize, common.
+#include <mpx/context.hpp>
 #include <mpx/process.hpp>
 
 #include <cxxabi.h>
@@ -26,6 +27,8 @@
 #include <typeinfo>
 
 #include "common/log.hpp"
+#include "process/forkserver.hpp"
+#include "process/shared_mappings.hpp"
 
 namespace mpx {
 namespace detail {
@@ -75,6 +78,10 @@ struct Globals {
 };
 
 std::atomic<Globals*> g_globals{nullptr};
+
+// set_start_method is refused once this is set, as Python refuses it once the context is used.
+std::atomic<bool> g_child_started{false};
+std::atomic<StartMethod> g_start_method{StartMethod::fork};
 
 Globals& globals() {
   static Globals* first = [] {
@@ -144,6 +151,9 @@ void after_fork_in_child(Globals* prepared) {
     old->abandoned = g_abandoned_forker;
     g_abandoned_forker = old;
   }
+  forkserver_forget_after_fork();
+  shared_mappings_after_fork();
+  g_child_started.store(false, std::memory_order_relaxed);
 }
 
 void report_exception(const std::string& header) noexcept {
@@ -272,13 +282,13 @@ void fork_on_forker(ForkRequest& req) {
   f.cv.wait(lock, [&] { return req.done; });
 }
 
+}  // namespace
+
 int exitcode_from_status(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return -WTERMSIG(status);
   return status;
 }
-
-}  // namespace
 
 struct ChildProcess::Private {};
 
@@ -295,7 +305,9 @@ void flush_std_streams() noexcept {
   }
 }
 
-std::shared_ptr<ChildProcess> fork_child_raw(const ForkOptions& options, ChildFn fn, void* ctx) {
+namespace {
+
+std::shared_ptr<ChildProcess> fork_child_impl(const ForkOptions& options, ChildFn fn, void* ctx) {
   int pipe_fds[2] = {-1, -1};
   if (!have_pidfd() && ::pipe2(pipe_fds, O_CLOEXEC) != 0)
     throw Error("cannot start a child: pipe: " + errno_text(errno));
@@ -325,17 +337,89 @@ std::shared_ptr<ChildProcess> fork_child_raw(const ForkOptions& options, ChildFn
   return std::make_shared<ChildProcess>(ChildProcess::Private{}, req.pid, fd, is_pidfd);
 }
 
+}  // namespace
+
+std::shared_ptr<ChildProcess> fork_child_raw(const ForkOptions& options, ChildFn fn, void* ctx) {
+  g_child_started.store(true, std::memory_order_relaxed);
+  return fork_child_impl(options, fn, ctx);
+}
+
+// Not a child the user started: choosing forkserver starts it, and must not then count as the
+// first child that fixes the choice.
+std::shared_ptr<ChildProcess> fork_server_process(ChildFn fn, void* ctx) {
+  return fork_child_impl({"ForkServer", true, true, {}}, fn, ctx);
+}
+
+std::shared_ptr<ChildProcess> make_forwarded_child(pid_t pid, int status_fd, int signal_fd) {
+  return std::make_shared<ChildProcess>(ChildProcess::Private{}, pid, status_fd, signal_fd,
+                                        ChildProcess::Forwarded{});
+}
+
+void forwarded_child_main(const ForwardedStart& req, pid_t server) {
+  if (req.daemon) {
+    // Daemons die with the server, and the server dies with the starter: the same chain of
+    // PDEATHSIG that a forked daemon has, one link longer.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0L, 0L, 0L);
+    if (::getppid() != server) ::raise(SIGKILL);
+  }
+  ::pthread_sigmask(SIG_SETMASK, &req.mask, nullptr);
+  int status = 1;
+  try {
+    reset_logger_after_fork();
+    auto* g = new Globals;
+    g->abandoned = g_globals.load(std::memory_order_relaxed);
+    g->parent = req.parent;
+    g->current = ProcessInfo{req.name, 0, req.daemon};
+    g->identity = req.identity;
+    g_globals.store(g, std::memory_order_release);
+    try {
+      run_encoded_target(req.target);
+      status = 0;
+    } catch (...) {
+      report_exception("Process " + req.name + ":");
+    }
+  } catch (...) {
+    report_exception("mpx child " + req.name + ":");
+  }
+  flush_child_output();
+  ::_exit(status);
+}
+
 ChildProcess::ChildProcess(const Private&, pid_t pid, int fd, bool pidfd)
     : pid_(pid), fd_(fd), pidfd_(pidfd), owner_(::getpid()) {}
+
+ChildProcess::ChildProcess(const Private&, pid_t pid, int status_fd, int signal_fd, Forwarded)
+    : pid_(pid), fd_(status_fd), pidfd_(false), forwarded_(true), signal_fd_(signal_fd), owner_(::getpid()) {}
 
 ChildProcess::~ChildProcess() {
   if (owned_here() && !poll()) {
     signal(SIGKILL);
-    int status = 0;
-    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    if (forwarded_) {
+      wait();
+    } else {
+      int status = 0;
+      while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+      }
     }
   }
   if (fd_ >= 0) ::close(fd_);
+  if (signal_fd_ >= 0) ::close(signal_fd_);
+}
+
+// The server writes the exit code once, then closes: a read either has it, finds nothing yet, or
+// finds EOF because the server died before it could reap the child.
+bool ChildProcess::read_forwarded_status() {
+  std::int32_t code = 0;
+  ssize_t n;
+  do n = ::read(fd_, &code, sizeof code);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+  ended_ = true;
+  if (n == static_cast<ssize_t>(sizeof code))
+    exitcode_ = code;
+  else
+    logger().warn("child {}: the fork server ended before reporting its exit: exit code unknown", pid_);
+  return true;
 }
 
 bool ChildProcess::owned_here() const { return ::getpid() == owner_; }
@@ -344,6 +428,7 @@ bool ChildProcess::poll() {
   std::lock_guard lock(m_);
   if (ended_) return true;
   if (!owned_here()) return false;
+  if (forwarded_) return read_forwarded_status();
   int status = 0;
   pid_t r;
   do r = ::waitpid(pid_, &status, WNOHANG);
@@ -366,7 +451,7 @@ bool ChildProcess::wait(Timeout timeout) {
     int ms = deadline.poll_ms();
     // A pipe sentinel may be held open by a grandchild, and without any fd there is nothing to
     // poll: check the status at a short interval then.
-    if (!pidfd_ && (ms < 0 || ms > 20)) ms = 20;
+    if (!pidfd_ && !forwarded_ && (ms < 0 || ms > 20)) ms = 20;
     if (fd_ >= 0) {
       pollfd p{fd_, POLLIN, 0};
       ::poll(&p, 1, ms);
@@ -389,8 +474,9 @@ bool ChildProcess::ended() const {
 bool ChildProcess::signal(int sig) {
   std::lock_guard lock(m_);
   if (ended_ || !owned_here()) return false;
-  int r =
-      pidfd_ ? static_cast<int>(::syscall(SYS_pidfd_send_signal, fd_, sig, nullptr, 0)) : ::kill(pid_, sig);
+  int pidfd = forwarded_ ? signal_fd_ : (pidfd_ ? fd_ : -1);
+  int r = pidfd >= 0 ? static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0))
+                     : ::kill(pid_, sig);
   return r == 0;
 }
 
@@ -404,6 +490,7 @@ struct Process::State {
   std::string identity;
   pid_t created_in = 0;
   std::unique_ptr<detail::Target> target;
+  std::optional<Context> context;
   std::shared_ptr<detail::ChildProcess> child;
   bool closed = false;
 };
@@ -436,6 +523,7 @@ Process::Process(Options options, std::unique_ptr<detail::Target> target)
   state_->identity = prefix.empty() ? std::to_string(n) : prefix + ":" + std::to_string(n);
   state_->name = options.name.empty() ? "Process-" + state_->identity : std::move(options.name);
   state_->daemon = options.daemon;
+  state_->context = options.context;
   state_->created_in = ::getpid();
   state_->target = std::move(target);
 }
@@ -485,17 +573,44 @@ Process::State& Process::checked_owner(const char* what) const {
 void Process::start() {
   State& s = checked_owner("start");
   if (s.child) throw StateError("Process::start: " + s.name + " was already started");
-  detail::ForkOptions options{s.name, s.daemon, s.daemon, s.identity};
-  auto body = [this, &s]() -> int {
-    try {
-      run();
-      return 0;
-    } catch (...) {
-      detail::report_exception("Process " + s.name + ":");
-      return 1;
-    }
-  };
-  s.child = detail::fork_child(options, body);
+  StartMethod method = s.context ? s.context->start_method() : get_start_method();
+  if (method == StartMethod::fork) {
+    detail::ForkOptions options{s.name, s.daemon, s.daemon, s.identity};
+    auto body = [this, &s]() -> int {
+      try {
+        run();
+        return 0;
+      } catch (...) {
+        detail::report_exception("Process " + s.name + ":");
+        return 1;
+      }
+    };
+    s.child = detail::fork_child(options, body);
+  } else {
+    std::string prefix = "Process::start: start method " + std::string(to_string(method)) + ": ";
+    if (method == StartMethod::spawn)
+      throw ValueError(prefix + "not implemented yet; use fork or forkserver");
+    if (typeid(*this) != typeid(Process))
+      throw ValueError(
+          prefix + "cannot start a Process subclass (" + detail::demangle(typeid(*this).name()) +
+          "): its run() exists only in this process; give a Process a transferable target instead");
+    detail::ForwardedStart req;
+    if (s.target && !s.target->encode(req.target, req.maps))
+      throw ValueError(prefix + "the target " + detail::demangle(s.target->function_type().name()) +
+                       " or one of its arguments is not transferable; pass a function pointer, a "
+                       "captureless lambda or a serializable function object, with serializable arguments "
+                       "(a capturing lambda cannot cross to another process; of the process-shared handles, "
+                       "only Condition and Barrier cannot yet: start such children with fork)");
+    req.name = s.name;
+    req.daemon = s.daemon;
+    req.identity = s.identity;
+    ProcessInfo me = current_process();
+    req.parent = me;
+    ::pthread_sigmask(SIG_SETMASK, nullptr, &req.mask);
+    detail::flush_std_streams();
+    detail::g_child_started.store(true, std::memory_order_relaxed);
+    s.child = detail::forkserver_start_child(req);
+  }
   s.target.reset();
   auto& g = detail::globals();
   std::lock_guard lock(g.m);
@@ -556,6 +671,36 @@ int Process::sentinel() const {
   if (!state_ || !state_->child) throw StateError("Process::sentinel: the process was not started");
   return state_->child->sentinel();
 }
+
+std::string_view to_string(StartMethod method) noexcept {
+  switch (method) {
+    case StartMethod::fork:
+      return "fork";
+    case StartMethod::forkserver:
+      return "forkserver";
+    case StartMethod::spawn:
+      return "spawn";
+  }
+  return "unknown";
+}
+
+void set_start_method(StartMethod method) {
+  if (detail::g_child_started.load(std::memory_order_relaxed))
+    throw StateError("set_start_method: this process has already started a child with start method " +
+                     std::string(to_string(get_start_method())));
+  // Stored first, so the server's children inherit it as their own default, as Python's do.
+  StartMethod before = detail::g_start_method.exchange(method, std::memory_order_relaxed);
+  try {
+    if (method == StartMethod::forkserver) detail::forkserver_ensure_started();
+  } catch (...) {
+    detail::g_start_method.store(before, std::memory_order_relaxed);
+    throw;
+  }
+}
+
+StartMethod get_start_method() { return detail::g_start_method.load(std::memory_order_relaxed); }
+
+Context get_context(StartMethod method) { return Context(method); }
 
 ProcessInfo current_process() {
   auto& g = detail::globals();

@@ -12,8 +12,11 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
+#include <vector>
 
+#include <mpx/detail/transfer.hpp>
 #include <mpx/errors.hpp>
 #include <mpx/timeout.hpp>
 
@@ -68,14 +71,23 @@ class ChildProcess {
   // Sends sig unless the child has already been reaped (no pid-reuse race). False if not sent.
   bool signal(int sig);
 
-  struct Private;  // construction is reserved to fork_child
+  struct Private;  // construction is reserved to fork_child and the fork server
 
   ChildProcess(const Private&, pid_t pid, int fd, bool pidfd);
+  // A child that the fork server forked: its exit status arrives on status_fd (then closed by
+  // the server: EOF without a status means the server died); signals go through signal_fd, a
+  // pidfd the server opened before it could reap the child, or by pid when that is -1.
+  struct Forwarded {};
+  ChildProcess(const Private&, pid_t pid, int status_fd, int signal_fd, Forwarded);
 
  private:
+  bool read_forwarded_status();
+
   pid_t pid_;
   int fd_;
   bool pidfd_;
+  bool forwarded_ = false;
+  int signal_fd_ = -1;
   pid_t owner_;
   mutable std::mutex m_;
   bool ended_ = false;
@@ -104,6 +116,12 @@ class Target {
  public:
   virtual ~Target() = default;
   virtual void run() = 0;
+  // Appends the target as bytes another process can run (run_encoded_target); false when the
+  // function or an argument cannot cross a process boundary.
+  // Shared mappings the arguments' handles need go to maps.
+  virtual bool encode(Bytes& out, std::vector<SharedMappingRef>& maps) const = 0;
+  // For the error that says which target could not cross.
+  virtual const std::type_info& function_type() const noexcept = 0;
 };
 
 template <class F, class... Args>
@@ -112,6 +130,17 @@ class BoundTarget final : public Target {
   template <class G, class... A>
   explicit BoundTarget(G&& f, A&&... args) : f_(std::forward<G>(f)), args_(std::forward<A>(args)...) {}
   void run() override { std::apply(std::move(f_), std::move(args_)); }
+  bool encode(Bytes& out, std::vector<SharedMappingRef>& maps) const override {
+    if constexpr (transferable_target<F, Args...>) {
+      encode_target(out, maps, f_, args_);
+      return true;
+    } else {
+      (void)out;
+      (void)maps;
+      return false;
+    }
+  }
+  const std::type_info& function_type() const noexcept override { return typeid(F); }
 
  private:
   F f_;

@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 namespace mpx {
 
@@ -56,7 +57,15 @@ class QueueCore {
   std::size_t max_bytes() const;       // the budget, rounded down to whole chunks
   std::size_t max_item_bytes() const;  // largest encoded item that always fits an empty queue
 
+  // For handing the queue to a forkserver child (<mpx/detail/process_handle.hpp>): the address
+  // of its shared state, and a core on state the child was given.
+  const void* state() const noexcept { return s_.get(); }
+  static QueueCore adopt(void* state) {
+    return QueueCore(std::shared_ptr<QueueShared>(static_cast<QueueShared*>(state), [](QueueShared*) {}));
+  }
+
  private:
+  explicit QueueCore(std::shared_ptr<QueueShared> s) : s_(std::move(s)) {}
   std::shared_ptr<QueueShared> s_;
 };
 

@@ -17,16 +17,29 @@
 
 namespace mpx::detail {
 
+// Once this process runs a fork server, its children are not forks of this process, so a
+// mapping made afterwards cannot reach them by inheritance: from then on mappings are made from
+// a memfd, kept open (one descriptor per mapping) and registered, so Process::start can give it
+// to a forkserver child at the same address. Mappings made before were in the server's snapshot.
+// (lib/src/process/shared_mappings.cpp)
+bool shared_mappings_by_fd() noexcept;
+void* map_shared_by_fd(std::size_t bytes);
+void forget_shared_mapping(void* p) noexcept;
+
 // Maps `bytes` of zeroed shared memory. With `lazy`, pages are committed only when touched
 // (MAP_NORESERVE), so a large byte budget costs nothing until used.
 inline void* map_shared(std::size_t bytes, bool lazy = false) {
+  if (shared_mappings_by_fd()) return map_shared_by_fd(bytes);  // memfd pages are lazy anyway
   int flags = MAP_SHARED | MAP_ANONYMOUS | (lazy ? MAP_NORESERVE : 0);
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, flags, -1, 0);
   if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap(MAP_SHARED)");
   return p;
 }
 
-inline void unmap_shared(void* p, std::size_t bytes) noexcept { ::munmap(p, bytes); }
+inline void unmap_shared(void* p, std::size_t bytes) noexcept {
+  ::munmap(p, bytes);
+  if (shared_mappings_by_fd()) forget_shared_mapping(p);
+}
 
 // Constructs a T in its own shared mapping (plus `extra` trailing bytes). When this process's
 // last copy of the handle goes, `release(T*, bytes)` gives up this process's view; ~T never

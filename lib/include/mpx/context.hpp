@@ -1,0 +1,55 @@
+// Start methods and contexts: Python's multiprocessing.set_start_method / get_context.
+//
+// fork copies the calling process, threads' held mutexes and all, so a program with threads
+// risks a child that deadlocks on a lock some vanished thread held. forkserver avoids that: a
+// small single-threaded server process forks the children, and the target with its arguments
+// crosses to it as bytes. So under forkserver the target must be transferable (a function
+// pointer, a captureless lambda, or a function object with serialize()) and so must each
+// argument; anything else makes Process::start() throw ValueError naming the method, at run
+// time, since the method is a run-time choice.
+//
+// Lock, RLock, Semaphore, BoundedSemaphore, Event, Value, Array, RawValue, RawArray and the
+// queues (Queue, JoinableQueue, SimpleQueue) passed as arguments reach the child too: once the
+// server runs,
+// such objects are made in memfd mappings (one descriptor each, while they live), which start()
+// hands to the server so the child maps them where this process has them. Objects made before
+// the server started are in its snapshot already. Condition and Barrier are not passed yet
+// and make start() throw ValueError; shared memory blocks cross by name (SharedMemory::attach).
+//
+// The server is forked from this process (exec'ing a fresh image is what spawn is for), closes
+// every descriptor it inherited but its control socket, and then only forks. It is a snapshot of
+// the process at the moment it starts, so start it while the process is still single-threaded:
+// set_start_method(StartMethod::forkserver) at the top of main starts it at once; otherwise it
+// starts at the first forkserver Process::start(). It dies with this process (PR_SET_PDEATHSIG,
+// and it ends when its control socket reports this process gone), and its daemon children die
+// with it, so nothing outlives the program that started it.
+#pragma once
+
+#include <string_view>
+
+namespace mpx {
+
+enum class StartMethod { fork, forkserver, spawn };
+
+// "fork", "forkserver", "spawn", as Python names them.
+std::string_view to_string(StartMethod method) noexcept;
+
+// The default method for Processes whose Options name no context. StateError once this process
+// has started a child (as Python refuses to change it once used). Choosing forkserver starts its
+// server now, from the state the process is in (see above).
+void set_start_method(StartMethod method);
+StartMethod get_start_method();  // fork unless set
+
+class Context {
+ public:
+  explicit Context(StartMethod method) noexcept : method_(method) {}
+  StartMethod start_method() const noexcept { return method_; }
+  friend bool operator==(const Context&, const Context&) = default;
+
+ private:
+  StartMethod method_;
+};
+
+Context get_context(StartMethod method);
+
+}  // namespace mpx

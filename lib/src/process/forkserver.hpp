@@ -1,0 +1,47 @@
+// The fork server (see <mpx/context.hpp>): what process.cpp and forkserver.cpp share.
+#pragma once
+
+#include <signal.h>
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <mpx/detail/fork.hpp>
+#include <mpx/process.hpp>
+#include <mpx/serialize.hpp>
+
+namespace mpx::detail {
+
+// What the server needs to fork one child: who it is, whose child it counts as, and its target.
+struct ForwardedStart {
+  std::string name;
+  bool daemon = false;
+  std::string identity;
+  ProcessInfo parent;                  // the process that called start(), not the server
+  sigset_t mask{};                     // the caller's signal mask, which the child runs with
+  Bytes target;                        // encode_target's bytes; empty for a Process without a target
+  std::vector<SharedMappingRef> maps;  // what the arguments' handles need mapped in the child
+};
+
+// In the parent: has the server fork the child, starting the server first if needed.
+// Throws mpx::Error when the server cannot be started or reached.
+std::shared_ptr<ChildProcess> forkserver_start_child(const ForwardedStart& request);
+// Starts the server now, if it is not running (set_start_method(forkserver)).
+void forkserver_ensure_started();
+// In a freshly forked child: the parent's server is not this process's to use.
+void forkserver_forget_after_fork() noexcept;
+
+// process.cpp, for forkserver.cpp:
+// The parent's handle on a child the server forked (see ChildProcess::Forwarded).
+std::shared_ptr<ChildProcess> make_forwarded_child(pid_t pid, int status_fd, int signal_fd);
+// In the server's fresh child, once it holds only its standard streams: becomes the child the
+// request describes, runs its target and exits as a forked Process child does.
+[[noreturn]] void forwarded_child_main(const ForwardedStart& request, pid_t server);
+// Forks the server itself (a die-with-parent helper that does not count as a started child).
+std::shared_ptr<ChildProcess> fork_server_process(ChildFn fn, void* ctx);
+// 0..255 for an exit status, -N for a fatal signal N.
+int exitcode_from_status(int status);
+
+}  // namespace mpx::detail

@@ -1,0 +1,622 @@
+// Start methods: set/get, contexts, and Process under forkserver.
+#include <mpx/context.hpp>
+#include <mpx/detail/shm.hpp>
+#include <mpx/mpx.hpp>
+#include <support.hpp>
+
+#include <doctest/doctest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+// Children inherit signal handlers, among them the test framework's crash reporter: children
+// these tests terminate should just die.
+struct PlainSignals {
+  PlainSignals() {
+    ::signal(SIGTERM, SIG_DFL);
+    ::signal(SIGABRT, SIG_DFL);
+  }
+};
+
+mpx::Process::Options forkserver(bool daemon = false) {
+  return {.name = "", .daemon = daemon, .context = mpx::get_context(mpx::StartMethod::forkserver)};
+}
+
+[[noreturn]] void sleep_forever() {
+  for (;;) ::pause();
+}
+
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = 5000ms) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(2ms);
+  }
+  return pred();
+}
+
+std::string read_file(const std::string& path) { return mpx::test::slurp(path); }
+
+mpx::detail::ForkOptions helper(std::string name) {
+  mpx::detail::ForkOptions o;
+  o.name = std::move(name);
+  return o;
+}
+
+// Written whole, then renamed, so a reader never sees half of it.
+void write_file_atomically(const std::string& path, const std::string& text) {
+  {
+    std::ofstream out(path + ".tmp");
+    out << text;
+  }
+  std::filesystem::rename(path + ".tmp", path);
+}
+
+// Forkserver children share no memory with the test: they report through files.
+int write_and_exit(std::string path, std::string text, int code) {
+  write_file_atomically(path, text);
+  return code;  // the return value of a target is ignored; exit(code) below gives the code
+}
+
+void report_identity(std::string path) {
+  auto me = mpx::current_process();
+  auto parent = mpx::parent_process();
+  write_file_atomically(path, me.name + " " + std::to_string(me.daemon) + " " +
+                                  std::to_string(parent ? parent->pid : 0) + " " +
+                                  std::to_string(::getppid()));
+}
+
+void exit_with(int code) { std::exit(code); }
+void throw_runtime_error() { throw std::runtime_error("from the forkserver child"); }
+void sleeper() { sleep_forever(); }
+
+struct Adder {
+  int base = 0;
+  void operator()(std::string path, int x) const { write_file_atomically(path, std::to_string(base + x)); }
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(base);
+  }
+};
+
+void takes_condition(mpx::Condition) {}
+
+// Each kind of handle, used in the child: sums what it saw into the RawValue.
+void use_every_handle(mpx::RLock rl, mpx::Semaphore sem, mpx::BoundedSemaphore bsem, mpx::Array<int> a,
+                      mpx::RawArray<double> ra, mpx::RawValue<long> total, mpx::SimpleQueue<int> sq) {
+  {
+    std::lock_guard g1(rl);
+    std::lock_guard g2(rl);  // recursive
+  }
+  sem.release();
+  if (!bsem.acquire(1s)) std::exit(4);
+  long sum = 0;
+  for (int x : a) sum += x;
+  for (double x : ra) sum += static_cast<long>(x);
+  a[0] = -1;
+  total.store(sum);
+  sq.put(static_cast<int>(sum));
+}
+
+void echo_doubled(mpx::Queue<int> in, mpx::JoinableQueue<std::string> out) {
+  for (int x; (x = in.get()) >= 0;) out.put(std::to_string(2 * x));
+}
+
+// Process-shared handles cross to a forkserver child as arguments.
+void count_and_signal(mpx::Event ev, mpx::Value<int> v, mpx::Lock lock) {
+  {
+    std::lock_guard guard(lock);
+    v.store(v.load() + 1);
+  }
+  ev.set();
+}
+
+void report_server(mpx::Value<int> v) { v.store(static_cast<int>(::getppid())); }
+
+// Exits 3 if the lock, held by the starter, could be taken.
+void try_held_lock(mpx::Lock lock) {
+  if (lock.acquire(50ms)) std::exit(3);
+}
+
+// A shared memory block crosses by name, as in Python: the child attaches to it.
+void fill_block(std::string name, int value) {
+  auto shm = mpx::SharedMemory::attach(name);
+  for (int& x : shm.as<int>()) x = value;
+}
+
+// Waits (bounded) for an adopted pid and returns its wait status, or -1.
+int reap_adopted(pid_t pid, std::chrono::milliseconds limit = 5000ms) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  int status = 0;
+  while (std::chrono::steady_clock::now() < end) {
+    pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) return status;
+    if (r < 0) return -1;
+    std::this_thread::sleep_for(2ms);
+  }
+  return -1;
+}
+
+// The test process adopts orphaned descendants while this lives, so it can reap them.
+struct Subreaper {
+  Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
+  ~Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 0); }
+};
+
+std::mutex g_churned;
+void lock_churned_mutex(std::string path) {
+  std::lock_guard lock(g_churned);
+  write_file_atomically(path, std::to_string(::getppid()));
+}
+
+}  // namespace
+
+TEST_SUITE("context") {
+  TEST_CASE_FIXTURE(PlainSignals, "set_start_method and get_start_method; StateError once a child started") {
+    // A fresh process, so this test does not depend on what others started before it.
+    Subreaper adopt;  // the helper's server, once the helper is gone
+    mpx::test::TempDir dir;
+    auto child = mpx::detail::fork_child(helper("setter"), [&dir] {
+      if (mpx::get_start_method() != mpx::StartMethod::fork) return 2;
+      mpx::set_start_method(mpx::StartMethod::forkserver);
+      if (mpx::get_start_method() != mpx::StartMethod::forkserver) return 3;
+      mpx::set_start_method(mpx::StartMethod::fork);  // starting the server is not starting a child
+      mpx::Process served(forkserver(), &lock_churned_mutex, dir / "server");
+      served.start();
+      served.join();
+      try {
+        mpx::set_start_method(mpx::StartMethod::forkserver);
+        return 4;
+      } catch (const mpx::StateError& e) {
+        if (std::string(e.what()).find("fork") == std::string::npos) return 5;
+      }
+      return mpx::get_start_method() == mpx::StartMethod::fork ? 0 : 6;
+    });
+    REQUIRE(child->wait(30s));
+    CHECK(child->exitcode() == 0);
+    CHECK(reap_adopted(std::stoi(read_file(dir / "server"))) != -1);
+  }
+
+  TEST_CASE("get_context and Context") {
+    mpx::Context c = mpx::get_context(mpx::StartMethod::forkserver);
+    CHECK(c.start_method() == mpx::StartMethod::forkserver);
+    CHECK(c == mpx::Context(mpx::StartMethod::forkserver));
+    CHECK(mpx::to_string(mpx::StartMethod::fork) == "fork");
+    CHECK(mpx::to_string(mpx::StartMethod::forkserver) == "forkserver");
+    CHECK(mpx::to_string(mpx::StartMethod::spawn) == "spawn");
+    mpx::Process::Options designated{.name = "x", .daemon = true};  // still warning-free
+    CHECK(!designated.context);
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: function pointer and function object targets, exit codes") {
+    mpx::test::TempDir dir;
+    mpx::Process p(forkserver(), &write_and_exit, dir / "a", std::string("hello"), 0);
+    p.start();
+    CHECK(p.pid() > 0);
+    REQUIRE(p.join(30s));
+    CHECK(p.exitcode() == 0);
+    CHECK(read_file(dir / "a") == "hello");
+
+    mpx::Process q(forkserver(), Adder{40}, dir / "b", 2);
+    q.start();
+    REQUIRE(q.join(30s));
+    CHECK(q.exitcode() == 0);
+    CHECK(read_file(dir / "b") == "42");
+
+    mpx::Process lambda(
+        forkserver(), [](std::string path) { write_file_atomically(path, "captureless"); }, dir / "c");
+    lambda.start();
+    REQUIRE(lambda.join(30s));
+    CHECK(read_file(dir / "c") == "captureless");
+
+    mpx::Process e(forkserver(), &exit_with, 7);
+    e.start();
+    REQUIRE(e.join(30s));
+    CHECK(e.exitcode() == 7);
+
+    mpx::Process none(forkserver());
+    none.start();
+    REQUIRE(none.join(30s));
+    CHECK(none.exitcode() == 0);
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: a target that throws prints it and exits with 1") {
+    std::fflush(nullptr);
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    int saved = ::dup(2);
+    ::dup2(p[1], 2);
+    ::close(p[1]);
+    mpx::Process t(forkserver(), &throw_runtime_error);
+    t.start();
+    ::dup2(saved, 2);  // the child got the stderr of start() time: the pipe
+    ::close(saved);
+    REQUIRE(t.join(30s));
+    CHECK(t.exitcode() == 1);
+    std::string out;
+    char buf[1024];
+    ssize_t n;
+    while ((n = ::read(p[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<std::size_t>(n));
+    ::close(p[0]);
+    CHECK(out.find("Process " + t.name() + ":") != std::string::npos);
+    CHECK(out.find("from the forkserver child") != std::string::npos);
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: the child starts in its starter's working directory now") {
+    mpx::Process warm(forkserver());  // the server's snapshot has the old directory
+    warm.start();
+    REQUIRE(warm.join(30s));
+    mpx::test::TempDir dir;
+    auto old = std::filesystem::current_path();
+    std::filesystem::current_path(dir.path());
+    mpx::Process p(forkserver(), &write_and_exit, std::string("relative"), std::string("here"), 0);
+    try {
+      p.start();
+    } catch (...) {
+      std::filesystem::current_path(old);
+      throw;
+    }
+    std::filesystem::current_path(old);
+    REQUIRE(p.join(30s));
+    CHECK(read_file(dir / "relative") == "here");
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: sentinel, is_alive, join timeout, terminate, kill") {
+    mpx::Process a(forkserver(), &sleeper);
+    a.start();
+    CHECK(a.is_alive());
+    CHECK_FALSE(a.join(50ms));
+    pollfd pfd{a.sentinel(), POLLIN, 0};
+    CHECK(::poll(&pfd, 1, 0) == 0);
+    a.terminate();
+    CHECK(::poll(&pfd, 1, 10000) == 1);
+    REQUIRE(a.join(10s));
+    CHECK(a.exitcode() == -SIGTERM);
+    CHECK_FALSE(a.is_alive());
+
+    mpx::Process b(forkserver(), &sleeper);
+    b.start();
+    b.kill();
+    REQUIRE(b.join(10s));
+    CHECK(b.exitcode() == -SIGKILL);
+    CHECK(mpx::active_children().empty());
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals,
+                    "forkserver: ~Process terminates a daemon child and joins a non-daemon one") {
+    mpx::test::TempDir dir;
+    pid_t daemon_pid = 0;
+    {
+      mpx::Process d(forkserver(true), &sleeper);
+      d.start();
+      daemon_pid = d.pid();
+    }
+    // Not our child (the server reaps it), so "gone" is: no such process any more.
+    CHECK(eventually([&] { return ::kill(daemon_pid, 0) != 0; }));
+    {
+      mpx::Process n(
+          forkserver(false),
+          [](std::string path) {
+            std::this_thread::sleep_for(100ms);
+            write_file_atomically(path, "done");
+          },
+          dir / "late");
+      n.start();
+    }
+    CHECK(read_file(dir / "late") == "done");
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: the child knows its name, daemon flag and its starter") {
+    mpx::test::TempDir dir;
+    mpx::Process p(
+        {.name = "Reporter", .daemon = true, .context = mpx::Context(mpx::StartMethod::forkserver)},
+        &report_identity, dir / "id");
+    p.start();
+    REQUIRE(p.join(30s));
+    REQUIRE(p.exitcode() == 0);
+    std::string id = read_file(dir / "id");
+    CHECK(id.rfind("Reporter 1 " + std::to_string(::getpid()) + " ", 0) == 0);
+    // Its real parent is the server, not this process.
+    CHECK(id != "Reporter 1 " + std::to_string(::getpid()) + " " + std::to_string(::getpid()));
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals,
+                    "forkserver: a Lock, Event and Value made after the server started reach the child") {
+    mpx::Process warm(forkserver());  // the server runs before the objects are made
+    warm.start();
+    REQUIRE(warm.join(30s));
+    auto memfds = [] {
+      int n = 0;
+      for (auto& [fd, what] : mpx::test::open_fd_set()) n += what.find("memfd:mpx") != std::string::npos;
+      return n;
+    };
+    int before = memfds();
+    mpx::Event ev;
+    mpx::Value<int> v(41);
+    mpx::Lock lock;
+    CHECK(memfds() == before + 3);  // made by fd: not in the server's snapshot
+    mpx::Process p(forkserver(), &count_and_signal, ev, v, lock);
+    p.start();
+    CHECK(ev.wait(30s));
+    REQUIRE(p.join(30s));
+    CHECK(p.exitcode() == 0);
+    CHECK(v.load() == 42);
+
+    lock.acquire();
+    mpx::Process q(forkserver(), &try_held_lock, lock);
+    q.start();
+    REQUIRE(q.join(30s));
+    CHECK(q.exitcode() == 0);  // the child saw the lock held
+    lock.release();
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: queues made after the server started reach the child") {
+    mpx::Queue<int> in;
+    mpx::JoinableQueue<std::string> out;
+    mpx::Process p(forkserver(), &echo_doubled, in, out);
+    p.start();
+    for (int i = 0; i < 100; ++i) in.put(i);
+    in.put(-1);
+    for (int i = 0; i < 100; ++i) {
+      CHECK(out.get(30s) == std::to_string(2 * i));
+      out.task_done();
+    }
+    CHECK(out.join(1s));
+    REQUIRE(p.join(30s));
+    CHECK(p.exitcode() == 0);
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: every other crossing handle kind reaches the child") {
+    mpx::RLock rl;
+    mpx::Semaphore sem(0);
+    mpx::BoundedSemaphore bsem(1);
+    mpx::Array<int> a(std::vector<int>{1, 2, 3});
+    mpx::RawArray<double> ra(std::vector<double>{10, 20});
+    mpx::RawValue<long> total(0);
+    mpx::SimpleQueue<int> sq;
+    mpx::Process p(forkserver(), &use_every_handle, rl, sem, bsem, a, ra, total, sq);
+    p.start();
+    CHECK(sem.acquire(30s));
+    CHECK(sq.get() == 36);
+    REQUIRE(p.join(30s));
+    CHECK(p.exitcode() == 0);
+    CHECK(total.load() == 36);
+    CHECK(a[0] == -1);
+    CHECK_FALSE(bsem.acquire(0ms));  // the child holds it
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: handles made before the server started reach the child too") {
+    Subreaper adopt;  // the helper's server, once the helper is gone
+    mpx::Value<int> server(0);
+    auto child = mpx::detail::fork_child(helper("early"), [server] {
+      mpx::Event ev;  // in the server's snapshot
+      mpx::Value<int> v(1);
+      mpx::Lock lock;
+      mpx::set_start_method(mpx::StartMethod::forkserver);
+      mpx::Event late;  // made by fd
+      mpx::Process p(&count_and_signal, ev, v, lock);
+      p.start();
+      if (!p.join(30s) || p.exitcode() != 0) return 2;
+      if (!ev.is_set() || v.load() != 2) return 3;
+      mpx::Process q(&count_and_signal, late, v, lock);
+      q.start();
+      if (!q.join(30s) || q.exitcode() != 0) return 4;
+      mpx::Process r(&report_server, server);
+      r.start();
+      r.join(30s);
+      return late.is_set() && v.load() == 3 ? 0 : 5;
+    });
+    REQUIRE(child->wait(60s));
+    CHECK(child->exitcode() == 0);
+    REQUIRE(server.load() > 0);
+    CHECK(reap_adopted(server.load()) != -1);
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: a shared memory block made before start() reaches the child") {
+    auto shm = mpx::SharedMemory::create(64 * sizeof(int));
+    mpx::Process p(forkserver(), &fill_block, shm.name(), 7);
+    p.start();
+    REQUIRE(p.join(30s));
+    CHECK(p.exitcode() == 0);
+    auto xs = shm.as<int>();
+    CHECK(std::all_of(xs.begin(), xs.end(), [](int x) { return x == 7; }));
+    shm.unlink();
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: what cannot cross makes start() throw ValueError naming it") {
+    int captured = 1;
+    mpx::Process capturing(forkserver(), [captured] { (void)captured; });
+    try {
+      capturing.start();
+      FAIL("a capturing lambda started under forkserver");
+    } catch (const mpx::ValueError& e) {
+      CHECK(std::string(e.what()).find("forkserver") != std::string::npos);
+    }
+    CHECK(capturing.pid() == 0);
+
+    mpx::Condition cond;
+    mpx::Process with_condition(forkserver(), &takes_condition, cond);
+    try {
+      with_condition.start();
+      FAIL("a Condition crossed to a forkserver child");
+    } catch (const mpx::ValueError& e) {
+      CHECK(std::string(e.what()).find("forkserver") != std::string::npos);
+      CHECK(std::string(e.what()).find("Condition and Barrier") != std::string::npos);
+    }
+
+    struct Sub : mpx::Process {
+      Sub() : mpx::Process(forkserver()) {}
+      void run() override {}
+    } sub;
+    CHECK_THROWS_AS(sub.start(), mpx::ValueError);
+
+    mpx::Process spawned({.name = "", .context = mpx::Context(mpx::StartMethod::spawn)}, &exit_with, 0);
+    try {
+      spawned.start();
+      FAIL("spawn started");
+    } catch (const mpx::ValueError& e) {
+      CHECK(std::string(e.what()).find("spawn") != std::string::npos);
+    }
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: children of a threaded parent never inherit a held mutex") {
+    Subreaper adopt;  // the helper's server, once the helper is gone
+    mpx::test::TempDir dir;
+    auto child = mpx::detail::fork_child(helper("threaded"), [&dir] {
+      mpx::set_start_method(mpx::StartMethod::forkserver);  // the server starts single-threaded
+      std::atomic<bool> stop{false};
+      std::vector<std::thread> churn;
+      for (int i = 0; i < 8; ++i)
+        churn.emplace_back([&] {
+          while (!stop.load()) {
+            std::lock_guard lock(g_churned);
+            std::this_thread::yield();
+          }
+        });
+      int ok = 0;
+      for (int i = 0; i < 20; ++i) {
+        mpx::Process p(&lock_churned_mutex, dir / ("m" + std::to_string(i)));
+        p.start();
+        if (p.join(10s) && p.exitcode() == 0)
+          ++ok;
+        else
+          p.kill();
+      }
+      stop = true;
+      for (auto& t : churn) t.join();
+      return ok == 20 ? 0 : 1;
+    });
+    REQUIRE(child->wait(120s));
+    CHECK(child->exitcode() == 0);
+    CHECK(reap_adopted(std::stoi(read_file(dir / "m0"))) != -1);
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: the server and daemon children die with their starter") {
+    Subreaper adopt;
+    mpx::test::TempDir dir;
+    std::string report = dir / "pids";
+    // A starter that starts a daemon and a non-daemon forkserver child, then is killed.
+    auto starter = mpx::detail::fork_child(helper("starter"), [report] {
+      mpx::Process d(
+          forkserver(true),
+          [](std::string path) {
+            write_file_atomically(path, std::to_string(::getpid()) + " " + std::to_string(::getppid()));
+            sleep_forever();
+          },
+          report + ".d");
+      d.start();
+      mpx::Process n(
+          forkserver(false),
+          [](std::string path) {
+            write_file_atomically(path, std::to_string(::getpid()));
+            sleep_forever();
+          },
+          report + ".n");
+      n.start();
+      sleep_forever();
+      return 0;
+    });
+    REQUIRE(eventually(
+        [&] { return std::filesystem::exists(report + ".d") && std::filesystem::exists(report + ".n"); }));
+    pid_t daemon_child = 0, server = 0, independent = 0;
+    {
+      std::istringstream in(read_file(report + ".d"));
+      in >> daemon_child >> server;
+      independent = std::stoi(read_file(report + ".n"));
+    }
+    REQUIRE(daemon_child > 0);
+    REQUIRE(server > 0);
+    CHECK(::kill(server, 0) == 0);
+    starter->signal(SIGKILL);
+    REQUIRE(starter->wait(10s));
+    // Orphans are adopted by this process (the subreaper). The server sees its socket close or
+    // gets its PDEATHSIG, whichever comes first; the daemon child dies of the server's death.
+    int s = reap_adopted(server);
+    CHECK(s != -1);
+    CHECK(((WIFSIGNALED(s) && WTERMSIG(s) == SIGKILL) || (WIFEXITED(s) && WEXITSTATUS(s) == 0)));
+    s = reap_adopted(daemon_child);
+    CHECK((s != -1 && WIFSIGNALED(s) && WTERMSIG(s) == SIGKILL));
+    // The non-daemon child is independent, as under fork.
+    CHECK(::kill(independent, 0) == 0);
+    ::kill(independent, SIGKILL);
+    CHECK(reap_adopted(independent) != -1);
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: the server ends when its starter exits normally") {
+    Subreaper adopt;
+    mpx::test::TempDir dir;
+    std::string report = dir / "server";
+    auto starter = mpx::detail::fork_child(helper("starter"), [report] {
+      mpx::Process p(
+          forkserver(), [](std::string path) { write_file_atomically(path, std::to_string(::getppid())); },
+          report);
+      p.start();
+      p.join();
+      return p.exitcode() == 0 ? 0 : 1;
+    });
+    REQUIRE(starter->wait(30s));
+    CHECK(starter->exitcode() == 0);
+    pid_t server = std::stoi(read_file(report));
+    REQUIRE(server > 0);
+    int s = reap_adopted(server);
+    CHECK(s != -1);
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: children started from several threads at once") {
+    std::vector<std::thread> threads;
+    std::atomic<int> ok{0};
+    for (int t = 0; t < 4; ++t)
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < 5; ++i) {
+          mpx::Process p(forkserver(t % 2 == 0), &exit_with, t * 10 + i);
+          p.start();
+          if (p.join(30s) && p.exitcode() == t * 10 + i) ++ok;
+        }
+      });
+    for (auto& t : threads) t.join();
+    CHECK(ok == 20);
+    CHECK(mpx::active_children().empty());
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: starting children leaks no descriptors") {
+    {
+      mpx::Process warm(forkserver());  // the server's socket stays for the process's life
+      warm.start();
+      REQUIRE(warm.join(30s));
+    }
+    auto before = mpx::test::open_fd_set();
+    for (int i = 0; i < 5; ++i) {
+      mpx::Process p(forkserver(), &exit_with, i);
+      p.start();
+      REQUIRE(p.join(30s));
+      CHECK(p.exitcode() == i);
+    }
+    {
+      mpx::Process k(forkserver(), &sleeper);
+      k.start();
+      k.kill();
+    }  // ~Process joins it
+    CHECK(mpx::test::fd_changes(before, mpx::test::open_fd_set()) == "");
+  }
+}
