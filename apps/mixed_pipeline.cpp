@@ -1,6 +1,6 @@
 // The C++ half of a pipeline shared with a stock Python program through mpxd: this producer
-// feeds jobs (dicts of floats) to the named queue "jobs", apps/python/mixed_pipeline.py takes
-// them, and its answers come back on the named queue "results", checked here.
+// feeds jobs (dicts of floats) to the named queue "pipeline-jobs", apps/python/mixed_pipeline.py
+// takes them, and its answers come back on the named queue "pipeline-results", checked here.
 //
 //   python3 apps/python/mixed_pipeline.py --address unix:/tmp/mpxd.sock --authkey-file key &
 //   mixed_pipeline --address unix:/tmp/mpxd.sock --authkey-file key --count 1000
@@ -26,8 +26,8 @@ namespace {
 using Job = std::map<std::string, double>;
 
 int run(mpx::Manager& m, long count, long consumers, std::chrono::seconds timeout) {
-  auto jobs = m.queue<std::optional<Job>>(0, "jobs");
-  auto results = m.queue<Job>(0, "results");
+  auto jobs = m.queue<std::optional<Job>>(0, "pipeline-jobs");
+  auto results = m.queue<Job>(0, "pipeline-results");
   for (long i = 0; i < count; ++i)
     jobs.put(Job{{"i", static_cast<double>(i)}, {"x", 0.5 * static_cast<double>(i)}});
   for (long i = 0; i < consumers; ++i) jobs.put(std::nullopt);
@@ -49,7 +49,7 @@ int run(mpx::Manager& m, long count, long consumers, std::chrono::seconds timeou
 int main(int argc, char** argv) {
   CLI::App app{
       "The C++ producer of a pipeline shared with a stock Python consumer (apps/python/mixed_pipeline.py) "
-      "through mpxd's named queues 'jobs' and 'results'."};
+      "through mpxd's named queues 'pipeline-jobs' and 'pipeline-results'."};
   std::string address, keyfile;
   long count = 1000, consumers = 1, timeout = 30;
   app.add_option("--address", address, "the manager: unix:/path, unix:@name or tcp:host:port")->required();

@@ -53,7 +53,7 @@ if command -v python3 >/dev/null 2>&1; then
   echo; echo "== a stock Python SyncManager against mpxd: dict, queue, lock"
   python3 "$here/python/sync_manager_client.py" "$@"
 
-  echo; echo "== one pipeline, two languages: C++ feeds the named queue 'jobs', Python answers on 'results'"
+  echo; echo "== one pipeline, two languages: C++ feeds the named queue 'pipeline-jobs', Python answers on 'pipeline-results'"
   python3 "$here/python/mixed_pipeline.py" "$@" &
   consumer=$!
   "$bin/mixed_pipeline" "$@" --count 1000

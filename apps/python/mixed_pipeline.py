@@ -1,7 +1,7 @@
 """The Python half of a pipeline shared with a C++ program through mpxd (standard library only).
 
-Takes jobs ({'i': ..., 'x': ...}) from the named queue 'jobs' that apps/mixed_pipeline.cpp
-fills, answers each with {'i': i, 'y': x*x + 1} on the named queue 'results', and stops at
+Takes jobs ({'i': ..., 'x': ...}) from the named queue 'pipeline-jobs' that apps/mixed_pipeline.cpp
+fills, answers each with {'i': i, 'y': x*x + 1} on the named queue 'pipeline-results', and stops at
 None. Run it before or after the C++ side: whoever opens a queue first, both see the values
 in their own language.
 
@@ -27,7 +27,7 @@ def main():
     with open(args.authkey_file, "rb") as f:
         m = Mpxd(address=address, authkey=f.read().rstrip(b"\n"))
     m.connect()
-    jobs, results = m.get_queue("jobs"), m.get_queue("results")
+    jobs, results = m.get_queue("pipeline-jobs"), m.get_queue("pipeline-results")
     n = 0
     while (job := jobs.get()) is not None:
         results.put({"i": job["i"], "y": job["x"] ** 2 + 1})
