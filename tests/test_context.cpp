@@ -145,25 +145,6 @@ void fill_block(std::string name, int value) {
   for (int& x : shm.as<int>()) x = value;
 }
 
-// Waits (bounded) for an adopted pid and returns its wait status, or -1.
-int reap_adopted(pid_t pid, std::chrono::milliseconds limit = 5000ms) {
-  auto end = std::chrono::steady_clock::now() + limit;
-  int status = 0;
-  while (std::chrono::steady_clock::now() < end) {
-    pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) return status;
-    if (r < 0) return -1;
-    std::this_thread::sleep_for(2ms);
-  }
-  return -1;
-}
-
-// The test process adopts orphaned descendants while this lives, so it can reap them.
-struct Subreaper {
-  Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
-  ~Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 0); }
-};
-
 std::mutex g_churned;
 void lock_churned_mutex(std::string path) {
   std::lock_guard lock(g_churned);
@@ -175,7 +156,7 @@ void lock_churned_mutex(std::string path) {
 TEST_SUITE("context") {
   TEST_CASE_FIXTURE(PlainSignals, "set_start_method and get_start_method; StateError once a child started") {
     // A fresh process, so this test does not depend on what others started before it.
-    Subreaper adopt;  // the helper's server, once the helper is gone
+    mpx::test::Subreaper adopt;  // the helper's server, once the helper is gone
     mpx::test::TempDir dir;
     auto child = mpx::detail::fork_child(helper("setter"), [&dir] {
       if (mpx::get_start_method() != mpx::StartMethod::fork) return 2;
@@ -195,7 +176,7 @@ TEST_SUITE("context") {
     });
     REQUIRE(child->wait(30s));
     CHECK(child->exitcode() == 0);
-    CHECK(reap_adopted(std::stoi(read_file(dir / "server"))) != -1);
+    CHECK(mpx::test::reap_adopted(std::stoi(read_file(dir / "server"))) != -1);
   }
 
   TEST_CASE("get_context and Context") {
@@ -407,7 +388,7 @@ TEST_SUITE("context") {
   }
 
   TEST_CASE_FIXTURE(PlainSignals, "forkserver: handles made before the server started reach the child too") {
-    Subreaper adopt;  // the helper's server, once the helper is gone
+    mpx::test::Subreaper adopt;  // the helper's server, once the helper is gone
     mpx::Value<int> server(0);
     auto child = mpx::detail::fork_child(helper("early"), [server] {
       mpx::Event ev;  // in the server's snapshot
@@ -430,7 +411,7 @@ TEST_SUITE("context") {
     REQUIRE(child->wait(60s));
     CHECK(child->exitcode() == 0);
     REQUIRE(server.load() > 0);
-    CHECK(reap_adopted(server.load()) != -1);
+    CHECK(mpx::test::reap_adopted(server.load()) != -1);
   }
 
   TEST_CASE_FIXTURE(PlainSignals, "forkserver: a shared memory block made before start() reaches the child") {
@@ -481,7 +462,7 @@ TEST_SUITE("context") {
   }
 
   TEST_CASE_FIXTURE(PlainSignals, "forkserver: children of a threaded parent never inherit a held mutex") {
-    Subreaper adopt;  // the helper's server, once the helper is gone
+    mpx::test::Subreaper adopt;  // the helper's server, once the helper is gone
     mpx::test::TempDir dir;
     auto child = mpx::detail::fork_child(helper("threaded"), [&dir] {
       mpx::set_start_method(mpx::StartMethod::forkserver);  // the server starts single-threaded
@@ -509,11 +490,11 @@ TEST_SUITE("context") {
     });
     REQUIRE(child->wait(120s));
     CHECK(child->exitcode() == 0);
-    CHECK(reap_adopted(std::stoi(read_file(dir / "m0"))) != -1);
+    CHECK(mpx::test::reap_adopted(std::stoi(read_file(dir / "m0"))) != -1);
   }
 
   TEST_CASE_FIXTURE(PlainSignals, "forkserver: the server and daemon children die with their starter") {
-    Subreaper adopt;
+    mpx::test::Subreaper adopt;
     mpx::test::TempDir dir;
     std::string report = dir / "pids";
     // A starter that starts a daemon and a non-daemon forkserver child, then is killed.
@@ -552,19 +533,19 @@ TEST_SUITE("context") {
     REQUIRE(starter->wait(10s));
     // Orphans are adopted by this process (the subreaper). The server sees its socket close or
     // gets its PDEATHSIG, whichever comes first; the daemon child dies of the server's death.
-    int s = reap_adopted(server);
+    int s = mpx::test::reap_adopted(server);
     CHECK(s != -1);
     CHECK(((WIFSIGNALED(s) && WTERMSIG(s) == SIGKILL) || (WIFEXITED(s) && WEXITSTATUS(s) == 0)));
-    s = reap_adopted(daemon_child);
+    s = mpx::test::reap_adopted(daemon_child);
     CHECK((s != -1 && WIFSIGNALED(s) && WTERMSIG(s) == SIGKILL));
     // The non-daemon child is independent, as under fork.
     CHECK(::kill(independent, 0) == 0);
     ::kill(independent, SIGKILL);
-    CHECK(reap_adopted(independent) != -1);
+    CHECK(mpx::test::reap_adopted(independent) != -1);
   }
 
   TEST_CASE_FIXTURE(PlainSignals, "forkserver: the server ends when its starter exits normally") {
-    Subreaper adopt;
+    mpx::test::Subreaper adopt;
     mpx::test::TempDir dir;
     std::string report = dir / "server";
     auto starter = mpx::detail::fork_child(helper("starter"), [report] {
@@ -579,7 +560,7 @@ TEST_SUITE("context") {
     CHECK(starter->exitcode() == 0);
     pid_t server = std::stoi(read_file(report));
     REQUIRE(server > 0);
-    int s = reap_adopted(server);
+    int s = mpx::test::reap_adopted(server);
     CHECK(s != -1);
   }
 

@@ -128,7 +128,7 @@ class Capture {
 
 // At scope exit, kills and reaps each listed process that is still our child (never a pid
 // already reaped, which may belong to someone else by now), in order: a parent listed before
-// its children hands them to us (see Subreaper) before we get to them. A failing test thus
+// its children hands them to us (see mpx::test::Subreaper) before we get to them. A failing test thus
 // leaves nothing behind.
 struct KillOnExit {
   std::vector<pid_t> pids;
@@ -142,26 +142,6 @@ struct KillOnExit {
     }
   }
 };
-
-// The test process adopts orphaned descendants while this lives, so it can reap them and see
-// how they died.
-struct Subreaper {
-  Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
-  ~Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 0); }
-};
-
-// Waits (bounded) for an adopted pid and returns its wait status, or -1.
-int reap_adopted(pid_t pid, std::chrono::milliseconds limit = 5000ms) {
-  auto end = std::chrono::steady_clock::now() + limit;
-  int status = 0;
-  while (std::chrono::steady_clock::now() < end) {
-    pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) return status;
-    if (r < 0) return -1;
-    std::this_thread::sleep_for(2ms);
-  }
-  return -1;
-}
 
 std::atomic<pid_t> g_main_pid{::getpid()};
 std::shared_ptr<Board> g_atexit_board;
@@ -576,7 +556,7 @@ TEST_SUITE("process") {
 
   TEST_CASE_FIXTURE(PlainSignals,
                     "daemon children die with their parent process, even when it is SIGKILLed") {
-    Subreaper adopt;
+    mpx::test::Subreaper adopt;
     auto bd = board();
     mpx::Process middle([bd] {
       mpx::Process d(kDaemon, [] { sleep_forever(); });
@@ -597,18 +577,18 @@ TEST_SUITE("process") {
     guard.pids.push_back(independent);
     middle.kill();
     REQUIRE(middle.join(10s));
-    int status = reap_adopted(daemon_child);
+    int status = mpx::test::reap_adopted(daemon_child);
     CHECK((status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL));
     // A non-daemon child is independent, as in Python: still running.
     CHECK(::kill(independent, 0) == 0);
     CHECK(::waitpid(independent, &status, WNOHANG) == 0);
     ::kill(independent, SIGKILL);
-    CHECK(reap_adopted(independent) != -1);
+    CHECK(mpx::test::reap_adopted(independent) != -1);
   }
 
   TEST_CASE_FIXTURE(PlainSignals,
                     "a daemon started by a thread that exits lives on, and still dies with the process") {
-    Subreaper adopt;
+    mpx::test::Subreaper adopt;
     auto bd = board();
     mpx::Process middle([bd] {
       std::shared_ptr<mpx::Process> keep;
@@ -631,7 +611,7 @@ TEST_SUITE("process") {
     CHECK(::kill(daemon_child, 0) == 0);
     middle.kill();
     REQUIRE(middle.join(10s));
-    int status = reap_adopted(daemon_child);
+    int status = mpx::test::reap_adopted(daemon_child);
     CHECK((status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL));
   }
 

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -15,6 +16,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 extern char** environ;
 
@@ -115,6 +117,21 @@ std::optional<int> run(const std::vector<std::string>& args, const std::string& 
                        std::chrono::milliseconds timeout) {
   ChildProcess p(args, log);
   return p.wait(timeout);
+}
+
+Subreaper::Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
+Subreaper::~Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 0); }
+
+int reap_adopted(pid_t pid, std::chrono::milliseconds limit) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  int status = 0;
+  while (std::chrono::steady_clock::now() < end) {
+    pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) return status;
+    if (r < 0) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return -1;
 }
 
 std::optional<std::string> find_python3() {

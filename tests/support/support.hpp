@@ -107,6 +107,17 @@ std::optional<std::string> find_python3();
     return;                                                     \
   }
 
+// The test process adopts orphaned descendants while this lives, so it can reap them and see
+// how they died.
+struct Subreaper {
+  Subreaper();
+  ~Subreaper();
+  Subreaper(const Subreaper&) = delete;
+  Subreaper& operator=(const Subreaper&) = delete;
+};
+// Waits (bounded) for an adopted pid and returns its wait status, or -1.
+int reap_adopted(pid_t pid, std::chrono::milliseconds limit = std::chrono::seconds(5));
+
 // Descriptors open in this process now.
 std::size_t open_fds();
 
