@@ -1,5 +1,7 @@
 #include <mpx/serialize.hpp>
 
+#include <algorithm>
+
 #include <doctest/doctest.h>
 #include <boost/serialization/base_object.hpp>
 #include <boost/serialization/map.hpp>
@@ -8,6 +10,7 @@
 #include <boost/serialization/string.hpp>
 #include <boost/serialization/vector.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -182,6 +185,20 @@ TEST_CASE("a huge announced size is refused before allocating") {
   CHECK_THROWS_AS(mpx::decode<std::vector<std::string>>(lie), mpx::ProtocolError);
   CHECK_THROWS_AS(mpx::decode<BoostFree>(lie), mpx::ProtocolError);
   CHECK_THROWS_AS(mpx::decode<BoostMember>(mpx::Bytes(4, std::byte{0xFF})), mpx::ProtocolError);
+
+  // A Boost collection count of 2^40 over three bytes is refused as a count, not by running
+  // out of memory: the vector's 8-byte count is the one that reads 3 here.
+  auto member = mpx::encode(BoostMember{7, {1.0, 2.5, 4.0}});
+  const mpx::Bytes three{std::byte{3}, std::byte{0}, std::byte{0}, std::byte{0},
+                         std::byte{0}, std::byte{0}, std::byte{0}, std::byte{0}};
+  auto at = std::search(member.begin(), member.end(), three.begin(), three.end());
+  REQUIRE(at != member.end());
+  mpx::Bytes huge(member.begin(), at);
+  const std::uint64_t count = std::uint64_t{1} << 40;
+  for (int i = 0; i < 8; ++i) huge.push_back(static_cast<std::byte>(count >> (8 * i)));
+  huge.insert(huge.end(), 3, std::byte{1});
+  CHECK_THROWS_WITH_AS(mpx::decode<BoostMember>(huge), doctest::Contains("element count exceeds the input"),
+                       mpx::ProtocolError);
 }
 
 TEST_CASE("random bytes never crash the decoder") {

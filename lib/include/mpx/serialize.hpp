@@ -15,7 +15,6 @@
 
 #include <mpx/errors.hpp>
 
-#include <cereal/archives/binary.hpp>
 #include <cereal/cereal.hpp>
 #include <cereal/types/array.hpp>
 #include <cereal/types/atomic.hpp>
@@ -38,16 +37,13 @@
 #include <cereal/types/variant.hpp>
 #include <cereal/types/vector.hpp>
 
-#include <boost/archive/binary_iarchive_impl.hpp>
-#include <boost/archive/binary_oarchive.hpp>
-#include <boost/archive/detail/register_archive.hpp>
-#include <boost/serialization/array_optimization.hpp>
-#include <boost/serialization/collection_size_type.hpp>
+#include <boost/archive/polymorphic_iarchive.hpp>
+#include <boost/archive/polymorphic_oarchive.hpp>
 
 #include <cstddef>
 #include <cstring>
+#include <memory>
 #include <span>
-#include <streambuf>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -127,65 +123,15 @@ void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, cereal::BinaryData<T>& bd) {
   ar.loadBinary(bd.data, static_cast<std::size_t>(bd.size));
 }
 
-// Boost.Serialization plumbing: a streambuf appending to Bytes, one reading a span, and a
-// binary input archive that checks string lengths and collection counts against the input.
-class BytesWriteBuf : public std::streambuf {
- public:
-  explicit BytesWriteBuf(Bytes& out) : out_(out) {}
-
- protected:
-  std::streamsize xsputn(const char* s, std::streamsize n) override {
-    auto* p = reinterpret_cast<const std::byte*>(s);
-    out_.insert(out_.end(), p, p + n);
-    return n;
-  }
-  int_type overflow(int_type ch) override {
-    if (!traits_type::eq_int_type(ch, traits_type::eof())) out_.push_back(static_cast<std::byte>(ch));
-    return traits_type::not_eof(ch);
-  }
-
- private:
-  Bytes& out_;
-};
-
-class SpanReadBuf : public std::streambuf {
- public:
-  explicit SpanReadBuf(std::span<const std::byte> in) {
-    // std::streambuf's get area is char*, though it is only ever read through.
-    char* b = const_cast<char*>(reinterpret_cast<const char*>(in.data()));
-    setg(b, b, b + in.size());
-  }
-  std::size_t remaining() const { return static_cast<std::size_t>(egptr() - gptr()); }
-  bool at_end() const { return gptr() == egptr(); }
-};
-
-class BoostInputArchive
-    : public boost::archive::binary_iarchive_impl<BoostInputArchive, char, std::char_traits<char>> {
-  using base = boost::archive::binary_iarchive_impl<BoostInputArchive, char, std::char_traits<char>>;
-  friend class boost::archive::detail::interface_iarchive<BoostInputArchive>;
-  friend class boost::archive::basic_binary_iarchive<BoostInputArchive>;
-  friend class boost::archive::basic_binary_iprimitive<BoostInputArchive, char, std::char_traits<char>>;
-  friend class boost::archive::load_access;
-
- public:
-  explicit BoostInputArchive(SpanReadBuf& buf)
-      : base(buf, boost::archive::no_header | boost::archive::no_codecvt), buf_(buf) {}
-
-  using base::load;
-  void load(std::string& s);
-  void load(std::wstring& s);
-
- protected:
-  template <class T>
-  void load_override(T& t) {
-    base::load_override(t);
-  }
-  void load_override(boost::serialization::collection_size_type& t);
-
- private:
-  void check_count(std::uint64_t n) const;
-  SpanReadBuf& buf_;
-};
+// Boost.Serialization through its polymorphic archive interface: a type's serialize() is
+// instantiated for polymorphic_[io]archive here, and the concrete binary archives (the input one
+// bounding every count by the bytes left) are compiled once in lib/src/serialize. Boost's
+// concrete archive headers would otherwise cost every user's translation unit ~1.5 s.
+using BoostSave = void (*)(boost::archive::polymorphic_oarchive&, const void*);
+using BoostLoad = void (*)(boost::archive::polymorphic_iarchive&, void*);
+void boost_save(Bytes& out, const void* value, BoostSave save);
+// Throws ProtocolError on garbage, truncation or trailing bytes.
+void boost_load(std::span<const std::byte> in, void* value, BoostLoad load);
 
 [[noreturn]] void throw_decode_error(const char* what);
 
@@ -214,9 +160,9 @@ template <class T>
 void encode_append(Bytes& out, const T& value) {
   detail::require_transferable<T>();
   if constexpr (use_boost_serialization<T>::value) {
-    detail::BytesWriteBuf buf(out);
-    boost::archive::binary_oarchive ar(buf, boost::archive::no_header | boost::archive::no_codecvt);
-    ar << value;
+    detail::boost_save(
+        out, std::addressof(value),
+        [](boost::archive::polymorphic_oarchive& ar, const void* v) { ar << *static_cast<const T*>(v); });
   } else {
     detail::OutputArchive ar(out);
     ar(value);
@@ -238,10 +184,9 @@ T decode(std::span<const std::byte> bytes) {
   T value{};
   try {
     if constexpr (use_boost_serialization<T>::value) {
-      detail::SpanReadBuf buf(bytes);
-      detail::BoostInputArchive ar(buf);
-      ar >> value;
-      if (!buf.at_end()) throw ProtocolError("mpx::decode: trailing bytes after the value");
+      detail::boost_load(bytes, std::addressof(value), [](boost::archive::polymorphic_iarchive& ar, void* v) {
+        ar >> *static_cast<T*>(v);
+      });
     } else {
       detail::InputArchive ar(bytes);
       ar(value);
@@ -265,5 +210,3 @@ T decode(const Bytes& bytes) {
 CEREAL_REGISTER_ARCHIVE(mpx::detail::OutputArchive)
 CEREAL_REGISTER_ARCHIVE(mpx::detail::InputArchive)
 CEREAL_SETUP_ARCHIVE_TRAITS(mpx::detail::InputArchive, mpx::detail::OutputArchive)
-BOOST_SERIALIZATION_REGISTER_ARCHIVE(mpx::detail::BoostInputArchive)
-BOOST_SERIALIZATION_USE_ARRAY_OPTIMIZATION(mpx::detail::BoostInputArchive)
