@@ -70,22 +70,83 @@ class TaskQueuePool {
     std::vector<AsyncResult<std::vector<R>>> chunks_;
   };
 
+  // The same chunks' results, chunk by chunk in the order they finish (mpx::as_completed).
+  template <class R>
+  class UnorderedResults {
+   public:
+    class iterator {
+     public:
+      using value_type = R;
+      using difference_type = std::ptrdiff_t;
+      iterator() = default;
+      explicit iterator(UnorderedResults* r) : r_(r) { settle(); }
+      const R& operator*() const { return (*chunk_)[item_]; }
+      iterator& operator++() {
+        ++item_;
+        settle();
+        return *this;
+      }
+      void operator++(int) { ++*this; }
+      bool operator==(std::default_sentinel_t) const { return r_ == nullptr; }
+
+     private:
+      // Moves on to the next finished chunk that has items, or to the end.
+      void settle() {
+        while (!chunk_ || item_ == chunk_->size()) {
+          chunk_ = r_->next_chunk();
+          item_ = 0;
+          if (!chunk_) {
+            r_ = nullptr;
+            return;
+          }
+        }
+      }
+      UnorderedResults* r_ = nullptr;
+      const std::vector<R>* chunk_ = nullptr;
+      std::size_t item_ = 0;
+    };
+
+    UnorderedResults(const TaskQueuePool* pool, std::vector<AsyncResult<std::vector<R>>> chunks)
+        : pool_(pool), chunks_(std::move(chunks)), finished_(mpx::as_completed(chunks_)) {}
+    iterator begin() { return iterator(this); }
+    std::default_sentinel_t end() const { return {}; }
+
+   private:
+    // The next chunk to finish; nullptr after the last.
+    const std::vector<R>* next_chunk() {
+      if (!started_) {
+        pool_->await_any(chunks_);
+        at_ = finished_.begin();
+        started_ = true;
+      } else {
+        ++at_;
+      }
+      return at_ == finished_.end() ? nullptr : &(*at_).get();
+    }
+
+    const TaskQueuePool* pool_;
+    std::vector<AsyncResult<std::vector<R>>> chunks_;
+    AsCompleted<std::vector<R>> finished_;
+    typename AsCompleted<std::vector<R>>::iterator at_;
+    bool started_ = false;
+  };
+
   // chunksize 0: Python's rule, as Pool::map.
   template <class F, class Range>
   auto map(F f, Range&& xs, std::size_t chunksize = 0) {
     std::vector<workloads::task_result_t<F>> out;
-    for (auto&& r : submit(f, std::forward<Range>(xs), chunksize)) out.push_back(r);
+    for (auto&& r : imap(f, std::forward<Range>(xs), chunksize)) out.push_back(r);
     return out;
   }
   template <class F, class Range>
   auto imap(F f, Range&& xs, std::size_t chunksize = 1) {
-    return submit(f, std::forward<Range>(xs), chunksize);
+    return Results<workloads::task_result_t<F>>(this, submit_chunks(f, std::forward<Range>(xs), chunksize));
   }
-  // In input order too: every caller only accumulates, and a chunk that is late holds back only
-  // the progress shown, not the work (every chunk is queued at once).
+  // As chunks finish, whichever task_worker ran them: a slow chunk holds back nothing.
   template <class F, class Range>
   auto imap_unordered(F f, Range&& xs, std::size_t chunksize = 1) {
-    return submit(f, std::forward<Range>(xs), chunksize);
+    return UnorderedResults<workloads::task_result_t<F>>(
+        this, submit_chunks(f, std::forward<Range>(xs), chunksize));
   }
   // Task index: how many apply calls came before, as Pool::apply.
   template <class F, class Arg>
@@ -96,7 +157,8 @@ class TaskQueuePool {
 
  private:
   template <class F, class Range>
-  Results<workloads::task_result_t<F>> submit(const F& f, Range&& xs, std::size_t chunksize) {
+  std::vector<AsyncResult<std::vector<workloads::task_result_t<F>>>> submit_chunks(const F& f, Range&& xs,
+                                                                                   std::size_t chunksize) {
     using Item = workloads::task_item_t<F>;
     std::vector<Item> items;
     for (auto&& x : xs) items.push_back(static_cast<Item>(x));
@@ -111,20 +173,27 @@ class TaskQueuePool {
           first, first + static_cast<std::ptrdiff_t>(std::min(chunksize, items.size() - s)));
       chunks.push_back(workloads::submit_chunk(queue_, f, s, chunk));
     }
-    return {this, std::move(chunks)};
+    return chunks;
   }
 
   // The chunk's results. A queue nobody serves looks exactly like a long task, so a long wait is
   // mentioned once on stderr.
   template <class R>
   const R& await(const AsyncResult<R>& r) const {
-    using namespace std::chrono_literals;
-    if (!warned_ && !r.wait(10s)) {
-      warned_ = true;
-      fmt::print(stderr, "no result from {} for 10 s: is a task_worker serving it?\n", where_);
-    }
+    if (!warned_ && !r.wait(kQuiet)) warn_quiet();
     return r.get();
   }
+  // Until one of `rs` is done, with the same mention.
+  template <class R>
+  void await_any(const std::vector<AsyncResult<R>>& rs) const {
+    if (!warned_ && !rs.empty() && mpx::wait(rs, ReturnWhen::first_completed, kQuiet).done.empty())
+      warn_quiet();
+  }
+  void warn_quiet() const {
+    warned_ = true;
+    fmt::print(stderr, "no result from {} for {} s: is a task_worker serving it?\n", where_, kQuiet.count());
+  }
+  static constexpr std::chrono::seconds kQuiet{10};
 
   TaskQueueProxy queue_;
   unsigned processes_;

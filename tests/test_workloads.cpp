@@ -1,13 +1,18 @@
 // The three workloads on the pool: known answers, results independent of the number of workers
 // and of chunking, and sane statistics.
 #include <doctest/doctest.h>
+#include <mpx/managers.hpp>
 #include <mpx/pool.hpp>
+#include <mpx/process.hpp>
 
+#include "task_queue_pool.hpp"
 #include "workloads/matrices.hpp"
 #include "workloads/options.hpp"
 #include "workloads/primes.hpp"
 #include "workloads/serial.hpp"
+#include "workloads/tasks.hpp"
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <numeric>
@@ -192,4 +197,36 @@ TEST_CASE("serial_map publishes the item's index as task_index()") {
   auto idx = [](int) { return mpx::task_index(); };
   CHECK(wl::serial_map(idx, std::vector<int>{5, 5, 5}) == std::vector<std::uint64_t>{0, 1, 2});
   CHECK(mpx::task_index() == 0);
+}
+
+TEST_CASE("--backend mpxd's pool: imap_unordered yields chunks as they finish, imap in input order") {
+  using namespace std::chrono_literals;
+  wl::register_tasks();
+  mpx::Manager m;
+  mpx::Process workers(mpx::Process::Options{"", true},
+                       [a = m.address(), key = m.authkey()] { mpx::serve_tasks(a, key, "primes", 2); });
+  workers.start();
+  mpx::apps::TaskQueuePool pool(m.task_queue("primes"), 2, "the test's queue");
+
+  // One long range first, then short ones: two task_workers finish short ones while one works
+  // on the long one.
+  const std::uint64_t base = 100'000'000'000;
+  std::vector<wl::SieveRange> ranges{{base, base + 40'000'000}};
+  for (std::uint64_t k = 0; k < 6; ++k) ranges.push_back({base + k * 1000, base + (k + 1) * 1000});
+  std::vector<std::uint64_t> expected;
+  for (const auto& r : ranges) expected.push_back(wl::count_primes_in(r));
+
+  std::vector<std::uint64_t> ordered;
+  for (std::uint64_t c : pool.imap(wl::count_primes_in, ranges)) ordered.push_back(c);
+  CHECK(ordered == expected);
+
+  std::vector<std::uint64_t> unordered;
+  for (std::uint64_t c : pool.imap_unordered(wl::count_primes_in, ranges)) unordered.push_back(c);
+  REQUIRE(unordered.size() == expected.size());
+  CHECK(std::accumulate(unordered.begin(), unordered.end(), std::uint64_t{0}) ==
+        std::accumulate(expected.begin(), expected.end(), std::uint64_t{0}));
+  CHECK(unordered.front() != expected.front());  // a short range came before the long one
+
+  workers.terminate();
+  REQUIRE(workers.join(60s));
 }
