@@ -23,6 +23,12 @@ echo "== mp1: a Process prints its pid and its parent's"
 echo; echo "== mp2: the tutorial's Pool calls"
 "$bin/mp2"
 
+echo; echo "== threads and processes: children started while a busy thread holds a mutex, under each start method"
+"$bin/threads_and_processes"
+
+echo; echo "== Asio coroutines awaiting pool results (async_get, use_awaitable), then as_completed"
+"$bin/pool_coroutines"
+
 echo; echo "== echo server and client over a Unix socket, with an authkey"
 start_echo_server
 "$bin/echo_client" --address "unix:$tmp/echo.sock" --authkey demo-key "hello from mpx"
