@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <future>
 #include <stdexcept>
 #include <string>
@@ -109,6 +110,13 @@ TEST_CASE("task queue: submit by name, results, errors, callbacks") {
   CHECK(f.get() == 64);
 
   CHECK(w.stop() == 0);
+}
+
+TEST_CASE("serve_tasks: a process count out of range is a ValueError before anything starts") {
+  const mpx::Address nowhere = mpx::Address::parse("unix:/nonexistent/mpx-test.sock");
+  CHECK_THROWS_WITH_AS(mpx::serve_tasks(nowhere, "key", "work", -2), doctest::Contains("not -2"),
+                       mpx::ValueError);
+  CHECK_THROWS_AS(mpx::serve_tasks(nowhere, "key", "work", std::uint64_t{1} << 40), mpx::ValueError);
 }
 
 TEST_CASE("task queue: a worker that dies fails its task with WorkerLost and is replaced") {

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <list>
 #include <map>
 #include <numeric>
@@ -133,6 +134,14 @@ TEST_CASE("default pool size is cpu_count()") {
     pids.insert(r.get(kLong));
   CHECK(pids.size() == 3);
   CHECK(pids.count(static_cast<int>(::getpid())) == 0);
+}
+
+TEST_CASE("a process count of any integer type: in range it is taken, else ValueError, never wrapped") {
+  mpx::Pool two(std::int64_t{2});
+  CHECK(two.processes() == 2);
+  CHECK_THROWS_WITH_AS(mpx::Pool(-1), doctest::Contains("not -1"), mpx::ValueError);
+  CHECK_THROWS_AS(mpx::Pool(std::int64_t{1} << 32), mpx::ValueError);
+  CHECK_THROWS_AS(mpx::Pool(std::numeric_limits<long long>::min()), mpx::ValueError);
 }
 
 TEST_CASE("task functions: pointers, lambdas, function objects, transferable state") {

@@ -23,6 +23,7 @@
 
 #include <mpx/address.hpp>
 #include <mpx/detail/async_result.hpp>
+#include <mpx/detail/process_count.hpp>
 #include <mpx/detail/proxy_core.hpp>
 #include <mpx/detail/proxy_tags.hpp>
 #include <mpx/detail/server_types.hpp>
@@ -740,6 +741,11 @@ void register_task(std::string name, F f) {
 // with WorkerLost, exit code as for Process). Blocks until the server stops, or SIGTERM or
 // SIGINT reaches this process; then stops the workers and returns.
 void serve_tasks(const Address& address, std::string authkey, std::string_view queue, unsigned processes);
+// Any other integer type: a negative count or one beyond unsigned is a ValueError.
+template <detail::other_integer I>
+void serve_tasks(const Address& address, std::string authkey, std::string_view queue, I processes) {
+  serve_tasks(address, std::move(authkey), queue, detail::process_count(processes, "mpx::serve_tasks"));
+}
 
 // ---------------------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@
 #include <mpx/detail/async_result.hpp>
 #include <mpx/detail/pool.hpp>
 #include <mpx/detail/pool_api.hpp>
+#include <mpx/detail/process_count.hpp>
 #include <mpx/detail/task.hpp>
 #include <mpx/errors.hpp>
 #include <mpx/serialize.hpp>
@@ -84,6 +85,9 @@ class Pool : public detail::PoolApi<detail::PoolCore> {
   };
 
   explicit Pool(unsigned processes = 0);
+  // Any other integer type: a negative count or one beyond unsigned is a ValueError.
+  template <detail::other_integer I>
+  explicit Pool(I processes) : Pool(detail::process_count(processes, "mpx::Pool")) {}
   explicit Pool(Options options);
   ~Pool();  // close() + join() unless terminate() was called; then join()
   Pool(const Pool&) = delete;
