@@ -82,6 +82,22 @@ def main():
     del lst[0]
     assert lst[:] == [2, 3, 4, 5] and len(lst) == 4
 
+    # Slice assignment and deletion, step or not, against a plain list doing the same.
+    shared, plain = m.list(list(range(10))), list(range(10))
+    for key, value in ((slice(2, 5), ["a", "b"]), (slice(None, 1), []), (slice(7, 3), ["ins"]),
+                       (slice(None, None, 3), ["x", "y", "z"]), (slice(-1, None, -4), [0, 0, 0]),
+                       (slice(-2, None), ("t", "u", "v"))):
+        shared[key] = value
+        plain[key] = value
+        assert shared[:] == plain, (key, shared[:], plain)
+    for key in (slice(1, 3), slice(None, None, -2), slice(100, 200)):
+        del shared[key]
+        del plain[key]
+        assert shared[:] == plain, (key, shared[:], plain)
+    expect(ValueError, shared.__setitem__, slice(None, None, 2), [1])
+    expect(ValueError, shared.__setitem__, slice(None, None, 0), [])
+    expect(TypeError, shared.__setitem__, slice(0, 1), 5)
+
     q = m.Queue()
     q.put({"k": 1})
     q.put_nowait([1, 2])

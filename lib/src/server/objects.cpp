@@ -341,6 +341,9 @@ class ListObj final : public Obj {
       case Op::list_permute:
         w.boolean(permute(r));
         return false;
+      case Op::list_replace:
+        w.boolean(replace(r));
+        return false;
       default:
         bad_op(op, kind());
     }
@@ -403,6 +406,21 @@ class ListObj final : public Obj {
     sorted.reserve(n);
     for (auto i : order) sorted.push_back(std::move(items_[i]));
     items_ = std::move(sorted);
+    ++version_;
+    return true;
+  }
+  // The same for edits a Python client works out on a snapshot (slice assignment and deletion):
+  // the new contents apply only if the list has not changed since.
+  bool replace(Reader& r) {
+    std::uint64_t version = r.u64();
+    std::vector<Bytes> items(r.count(8));
+    for (auto& v : items) {
+      auto b = r.blob();
+      v.assign(b.begin(), b.end());
+    }
+    r.expect_end();
+    if (version != version_) return false;
+    items_ = std::move(items);
     ++version_;
     return true;
   }

@@ -881,31 +881,71 @@ PyAnswer returns_value(const Codec& codec) {
 PyAnswer returns_values(const Codec& codec) {
   return {[codec](Reader& r) { return Object(codec.get_all(r)); }, {}};
 }
-// Python's list index rules on a snapshot: an int, or a slice (step too).
-Object index_snapshot(const py::List& items, const Object& index) {
-  auto n = static_cast<std::int64_t>(items.size());
-  if (const auto* s = index.get_if<py::Slice>()) {
-    auto part = [](const Object& o, std::int64_t dflt) {
-      return o.is_none() ? dflt : as_int(o, "slice index");
-    };
-    std::int64_t step = part(s->step(), 1);
-    if (step == 0) raise(py::ExceptionType::ValueError, "slice step cannot be zero");
-    std::int64_t lo = step > 0 ? 0 : -1, hi = step > 0 ? n : n - 1;
-    auto clamp = [&](std::int64_t v) {
-      if (v < 0) v += n;
-      return std::clamp(v, lo, hi);
-    };
-    std::int64_t start = s->start().is_none() ? (step > 0 ? 0 : n - 1) : clamp(part(s->start(), 0));
-    std::int64_t stop = s->stop().is_none() ? (step > 0 ? n : -1) : clamp(part(s->stop(), 0));
-    py::List out;
+// A slice's positions in a list of n items, by Python's slice.indices rules.
+struct SliceRange {
+  std::int64_t start, stop, step;
+  std::vector<std::size_t> positions() const {
+    std::vector<std::size_t> out;
     for (std::int64_t i = start; step > 0 ? i < stop : i > stop; i += step)
-      out.push_back(items[static_cast<std::size_t>(i)]);
+      out.push_back(static_cast<std::size_t>(i));
     return out;
   }
+};
+SliceRange slice_range(const py::Slice& s, std::size_t size) {
+  auto n = static_cast<std::int64_t>(size);
+  auto part = [](const Object& o, std::int64_t dflt) {
+    return o.is_none() ? dflt : as_int(o, "slice index");
+  };
+  std::int64_t step = part(s.step(), 1);
+  if (step == 0) raise(py::ExceptionType::ValueError, "slice step cannot be zero");
+  std::int64_t lo = step > 0 ? 0 : -1, hi = step > 0 ? n : n - 1;
+  auto clamp = [&](std::int64_t v) {
+    if (v < 0) v += n;
+    return std::clamp(v, lo, hi);
+  };
+  std::int64_t start = s.start().is_none() ? (step > 0 ? 0 : n - 1) : clamp(part(s.start(), 0));
+  std::int64_t stop = s.stop().is_none() ? (step > 0 ? n : -1) : clamp(part(s.stop(), 0));
+  return {start, stop, step};
+}
+
+// Python's list index rules on a snapshot: an int, or a slice (step too).
+Object index_snapshot(const py::List& items, const Object& index) {
+  if (const auto* s = index.get_if<py::Slice>()) {
+    py::List out;
+    for (std::size_t i : slice_range(*s, items.size()).positions()) out.push_back(items[i]);
+    return out;
+  }
+  auto n = static_cast<std::int64_t>(items.size());
   std::int64_t i = as_int(index, "list indices");
   if (i < 0) i += n;
   if (i < 0 || i >= n) raise(py::ExceptionType::IndexError, "list index out of range");
   return items[static_cast<std::size_t>(i)];
+}
+
+// items[s] = *values, or del items[s] when values is null: Python's rules, on a snapshot.
+py::List assign_slice(py::List items, const py::Slice& s, const py::List* values) {
+  SliceRange r = slice_range(s, items.size());
+  if (r.step == 1) {
+    auto first = items.begin() + r.start, last = items.begin() + std::max(r.stop, r.start);
+    auto at = items.erase(first, last);
+    if (values) items.insert(at, values->begin(), values->end());
+    return items;
+  }
+  std::vector<std::size_t> pos = r.positions();
+  if (values) {
+    if (values->size() != pos.size())
+      raise(py::ExceptionType::ValueError,
+            fmt::format("attempt to assign sequence of size {} to extended slice of size {}", values->size(),
+                        pos.size()));
+    for (std::size_t k = 0; k < pos.size(); ++k) items[pos[k]] = (*values)[k];
+    return items;
+  }
+  std::vector<bool> gone(items.size());
+  for (std::size_t i : pos) gone[i] = true;
+  py::List kept;
+  for (std::size_t i = 0; i < items.size(); ++i)
+    if (!gone[i]) kept.push_back(std::move(items[i]));
+  return kept;
 }
 }  // namespace
 
@@ -1048,6 +1088,21 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
     }
     case PyType::list:
     case PyType::array: {
+      // An edit worked out on a versioned snapshot, applied unless the list changed meanwhile.
+      auto edit_snapshot = [&](const auto& edit) {
+        for (;;) {
+          Bytes b = query(c, e, Op::list_snapshot_versioned);
+          Reader r(b);
+          std::uint64_t version = r.u64();
+          py::List items = edit(codec.get_all(r));
+          Bytes applied = query(c, e, Op::list_replace, body([&](Writer& w) {
+                                  w.u64(version);
+                                  w.u64(items.size());
+                                  for (const auto& v : items) w.blob(codec.put(v));
+                                }));
+          if (Reader(applied).boolean()) return done(Object());
+        }
+      };
       auto out_of_range = [](const char* text) {
         return [text](const ErrorInfo& err) -> Object {
           if (err.code == proto::ErrorCode::index) return py::Exception{T::IndexError, {Object(text)}};
@@ -1064,8 +1119,14 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
       }
       if (m == "__setitem__") {
         Args a(m, args, kwds, {"index", "value"}, 2);
-        if (a.at(0).kind() == py::Kind::slice)
-          raise(T::TypeError, "mpx server: slice assignment to a shared list is not supported");
+        if (const auto* s = a.at(0).get_if<py::Slice>()) {
+          if (e.type == PyType::array)
+            raise(T::TypeError,
+                  fmt::format("can only assign array (not \"{}\") to array slice", a.at(1).type_name()));
+          if (!a.at(1).get_if<py::List>()) raise(T::TypeError, "can only assign an iterable");
+          const py::List& values = as_sequence(a.at(1), "slice assignment");
+          return edit_snapshot([&](py::List items) { return assign_slice(std::move(items), *s, &values); });
+        }
         std::int64_t i = as_int(a.at(0), "list indices");
         return issue(c, e, Op::list_set, body([&](Writer& w) {
                        w.i64(i);
@@ -1076,6 +1137,8 @@ bool PythonClients::call(Conn& c, Entry& e, std::string_view m, const py::List& 
       if (e.type == PyType::array) break;
       if (m == "__delitem__") {
         Args a(m, args, kwds, {"index"}, 1);
+        if (const auto* s = a.at(0).get_if<py::Slice>())
+          return edit_snapshot([&](py::List items) { return assign_slice(std::move(items), *s, nullptr); });
         std::int64_t i = as_int(a.at(0), "list indices");
         return issue(c, e, Op::list_erase, body([&](Writer& w) { w.i64(i); }),
                      {returns_none().ok, out_of_range("list assignment index out of range")});

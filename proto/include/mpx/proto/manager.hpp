@@ -60,6 +60,7 @@ enum class Op : std::uint8_t {
   list_reverse = 0x2d,
   list_snapshot_versioned = 0x2e,
   list_permute = 0x2f,
+  list_replace = 0x34,  // list, continued
   // value
   value_get = 0x30,
   value_set = 0x31,
