@@ -326,8 +326,8 @@ TEST_CASE("--backend mpxd: task_workers on a running mpxd give the same document
     return args;
   };
   mpx::test::ChildProcess mpxd(with_server({kApps + "mpxd", "--log-level", "warn"}), dir / "mpxd.log");
-  for (int i = 0; i < 400 && !std::filesystem::exists(sock); ++i) REQUIRE_FALSE(mpxd.wait(25ms));
-  REQUIRE(std::filesystem::exists(sock));
+  for (int i = 0; i < 400 && !mpx::test::unix_socket_listening(sock); ++i) REQUIRE_FALSE(mpxd.wait(25ms));
+  REQUIRE(mpx::test::unix_socket_listening(sock));
   mpx::test::ChildProcess workers(with_server({kApps + "task_worker", "--processes", "2"}),
                                   dir / "workers.log");
 

@@ -47,8 +47,8 @@ struct Daemon {
   Daemon() {
     const std::string hint = "build the mpxd target first: " + kMpxd;
     REQUIRE_MESSAGE(fs::exists(kMpxd), hint);
-    for (int i = 0; i < 500 && !fs::exists(sock); ++i) REQUIRE_FALSE(proc.wait(10ms));
-    REQUIRE(fs::exists(sock));
+    for (int i = 0; i < 500 && !mpx::test::unix_socket_listening(sock); ++i) REQUIRE_FALSE(proc.wait(10ms));
+    REQUIRE(mpx::test::unix_socket_listening(sock));
   }
   mpx::Manager connect() { return mpx::Manager::connect(address, "py key"); }
   // Runs a program to its end (its output in the scratch directory): exit code and output.

@@ -59,10 +59,10 @@ struct Daemon {
       args = {"/bin/sh", "-c", cmd};
     }
     proc.emplace(args, log);
-    for (int i = 0; i < 500 && !fs::exists(sock); ++i) {
+    for (int i = 0; i < 500 && !mpx::test::unix_socket_listening(sock); ++i) {
       REQUIRE_FALSE(proc->wait(10ms).has_value());
     }
-    REQUIRE(fs::exists(sock));
+    REQUIRE(mpx::test::unix_socket_listening(sock));
   }
   ~Daemon() {
     if (std::getenv("MPX_TEST_SHOW_LOG")) MESSAGE(proc->output());  // for debugging a failure

@@ -147,6 +147,21 @@ std::optional<std::string> find_python3() {
   return std::nullopt;
 }
 
+bool unix_socket_listening(const std::string& path) {
+  // /proc/net/unix: "Num RefCount Protocol Flags Type St Inode Path"; flag 0x10000 is
+  // __SO_ACCEPTCON, set by listen().
+  std::ifstream in("/proc/net/unix");
+  std::string line;
+  std::getline(in, line);
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string num, refs, protocol, flags, type, state, inode, name;
+    if (!(fields >> num >> refs >> protocol >> flags >> type >> state >> inode >> name)) continue;
+    if (name == path && (std::stoul(flags, nullptr, 16) & 0x10000U)) return true;
+  }
+  return false;
+}
+
 std::size_t open_fds() {
   std::size_t n = 0;
   for ([[maybe_unused]] auto& e : fs::directory_iterator("/proc/self/fd")) ++n;

@@ -99,6 +99,9 @@ std::optional<int> run(const std::vector<std::string>& args, const std::string& 
 
 // The python3 on PATH, for the tests that talk to stock Python; nullopt without one.
 std::optional<std::string> find_python3();
+
+// Whether a Unix socket at `path` is listening (its file appears at bind(), before listen()).
+bool unix_socket_listening(const std::string& path);
 // Binds `var` to python3's path, or ends the test case with a message when there is none.
 #define MPX_REQUIRE_PYTHON(var)                                 \
   auto var = ::mpx::test::find_python3();                       \
