@@ -180,7 +180,7 @@ double copy_in_copy_out_big(long n, std::size_t slots) {
 
 // Python's figure, from the script next to this file; nullopt when python3 is missing.
 std::optional<double> python_small(long n, int runs) {
-  auto script = std::filesystem::path(__FILE__).parent_path() / "python" / "mp_queue_throughput.py";
+  auto script = mpx::bench::python_script("mp_queue_throughput.py");
   if (!std::filesystem::exists(script)) return std::nullopt;
   std::string cmd =
       "python3 '" + script.string() + "' " + std::to_string(n) + " " + std::to_string(runs) + " 2>/dev/null";
