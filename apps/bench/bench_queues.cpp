@@ -10,20 +10,16 @@
 // Rounds alternate raw and mpx so both see the same machine load.
 #include <mpx/queues.hpp>
 
-#include <sched.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <memory>
-#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -132,52 +128,6 @@ double memcpy_big(long n) {
   return static_cast<double>(n) * kBig / s / (1 << 20);
 }
 
-// The floor under queue_big: a producer process copies the same 1 MiB item as queue_big into
-// the next free slot of a ring of `slots` in shared memory and publishes it by bumping one
-// counter; this process waits for it, copies it out into a reused buffer and frees the slot by
-// bumping the other. Waits poll, yielding the CPU, and never sleep. MiB/s.
-double copy_in_copy_out_big(long n, std::size_t slots) {
-  struct alignas(64) Counter {
-    std::atomic<std::uint64_t> v{0};
-  };
-  struct Ring {
-    Counter produced, consumed;
-  };
-  const std::size_t bytes = 4096 + slots * kBig;
-  void* map = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (map == MAP_FAILED) throw std::runtime_error("mmap failed");
-  auto* ring = new (map) Ring;
-  auto slot = [&](std::uint64_t i) { return static_cast<std::byte*>(map) + 4096 + (i % slots) * kBig; };
-  std::memset(static_cast<std::byte*>(map) + 4096, 0, slots * kBig);  // no first-touch faults in the timing
-  auto wait_until = [](const std::atomic<std::uint64_t>& c, auto ready) {
-    for (int spins = 0; !ready(c.load(std::memory_order_acquire)); ++spins)
-      if (spins > 64) ::sched_yield();
-  };
-  auto t0 = Clock::now();
-  pid_t pid = mpx::bench::fork_child([&] {
-    std::vector<std::byte> item(kBig, std::byte{0x5a});
-    for (std::uint64_t i = 0; i < static_cast<std::uint64_t>(n); ++i) {
-      wait_until(ring->consumed.v, [&](std::uint64_t c) { return i - c < slots; });
-      std::memcpy(slot(i), item.data(), kBig);
-      ring->produced.v.store(i + 1, std::memory_order_release);
-    }
-  });
-  std::vector<std::byte> out(kBig);
-  std::size_t check = 0;
-  for (std::uint64_t i = 0; i < static_cast<std::uint64_t>(n); ++i) {
-    wait_until(ring->produced.v, [&](std::uint64_t p) { return p > i; });
-    std::memcpy(out.data(), slot(i), kBig);
-    ring->consumed.v.store(i + 1, std::memory_order_release);
-    check += static_cast<std::size_t>(out[i % kBig]);
-  }
-  double s = mpx::bench::seconds(Clock::now() - t0);
-  bool ok = mpx::bench::join_child(pid);
-  ::munmap(map, bytes);
-  if (!ok) throw std::runtime_error("ring producer failed");
-  if (check != static_cast<std::size_t>(n) * 0x5a) throw std::runtime_error("ring lost bytes");
-  return static_cast<double>(n) * kBig / s / (1 << 20);
-}
-
 // Python's figure, from the script next to this file; nullopt when python3 is missing.
 std::optional<double> python_small(long n, int runs) {
   auto script = mpx::bench::python_script("mp_queue_throughput.py");
@@ -229,8 +179,8 @@ MPX_BENCH_GROUP(queues, "queues",
     for (int r = 0; r < runs; ++r) {
       raw.push_back(raw_big(n));
       q.push_back(queue_big(n));
-      ring2.push_back(copy_in_copy_out_big(n, 2));
-      ring8.push_back(copy_in_copy_out_big(n, 8));
+      ring2.push_back(mpx::bench::copy_in_copy_out_mib_per_s(n, 2));
+      ring8.push_back(mpx::bench::copy_in_copy_out_mib_per_s(n, 8));
       mem.push_back(memcpy_big(4 * n));
     }
     const double m_raw = mpx::bench::median(raw), m_q = mpx::bench::median(q),
