@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -566,8 +567,12 @@ MPX_BENCH_GROUP(peers, "peers",
     report("peers.queue_1MiB.mpx", median(q), "MiB/s");
     report("peers.queue_1MiB.copy_in_copy_out_floor", median(floor), "MiB/s");
     report_ratio("peers.queue_1MiB.mpx_vs_boost_ipc", median(q), median(bip));
-    report_ratio("peers.queue_1MiB.mpx_share_of_floor", median(q), median(floor));
-    report_ratio("peers.queue_1MiB.boost_ipc_share_of_floor", median(bip), median(floor));
+    // Against the floor, best round against best round: load only ever slows a round down, so
+    // the best is each one's nearest to what it can do, and medians of a floor and of the
+    // queue it bounds can cross on a busy machine.
+    auto best = [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); };
+    report_ratio("peers.queue_1MiB.mpx_best_share_of_floor", best(q), best(floor));
+    report_ratio("peers.queue_1MiB.boost_ipc_best_share_of_floor", best(bip), best(floor));
   }
 
   auto redis = RedisServer::start(dir.path);

@@ -186,14 +186,17 @@ MPX_BENCH_GROUP(queues, "queues",
     const double m_raw = mpx::bench::median(raw), m_q = mpx::bench::median(q),
                  m_mem = mpx::bench::median(mem);
     // The floor is the faster ring: 2 slots (the least cache) or 8 (as many as the queue holds).
+    // The queue is put against it best round against best round: load only ever slows a round
+    // down, and medians of a floor and of what it bounds can cross on a busy machine.
     const double m_ring2 = mpx::bench::median(ring2), m_ring8 = mpx::bench::median(ring8);
-    const double m_floor = std::max(m_ring2, m_ring8);
+    auto best = [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); };
+    const double best_floor = std::max(best(ring2), best(ring8));
     report("raw.socketpair.bandwidth_1MiB", m_raw, "MiB/s");
     report("raw.copy_in_copy_out_2_slots.bandwidth_1MiB", m_ring2, "MiB/s");
     report("raw.copy_in_copy_out_8_slots.bandwidth_1MiB", m_ring8, "MiB/s");
     report("raw.memcpy_one_process.bandwidth_1MiB", m_mem, "MiB/s");
     report("queue.bandwidth_1MiB", m_q, "MiB/s");
     report_ratio("queue.bandwidth_1MiB.ratio_vs_socketpair", m_q, m_raw);
-    report_ratio("queue.bandwidth_1MiB.ratio_vs_copy_in_copy_out", m_q, m_floor);
+    report_ratio("queue.bandwidth_1MiB.best_ratio_vs_copy_in_copy_out", best(q), best_floor);
   }
 }
