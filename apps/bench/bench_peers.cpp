@@ -2,11 +2,13 @@
 //   - ZeroMQ (libzmq) over ipc://: PUSH/PULL one-way rate of 8 B and 64 B messages and 1 MiB
 //     bandwidth, REQ/REP 8 B round trip, next to mpx::Connection (plain send_bytes, and
 //     send_bytes_batch of 64, the best path mpx_bench connection reports);
-//   - Boost.Interprocess message_queue: 8 B and 1 MiB items next to mpx::Queue;
+//   - Boost.Interprocess message_queue: 8 B and 1 MiB items next to mpx::Queue, the 1 MiB ones
+//     also against their common floor (a bare copy in and copy out through a shared ring);
 //   - Redis (a private redis-server on a Unix socket, hiredis client): GET per call and SET
 //     pipelined 64 deep next to a manager dict's get and its pipelined set_async.
-// Each ratio reads "mpx vs peer": above 1 means mpx is faster (for latencies, peer / mpx).
-// Rounds alternate mpx and the peer so both see the same machine load; figures are medians.
+// Each ratio reads "mpx vs peer": above 1 means mpx is faster (for latencies, peer / mpx); a
+// "share of floor" is at most 1. Rounds alternate mpx and the peer so both see the same machine
+// load; figures are medians of the rounds.
 // Built only when libzmq and hiredis are found (sh cmake/install-deps.sh bench); Redis is skipped
 // with a message when redis-server is not on PATH.
 #include <hiredis/hiredis.h>
