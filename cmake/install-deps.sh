@@ -3,6 +3,7 @@
 # its examples. Safe to run again: apt-get skips what is already there.
 #   sh cmake/install-deps.sh          the build, tests and examples
 #   sh cmake/install-deps.sh clang    also clang and its runtimes (libFuzzer targets, TSan)
+#   sh cmake/install-deps.sh bench    also ZeroMQ, Redis and hiredis (the peers in mpx_bench peers)
 set -eu
 packages="g++ cmake make python3 libboost-dev libboost-serialization-dev libcereal-dev
   libssl-dev libfmt-dev libspdlog-dev doctest-dev libcli11-dev libeigen3-dev nlohmann-json3-dev
@@ -10,7 +11,8 @@ packages="g++ cmake make python3 libboost-dev libboost-serialization-dev libcere
 for extra in "$@"; do
   case "$extra" in
     clang) packages="$packages clang libclang-rt-14-dev" ;;
-    *) echo "install-deps.sh: unknown extra '$extra' (known: clang)" >&2; exit 2 ;;
+    bench) packages="$packages libzmq3-dev redis-server libhiredis-dev" ;;
+    *) echo "install-deps.sh: unknown extra '$extra' (known: clang, bench)" >&2; exit 2 ;;
   esac
 done
 missing=""
