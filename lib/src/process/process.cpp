@@ -83,14 +83,15 @@ std::atomic<Globals*> g_globals{nullptr};
 std::atomic<bool> g_child_started{false};
 std::atomic<StartMethod> g_start_method{StartMethod::fork};
 
+// Made on first use; a child replaces it before its target runs (a spawned child, before any
+// other use, so nothing here may assume a parent made it first).
 Globals& globals() {
-  static Globals* first = [] {
-    auto* g = new Globals;
-    g_globals.store(g, std::memory_order_release);
-    return g;
-  }();
-  (void)first;
-  return *g_globals.load(std::memory_order_acquire);
+  Globals* g = g_globals.load(std::memory_order_acquire);
+  if (g) return *g;
+  auto* fresh = new Globals;
+  if (g_globals.compare_exchange_strong(g, fresh, std::memory_order_acq_rel)) return *fresh;
+  delete fresh;
+  return *g;
 }
 
 struct ForkRequest {
