@@ -10,6 +10,7 @@
 
 #include <mpx/detail/fork.hpp>
 #include <mpx/process.hpp>
+#include <mpx/proto/codec.hpp>
 #include <mpx/serialize.hpp>
 
 namespace mpx::detail {
@@ -24,6 +25,27 @@ struct ForwardedStart {
   Bytes target;                        // encode_target's bytes; empty for a Process without a target
   std::vector<SharedMappingRef> maps;  // what the arguments' handles need mapped in the child
 };
+
+// The request's fields (all but the descriptors) in the order both start methods send them.
+void write_forwarded(proto::Writer& w, const ForwardedStart& request);
+// Throws ProtocolError on a malformed request; the mappings' fds are left at -1.
+ForwardedStart read_forwarded(proto::Reader& in);
+
+// Shared mappings one start may hand over (one descriptor each), and all descriptors one message
+// may carry: for the fork server, status pipe, working directory and three standard streams too.
+inline constexpr std::size_t kMaxMaps = 64;
+inline constexpr std::size_t kMaxFds = 5 + kMaxMaps;
+
+// Descriptor plumbing for the start methods' sockets (forkserver.cpp).
+void close_fd(int fd) noexcept;
+// Closes every descriptor from `from` up, but `keep` (-1: none).
+void close_from(int from, int keep) noexcept;
+bool write_all(int fd, const void* data, std::size_t n);
+bool read_all(int fd, void* data, std::size_t n);
+// Sends n bytes, the first of them with the nfds (<= kMaxFds) descriptors.
+bool send_with_fds(int sock, const void* data, std::size_t n, const int* fds, std::size_t nfds);
+// Reads exactly n bytes, the first of them with the descriptors sent alongside (CLOEXEC here).
+bool recv_with_fds(int sock, void* data, std::size_t n, int* fds, std::size_t& nfds);
 
 // In the parent: has the server fork the child, starting the server first if needed.
 // Throws mpx::Error when the server cannot be started or reached.
