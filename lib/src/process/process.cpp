@@ -602,6 +602,7 @@ void Process::start() {
                        "captureless lambda or a serializable function object, with serializable arguments "
                        "(a capturing lambda cannot cross to another process; of the process-shared handles, "
                        "only Condition and Barrier cannot yet: start such children with fork)");
+    std::erase_if(req.maps, [](auto& m) { return m.fd < 0; });  // in the server's snapshot
     req.name = s.name;
     req.daemon = s.daemon;
     req.identity = s.identity;
