@@ -1,4 +1,5 @@
-// The fork server (see <mpx/context.hpp>): what process.cpp and forkserver.cpp share.
+// The fork server and spawn (see <mpx/context.hpp>): what process.cpp, forkserver.cpp and
+// spawn.cpp share.
 #pragma once
 
 #include <signal.h>
@@ -65,5 +66,24 @@ std::shared_ptr<ChildProcess> make_forwarded_child(pid_t pid, int status_fd, int
 std::shared_ptr<ChildProcess> fork_server_process(ChildFn fn, void* ctx);
 // 0..255 for an exit status, -N for a fatal signal N.
 int exitcode_from_status(int status);
+
+// Spawn (spawn.cpp): the child is a fresh image of this executable, a direct child of the caller.
+// `default_method` becomes the child's get_start_method(), as a forkserver child inherits it.
+std::shared_ptr<ChildProcess> spawn_start_child(const ForwardedStart& request, StartMethod default_method);
+// In a spawned child, from a library initializer before the program's own: reads the request
+// from the descriptor(s) named by the marker's value, becomes the child and never returns.
+[[noreturn]] void spawned_child_main(const char* marker_value);
+inline constexpr const char* kSpawnMarker = "MPX_SPAWNED";
+// In a spawned child: its starter's default start method becomes its own (a fork server is
+// started only when first used).
+void inherit_start_method(StartMethod method) noexcept;
+
+// process.cpp, for spawn.cpp: starts a direct child with launch(ctx, sentinel_write_end), which
+// returns its pid (or -1 with errno set). sentinel_write_end is -1 when the sentinel is a pidfd;
+// otherwise the child must hold that pipe end open for its life. Runs launch on the thread that
+// forks die-with-parent children when die_with_parent and the caller is not the main thread, so
+// PR_SET_PDEATHSIG in the child means "the process died".
+using LaunchFn = pid_t (*)(void* ctx, int sentinel_write_end);
+std::shared_ptr<ChildProcess> launch_direct_child(bool die_with_parent, LaunchFn launch, void* ctx);
 
 }  // namespace mpx::detail
