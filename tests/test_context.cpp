@@ -4,6 +4,7 @@
 #include <mpx/mpx.hpp>
 #include <support.hpp>
 
+#include <dlfcn.h>
 #include <doctest/doctest.h>
 #include <poll.h>
 #include <signal.h>
@@ -851,6 +852,47 @@ TEST_SUITE("context") {
     early.start();
     REQUIRE(early.join(60s));
     CHECK(early.exitcode() == 0);
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen,
+                    "spawn: a target in a library the fresh image has not loaded: exit 1, said why") {
+    // A library this program does not link: dlopen'd here, absent from the child's image.
+    using Version = const char* (*)();
+    void* lib = nullptr;
+    Version version = nullptr;
+    for (auto [name, symbol] :
+         {std::pair{"libz.so.1", "zlibVersion"}, std::pair{"libbz2.so.1.0", "BZ2_bzlibVersion"}}) {
+      if ((lib = ::dlopen(name, RTLD_NOW | RTLD_LOCAL)) &&
+          (version = reinterpret_cast<Version>(::dlsym(lib, symbol))))
+        break;
+      if (lib) ::dlclose(lib);
+      lib = nullptr;
+    }
+    if (!version) {
+      MESSAGE("no libz or libbz2 to dlopen: skipped");
+      return;
+    }
+    std::fflush(nullptr);
+    int err[2];
+    REQUIRE(::pipe(err) == 0);
+    int saved = ::dup(2);
+    ::dup2(err[1], 2);
+    ::close(err[1]);
+    mpx::Process p(spawned(), version);
+    p.start();
+    ::dup2(saved, 2);
+    ::close(saved);
+    REQUIRE(p.join(30s));
+    CHECK(p.exitcode() == 1);
+    std::string text;
+    char buf[1024];
+    ssize_t n;
+    while ((n = ::read(err[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<std::size_t>(n));
+    ::close(err[0]);
+    CHECK(text.find("Process " + p.name() + ":") != std::string::npos);
+    CHECK(text.find("ValueError") != std::string::npos);
+    CHECK(text.find("not in a module loaded") != std::string::npos);
+    ::dlclose(lib);
   }
 
   TEST_CASE_FIXTURE(SpawnChosen,
