@@ -79,16 +79,19 @@ pid_t launch(void* ctx, int sentinel_write_end) {
   posix_spawnattr_t attr;
   ::posix_spawn_file_actions_init(&actions);
   ::posix_spawnattr_init(&attr);
-  ::posix_spawn_file_actions_adddup2(&actions, plan.socket, kChildSocket);
-  if (sentinel >= 0) ::posix_spawn_file_actions_adddup2(&actions, sentinel, kChildSentinel);
+  int rc = ::posix_spawn_file_actions_adddup2(&actions, plan.socket, kChildSocket);
+  if (rc == 0 && sentinel >= 0) rc = ::posix_spawn_file_actions_adddup2(&actions, sentinel, kChildSentinel);
   // A fresh image gets the standard streams and what it is given, as Python's spawn does.
-  ::posix_spawn_file_actions_addclosefrom_np(&actions, sentinel >= 0 ? kChildSentinel + 1 : kChildSocket + 1);
+  if (rc == 0)
+    rc = ::posix_spawn_file_actions_addclosefrom_np(&actions,
+                                                    sentinel >= 0 ? kChildSentinel + 1 : kChildSocket + 1);
   // Signals wait until the child has become what the request says; then it takes the starter's
   // mask. Dispositions are exec's: caught ones back to default, ignored ones stay ignored.
-  ::posix_spawnattr_setsigmask(&attr, &plan.all_blocked);
-  ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+  if (rc == 0) rc = ::posix_spawnattr_setsigmask(&attr, &plan.all_blocked);
+  if (rc == 0) rc = ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
   pid_t pid = -1;
-  int rc = ::posix_spawn(&pid, "/proc/self/exe", &actions, &attr, plan.argv.data(), plan.envp.data());
+  if (rc == 0)
+    rc = ::posix_spawn(&pid, "/proc/self/exe", &actions, &attr, plan.argv.data(), plan.envp.data());
   ::posix_spawnattr_destroy(&attr);
   ::posix_spawn_file_actions_destroy(&actions);
   if (sentinel >= 0) ::close(sentinel);
