@@ -223,6 +223,14 @@ void refuse_early_object() {
   if (!q.join(30s) || q.exitcode() != 0 || late.load() != 1) std::exit(4);
 }
 
+long square(long x) { return x * x; }
+void use_a_pool(mpx::Value<long> total) {
+  mpx::Pool pool(2);
+  long sum = 0;
+  for (long y : pool.map(&square, std::vector<long>{1, 2, 3, 4})) sum += y;
+  total.store(sum);
+}
+
 void report_pid_and_sleep(mpx::Value<int> pid) {
   pid.store(static_cast<int>(::getpid()));
   sleep_forever();
@@ -1007,5 +1015,14 @@ TEST_SUITE("context") {
       k.kill();
     }  // ~Process joins it
     CHECK(mpx::test::fd_changes(before, mpx::test::open_fd_set()) == "");
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen, "spawn: a target may use a Pool") {
+    mpx::Value<long> total(0);
+    mpx::Process p(spawned(), &use_a_pool, total);
+    p.start();
+    REQUIRE(p.join(60s));
+    CHECK(p.exitcode() == 0);
+    CHECK(total.load() == 30);
   }
 }
