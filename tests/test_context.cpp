@@ -704,6 +704,13 @@ TEST_SUITE("context") {
     mpx::Process a(spawned(), &sleeper);
     a.start();
     CHECK(a.is_alive());
+    auto argv0 = [](const std::string& cmdline) {
+      std::ifstream in(cmdline);
+      std::string first;
+      std::getline(in, first, '\0');
+      return first;
+    };
+    CHECK(argv0("/proc/" + std::to_string(a.pid()) + "/cmdline") == argv0("/proc/self/cmdline"));  // for ps
     CHECK_FALSE(a.join(50ms));
     auto live = mpx::active_children();
     CHECK(std::find(live.begin(), live.end(), a.pid()) != live.end());
