@@ -100,13 +100,12 @@ void share_mappings_for_spawn() noexcept {
 
 void shared_mappings_after_fork() noexcept {
   // The registry's mutex may be held by a thread that is not here. What this child inherited
-  // is in the snapshot of any fork server it starts, so it needs none of the entries; a spawn
-  // child of its own cannot be given them (start() says so), but what it makes from now on can.
+  // is in the snapshot of any fork server it starts, so for that it needs none of the entries.
+  // Under spawn, mappings stay fd-backed, and the inherited entries (their descriptors came
+  // along) are kept so what the parent made can go on to this child's spawn children, unless
+  // the registry was in use when the parent forked: then start() refuses those objects.
   bool for_spawn = g_for_spawn.load(std::memory_order_relaxed);
   g_by_fd.store(for_spawn, std::memory_order_relaxed);
-  // Under spawn the inherited entries (and their descriptors, inherited too) are kept, so what
-  // the parent made can go on to this child's spawn children, unless the registry was in use
-  // when the parent forked.
   if (Registry* r = g_registry.load(std::memory_order_acquire); for_spawn && r && r->m.try_lock()) {
     r->m.unlock();
     return;
