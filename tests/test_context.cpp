@@ -4,6 +4,7 @@
 #include <mpx/mpx.hpp>
 #include <support.hpp>
 
+#include <dlfcn.h>
 #include <doctest/doctest.h>
 #include <poll.h>
 #include <signal.h>
@@ -18,6 +19,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
@@ -149,6 +151,89 @@ std::mutex g_churned;
 void lock_churned_mutex(std::string path) {
   std::lock_guard lock(g_churned);
   write_file_atomically(path, std::to_string(::getppid()));
+}
+
+// Spawn children can be given shared objects made after the program chose spawn: each test
+// chooses it before making any.
+struct SpawnChosen : PlainSignals {
+  SpawnChosen() { (void)mpx::get_context(mpx::StartMethod::spawn); }
+};
+
+mpx::Process::Options spawned(bool daemon = false, std::string name = "") {
+  return {.name = std::move(name), .daemon = daemon, .context = mpx::get_context(mpx::StartMethod::spawn)};
+}
+
+// Constant-initialized: a spawn child sees this value, whatever its starter made of it since.
+int g_changed_by_starter = 1;
+void report_global(mpx::Value<int> seen) { seen.store(g_changed_by_starter); }
+
+void raise_signal(int sig) { ::raise(sig); }
+
+void print_to_cout(std::string text) { std::cout << text << std::flush; }
+
+void report_spawned_identity(mpx::Value<int> ppid, mpx::Array<int> flags, mpx::Queue<std::string> out) {
+  auto me = mpx::current_process();
+  auto parent = mpx::parent_process();
+  ppid.store(static_cast<int>(::getppid()));
+  flags[0] = me.daemon ? 1 : 0;
+  flags[1] = parent ? static_cast<int>(parent->pid) : 0;
+  flags[2] = mpx::get_start_method() == mpx::StartMethod::spawn ? 1 : 0;
+  out.put(me.name + "|" + (parent ? parent->name : std::string("none")));
+}
+
+// In a spawn child: the marker is gone, and children of its own (forked and spawned) work.
+void start_grandchildren(mpx::Queue<std::string> out) {
+  out.put(std::getenv("MPX_SPAWNED") ? "marker kept" : "no marker");
+  mpx::Process forked(
+      {.name = "", .daemon = false, .context = mpx::get_context(mpx::StartMethod::fork)},
+      [out]() mutable { out.put(std::string("forked grandchild ") + mpx::current_process().name); });
+  forked.start();
+  forked.join();
+  mpx::Process spawned_child(
+      spawned(),
+      [](mpx::Queue<std::string> q) {
+        q.put(std::string("spawned grandchild ") + mpx::current_process().name +
+              (std::getenv("MPX_SPAWNED") ? " marker" : ""));
+      },
+      out);
+  spawned_child.start();
+  spawned_child.join();
+  mpx::Process failing(spawned(), &exit_with, 5);
+  failing.start();
+  failing.join();
+  out.put("exit codes " + std::to_string(*forked.exitcode()) + " " +
+          std::to_string(*spawned_child.exitcode()) + " " + std::to_string(*failing.exitcode()));
+}
+
+// In a spawn child of a fork-default program: a Value made before it chooses spawn cannot go
+// to a spawn child; one made after can.
+void refuse_early_object() {
+  mpx::Value<int> early(0);
+  mpx::Process p(spawned(), &report_global, early);
+  try {
+    p.start();
+    std::exit(2);
+  } catch (const mpx::ValueError& e) {
+    std::string what = e.what();
+    if (what.find("spawn") == std::string::npos || what.find("before") == std::string::npos) std::exit(3);
+  }
+  mpx::Value<int> late(0);
+  mpx::Process q(spawned(), &report_global, late);
+  q.start();
+  if (!q.join(30s) || q.exitcode() != 0 || late.load() != 1) std::exit(4);
+}
+
+long square(long x) { return x * x; }
+void use_a_pool(mpx::Value<long> total) {
+  mpx::Pool pool(2);
+  long sum = 0;
+  for (long y : pool.map(&square, std::vector<long>{1, 2, 3, 4})) sum += y;
+  total.store(sum);
+}
+
+void report_pid_and_sleep(mpx::Value<int> pid) {
+  pid.store(static_cast<int>(::getpid()));
+  sleep_forever();
 }
 
 }  // namespace
@@ -451,14 +536,6 @@ TEST_SUITE("context") {
       void run() override {}
     } sub;
     CHECK_THROWS_AS(sub.start(), mpx::ValueError);
-
-    mpx::Process spawned({.name = "", .context = mpx::Context(mpx::StartMethod::spawn)}, &exit_with, 0);
-    try {
-      spawned.start();
-      FAIL("spawn started");
-    } catch (const mpx::ValueError& e) {
-      CHECK(std::string(e.what()).find("spawn") != std::string::npos);
-    }
   }
 
   TEST_CASE_FIXTURE(PlainSignals, "forkserver: children of a threaded parent never inherit a held mutex") {
@@ -599,5 +676,363 @@ TEST_SUITE("context") {
       k.kill();
     }  // ~Process joins it
     CHECK(mpx::test::fd_changes(before, mpx::test::open_fd_set()) == "");
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen,
+                    "spawn: exit codes, pid, sentinel, is_alive, join timeout, terminate, kill") {
+    mpx::Process ok(spawned(), &exit_with, 0);
+    ok.start();
+    CHECK(ok.pid() > 0);
+    REQUIRE(ok.join(30s));
+    CHECK(ok.exitcode() == 0);
+
+    mpx::Process none(spawned());
+    none.start();
+    REQUIRE(none.join(30s));
+    CHECK(none.exitcode() == 0);
+
+    mpx::Process seven(spawned(), &exit_with, 7);
+    seven.start();
+    REQUIRE(seven.join(30s));
+    CHECK(seven.exitcode() == 7);
+
+    mpx::Process usr1(spawned(), &raise_signal, SIGUSR1);
+    usr1.start();
+    REQUIRE(usr1.join(30s));
+    CHECK(usr1.exitcode() == -SIGUSR1);
+
+    mpx::Process a(spawned(), &sleeper);
+    a.start();
+    CHECK(a.is_alive());
+    auto argv0 = [](const std::string& cmdline) {
+      std::ifstream in(cmdline);
+      std::string first;
+      std::getline(in, first, '\0');
+      return first;
+    };
+    // For ps. Eventually: a sanitizer runtime may still be setting up (or re-executing) the image.
+    CHECK(eventually([&] {
+      return argv0("/proc/" + std::to_string(a.pid()) + "/cmdline") == argv0("/proc/self/cmdline");
+    }));
+    CHECK_FALSE(a.join(50ms));
+    auto live = mpx::active_children();
+    CHECK(std::find(live.begin(), live.end(), a.pid()) != live.end());
+    pollfd pfd{a.sentinel(), POLLIN, 0};
+    CHECK(::poll(&pfd, 1, 0) == 0);
+    a.terminate();
+    CHECK(::poll(&pfd, 1, 10000) == 1);
+    REQUIRE(a.join(10s));
+    CHECK(a.exitcode() == -SIGTERM);
+    CHECK_FALSE(a.is_alive());
+
+    mpx::Process b(spawned(), &sleeper);
+    b.start();
+    b.kill();
+    REQUIRE(b.join(10s));
+    CHECK(b.exitcode() == -SIGKILL);
+    CHECK(mpx::active_children().empty());
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen, "spawn: a target that throws prints it and exits with 1; std::cout works") {
+    std::fflush(nullptr);
+    int err[2], out[2];
+    REQUIRE(::pipe(err) == 0);
+    REQUIRE(::pipe(out) == 0);
+    int saved_err = ::dup(2), saved_out = ::dup(1);
+    ::dup2(err[1], 2);
+    ::dup2(out[1], 1);
+    ::close(err[1]);
+    ::close(out[1]);
+    mpx::Process t(spawned(), &throw_runtime_error);
+    mpx::Process c(spawned(), &print_to_cout, std::string("through std::cout"));
+    t.start();
+    c.start();
+    ::dup2(saved_err, 2);
+    ::dup2(saved_out, 1);
+    ::close(saved_err);
+    ::close(saved_out);
+    REQUIRE(t.join(30s));
+    REQUIRE(c.join(30s));
+    CHECK(t.exitcode() == 1);
+    CHECK(c.exitcode() == 0);
+    auto drain = [](int fd) {
+      std::string text;
+      char buf[1024];
+      ssize_t n;
+      while ((n = ::read(fd, buf, sizeof buf)) > 0) text.append(buf, static_cast<std::size_t>(n));
+      ::close(fd);
+      return text;
+    };
+    std::string errors = drain(err[0]);
+    CHECK(errors.find("Process " + t.name() + ":") != std::string::npos);
+    CHECK(errors.find("from the forkserver child") != std::string::npos);
+    CHECK(drain(out[0]) == "through std::cout");
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen,
+                    "spawn: the child sees the program's globals as built, not as its starter left them") {
+    g_changed_by_starter = 2;
+    mpx::Value<int> seen(0);
+    mpx::Process p(spawned(), &report_global, seen);
+    p.start();
+    REQUIRE(p.join(30s));
+    g_changed_by_starter = 1;
+    CHECK(p.exitcode() == 0);
+    CHECK(seen.load() == 1);
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen, "spawn: the child knows its name, daemon flag, starter and start method") {
+    mpx::Value<int> ppid(0);
+    mpx::Array<int> flags(std::vector<int>{-1, -1, -1});
+    mpx::Queue<std::string> out;
+    mpx::Process p(spawned(true, "Reporter"), &report_spawned_identity, ppid, flags, out);
+    p.start();
+    CHECK(out.get(30s) == "Reporter|MainProcess");
+    REQUIRE(p.join(30s));
+    CHECK(p.exitcode() == 0);
+    CHECK(ppid.load() == ::getpid());  // a child of the starter itself
+    CHECK(flags[0] == 1);
+    CHECK(flags[1] == ::getpid());
+    CHECK(flags[2] == 0);  // the starter's default method (fork) is the child's
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen,
+                    "spawn: Lock, Event, Value, Array and queues made after choosing spawn reach the child") {
+    mpx::Event ev;
+    mpx::Value<int> v(41);
+    mpx::Lock lock;
+    mpx::Process p(spawned(), &count_and_signal, ev, v, lock);
+    p.start();
+    CHECK(ev.wait(30s));
+    REQUIRE(p.join(30s));
+    CHECK(p.exitcode() == 0);
+    CHECK(v.load() == 42);
+
+    lock.acquire();
+    mpx::Process held(spawned(), &try_held_lock, lock);
+    held.start();
+    REQUIRE(held.join(30s));
+    CHECK(held.exitcode() == 0);  // the child saw the lock held
+    lock.release();
+
+    mpx::Queue<int> in;
+    mpx::JoinableQueue<std::string> out;
+    mpx::Process q(spawned(), &echo_doubled, in, out);
+    q.start();
+    for (int i = 0; i < 100; ++i) in.put(i);
+    in.put(-1);
+    for (int i = 0; i < 100; ++i) {
+      CHECK(out.get(30s) == std::to_string(2 * i));
+      out.task_done();
+    }
+    CHECK(out.join(1s));
+    REQUIRE(q.join(30s));
+    CHECK(q.exitcode() == 0);
+
+    mpx::RLock rl;
+    mpx::Semaphore sem(0);
+    mpx::BoundedSemaphore bsem(1);
+    mpx::Array<int> a(std::vector<int>{1, 2, 3});
+    mpx::RawArray<double> ra(std::vector<double>{10, 20});
+    mpx::RawValue<long> total(0);
+    mpx::SimpleQueue<int> sq;
+    mpx::Process every(spawned(), &use_every_handle, rl, sem, bsem, a, ra, total, sq);
+    every.start();
+    CHECK(sem.acquire(30s));
+    CHECK(sq.get() == 36);
+    REQUIRE(every.join(30s));
+    CHECK(every.exitcode() == 0);
+    CHECK(total.load() == 36);
+    CHECK(a[0] == -1);
+    CHECK_FALSE(bsem.acquire(0ms));  // the child holds it
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen, "spawn: what cannot cross makes start() throw ValueError naming spawn") {
+    int captured = 1;
+    mpx::Process capturing(spawned(), [captured] { (void)captured; });
+    try {
+      capturing.start();
+      FAIL("a capturing lambda started under spawn");
+    } catch (const mpx::ValueError& e) {
+      CHECK(std::string(e.what()).find("spawn") != std::string::npos);
+    }
+    CHECK(capturing.pid() == 0);
+
+    struct Sub : mpx::Process {
+      Sub() : mpx::Process(spawned()) {}
+      void run() override {}
+    } sub;
+    CHECK_THROWS_AS(sub.start(), mpx::ValueError);
+
+    // An object made before the program chose spawn: in a spawn child, whose program (this
+    // one, afresh) has not chosen it yet.
+    mpx::Process early(spawned(), &refuse_early_object);
+    early.start();
+    REQUIRE(early.join(60s));
+    CHECK(early.exitcode() == 0);
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen,
+                    "spawn: a target in a library the fresh image has not loaded: exit 1, said why") {
+    // A library this program does not link: dlopen'd here, absent from the child's image.
+    using Version = const char* (*)();
+    void* lib = nullptr;
+    Version version = nullptr;
+    for (auto [name, symbol] :
+         {std::pair{"libz.so.1", "zlibVersion"}, std::pair{"libbz2.so.1.0", "BZ2_bzlibVersion"}}) {
+      if ((lib = ::dlopen(name, RTLD_NOW | RTLD_LOCAL)) &&
+          (version = reinterpret_cast<Version>(::dlsym(lib, symbol))))
+        break;
+      if (lib) ::dlclose(lib);
+      lib = nullptr;
+    }
+    if (!version) {
+      MESSAGE("no libz or libbz2 to dlopen: skipped");
+      return;
+    }
+    std::fflush(nullptr);
+    int err[2];
+    REQUIRE(::pipe(err) == 0);
+    int saved = ::dup(2);
+    ::dup2(err[1], 2);
+    ::close(err[1]);
+    mpx::Process p(spawned(), version);
+    p.start();
+    ::dup2(saved, 2);
+    ::close(saved);
+    REQUIRE(p.join(30s));
+    CHECK(p.exitcode() == 1);
+    std::string text;
+    char buf[1024];
+    ssize_t n;
+    while ((n = ::read(err[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<std::size_t>(n));
+    ::close(err[0]);
+    CHECK(text.find("Process " + p.name() + ":") != std::string::npos);
+    CHECK(text.find("ValueError") != std::string::npos);
+    CHECK(text.find("not in a module loaded") != std::string::npos);
+    ::dlclose(lib);
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen,
+                    "spawn: the marker is not inherited; the child starts forked and spawned children") {
+    mpx::Queue<std::string> out;
+    mpx::Process p(spawned(false, "Middle"), &start_grandchildren, out);
+    p.start();
+    CHECK(out.get(30s) == "no marker");
+    auto named = [](const std::string& got, const std::string& prefix, const std::string& suffix) {
+      return got.rfind(prefix, 0) == 0 && got.size() > suffix.size() &&
+             got.compare(got.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    CHECK(named(out.get(30s), "forked grandchild Process-", ":1"));
+    CHECK(named(out.get(30s), "spawned grandchild Process-", ":2"));
+    CHECK(out.get(30s) == "exit codes 0 0 5");
+    REQUIRE(p.join(60s));
+    CHECK(p.exitcode() == 0);
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen,
+                    "spawn: a parent full of threads churning a mutex starts children without deadlock") {
+    mpx::test::TempDir dir;
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> churn;
+    for (int i = 0; i < 8; ++i)
+      churn.emplace_back([&] {
+        while (!stop.load()) {
+          std::lock_guard lock(g_churned);
+          std::this_thread::yield();
+        }
+      });
+    int ok = 0;
+    for (int i = 0; i < 20; ++i) {
+      mpx::Process p(spawned(i % 2 == 0), &lock_churned_mutex, dir / ("m" + std::to_string(i)));
+      p.start();
+      if (p.join(10s) && p.exitcode() == 0)
+        ++ok;
+      else
+        p.kill();
+    }
+    stop = true;
+    for (auto& t : churn) t.join();
+    CHECK(ok == 20);
+    CHECK(read_file(dir / "m0") == std::to_string(::getpid()));
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen, "spawn: children started from several threads at once") {
+    std::vector<std::thread> threads;
+    std::atomic<int> ok{0};
+    for (int t = 0; t < 4; ++t)
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < 5; ++i) {
+          mpx::Process p(spawned(t % 2 == 0), &exit_with, t * 10 + i);
+          p.start();
+          if (p.join(30s) && p.exitcode() == t * 10 + i) ++ok;
+        }
+      });
+    for (auto& t : threads) t.join();
+    CHECK(ok == 20);
+    CHECK(mpx::active_children().empty());
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen,
+                    "spawn: ~Process terminates a daemon child; daemon children die with their starter") {
+    pid_t daemon_pid = 0;
+    {
+      mpx::Process d(spawned(true), &sleeper);
+      d.start();
+      daemon_pid = d.pid();
+    }
+    CHECK(::kill(daemon_pid, 0) != 0);  // terminated and reaped
+
+    // A starter (forked: objects it inherited can go to its spawn children too) starts a
+    // daemon and a non-daemon spawn child, then is killed.
+    mpx::test::Subreaper adopt;
+    mpx::Value<int> daemon_child(0), independent(0);
+    auto starter = mpx::detail::fork_child(helper("starter"), [daemon_child, independent] {
+      mpx::Process d(spawned(true), &report_pid_and_sleep, daemon_child);
+      d.start();
+      mpx::Process n(spawned(false), &report_pid_and_sleep, independent);
+      n.start();
+      sleep_forever();
+      return 0;
+    });
+    REQUIRE(eventually([&] { return daemon_child.load() > 0 && independent.load() > 0; }, 30000ms));
+    starter->signal(SIGKILL);
+    REQUIRE(starter->wait(10s));
+    int s = mpx::test::reap_adopted(daemon_child.load());
+    CHECK((s != -1 && WIFSIGNALED(s) && WTERMSIG(s) == SIGKILL));
+    CHECK(::kill(independent.load(), 0) == 0);  // independent, as under fork
+    ::kill(independent.load(), SIGKILL);
+    CHECK(mpx::test::reap_adopted(independent.load()) != -1);
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen, "spawn: starting children leaks no descriptors") {
+    {
+      mpx::Process warm(spawned(), &exit_with, 0);
+      warm.start();
+      REQUIRE(warm.join(30s));
+    }
+    mpx::Value<int> v(0);
+    auto before = mpx::test::open_fd_set();
+    for (int i = 0; i < 5; ++i) {
+      mpx::Process p(spawned(), &report_global, v);
+      p.start();
+      REQUIRE(p.join(30s));
+      CHECK(p.exitcode() == 0);
+    }
+    {
+      mpx::Process k(spawned(), &sleeper);
+      k.start();
+      k.kill();
+    }  // ~Process joins it
+    CHECK(mpx::test::fd_changes(before, mpx::test::open_fd_set()) == "");
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen, "spawn: a target may use a Pool") {
+    mpx::Value<long> total(0);
+    mpx::Process p(spawned(), &use_a_pool, total);
+    p.start();
+    REQUIRE(p.join(60s));
+    CHECK(p.exitcode() == 0);
+    CHECK(total.load() == 30);
   }
 }

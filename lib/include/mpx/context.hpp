@@ -10,11 +10,11 @@
 //
 // Lock, RLock, Semaphore, BoundedSemaphore, Event, Value, Array, RawValue, RawArray and the
 // queues (Queue, JoinableQueue, SimpleQueue) passed as arguments reach the child too: once the
-// server runs,
-// such objects are made in memfd mappings (one descriptor each, while they live), which start()
-// hands to the server so the child maps them where this process has them. Objects made before
-// the server started are in its snapshot already. Condition and Barrier are not passed yet
-// and make start() throw ValueError; shared memory blocks cross by name (SharedMemory::attach).
+// server runs, such objects are made in memfd mappings (one descriptor each, while they live),
+// which start() hands to the server so the child maps them where this process has them. Objects
+// made before the server started are in its snapshot already. Condition and Barrier are not
+// passed yet and make start() throw ValueError; shared memory blocks cross by name
+// (SharedMemory::attach).
 //
 // The server is forked from this process (exec'ing a fresh image is what spawn is for), closes
 // every descriptor it inherited but its control socket, and then only forks. It is a snapshot of
@@ -23,6 +23,21 @@
 // starts at the first forkserver Process::start(). It dies with this process (PR_SET_PDEATHSIG,
 // and it ends when its control socket reports this process gone), and its daemon children die
 // with it, so nothing outlives the program that started it.
+//
+// spawn starts a fresh image of this executable (/proc/self/exe, argv[0] kept) as a direct
+// child, so exit codes, sentinel, join, terminate and daemon/parent-death handling are those of
+// a forked child; the target and its arguments cross as under forkserver. The child is entered
+// from a library initializer before the program's own static initializers and main, and never
+// returns to them: the target sees the program's globals with their constant initial values
+// (not what the parent set them to), as Python's spawn child starts from a fresh interpreter.
+// That is also why no guard in main is needed, unlike Python's `if __name__ == "__main__"`.
+// The flip side: a global with a dynamic initializer (a namespace-scope std::string, say) has not
+// been initialized when the target runs; use function-local statics in code a spawn target calls.
+// The standard streams work. A spawn child shares nothing it is not given, so a shared object
+// passed to it must be made after the program chose spawn (set_start_method(spawn), or
+// constructing a spawn Context, e.g. get_context(StartMethod::spawn)): from then on shared
+// objects are made in memfd mappings, which start() hands to the child, and it maps them
+// wherever its own address space has room. An object made before makes start() throw ValueError.
 #pragma once
 
 #include <string_view>
@@ -36,13 +51,15 @@ std::string_view to_string(StartMethod method) noexcept;
 
 // The default method for Processes whose Options name no context. StateError once this process
 // has started a child (as Python refuses to change it once used). Choosing forkserver starts its
-// server now, from the state the process is in (see above).
+// server now, from the state the process is in; choosing spawn makes shared objects by fd from
+// now on (see above). A spawn child's default is its starter's.
 void set_start_method(StartMethod method);
 StartMethod get_start_method();  // fork unless set
 
 class Context {
  public:
-  explicit Context(StartMethod method) noexcept : method_(method) {}
+  // A spawn Context also commits the program to spawn's way of making shared objects (see above).
+  explicit Context(StartMethod method) noexcept;
   StartMethod start_method() const noexcept { return method_; }
   friend bool operator==(const Context&, const Context&) = default;
 

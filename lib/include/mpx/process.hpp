@@ -2,8 +2,9 @@
 //
 // A Process runs any callable (capturing lambdas included) with its arguments in a forked child.
 // Under the forkserver start method (<mpx/context.hpp>: Options::context or set_start_method)
-// the child is forked by the fork server instead, so the target and its arguments must be
-// transferable; everything below holds for those children too.
+// the child is forked by the fork server instead, and under spawn it is a fresh image of this
+// executable; either way the target and its arguments must be transferable, and everything
+// below holds for those children too.
 // Exit codes follow Python: 0 after a normal return, 1 when the target throws, n for exit(n),
 // -N when killed by signal N. The child ends with _exit after flushing what it left buffered in
 // stdout/stderr and the standard iostreams (other FILEs it opened are its to fclose, as with

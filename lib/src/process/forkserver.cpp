@@ -42,22 +42,11 @@
 #include "process/shared_mappings.hpp"
 
 namespace mpx::detail {
-namespace {
-
-// Shared mappings one start may hand over (one descriptor each), and all descriptors of a
-// request: status pipe, working directory, three standard streams, the mappings.
-constexpr std::size_t kMaxMaps = 64;
-constexpr std::size_t kMaxFds = 5 + kMaxMaps;
-// A request larger than this is not one the parent sent: the server drops the connection.
-constexpr std::uint64_t kMaxRequest = std::uint64_t{1} << 32;
-
-std::string errno_text(int err) { return std::error_code(err, std::generic_category()).message(); }
 
 void close_fd(int fd) noexcept {
   if (fd >= 0) ::close(fd);
 }
 
-// Closes every descriptor from `from` up, but `keep` (-1: none).
 void close_from(int from, int keep) noexcept {
   auto close_range = [](unsigned lo, unsigned hi) {
     if (lo > hi) return;
@@ -121,7 +110,6 @@ bool send_with_fds(int sock, const void* data, std::size_t n, const int* fds, st
   return write_all(sock, static_cast<const char*>(data) + w, n - static_cast<std::size_t>(w));
 }
 
-// Reads exactly n bytes, the first of them with the descriptors sent alongside (CLOEXEC here).
 bool recv_with_fds(int sock, void* data, std::size_t n, int* fds, std::size_t& nfds) {
   nfds = 0;
   iovec iov{data, n};
@@ -153,6 +141,52 @@ bool recv_with_fds(int sock, void* data, std::size_t n, int* fds, std::size_t& n
   }
   return read_all(sock, static_cast<char*>(data) + r, n - static_cast<std::size_t>(r));
 }
+
+void write_forwarded(proto::Writer& w, const ForwardedStart& req) {
+  w.str(req.name);
+  w.u8(req.daemon ? 1 : 0);
+  w.str(req.identity);
+  w.str(req.parent.name);
+  w.i32(req.parent.pid);
+  w.u8(req.parent.daemon ? 1 : 0);
+  w.raw(&req.mask, sizeof req.mask);
+  w.blob(req.target);
+  w.u32(static_cast<std::uint32_t>(req.maps.size()));
+  for (auto& m : req.maps) {
+    w.u64(m.base);
+    w.u64(m.bytes);
+  }
+}
+
+ForwardedStart read_forwarded(proto::Reader& in) {
+  ForwardedStart req;
+  req.name = std::string(in.str());
+  req.daemon = in.u8() != 0;
+  req.identity = std::string(in.str());
+  req.parent.name = std::string(in.str());
+  req.parent.pid = static_cast<pid_t>(in.i32());
+  req.parent.daemon = in.u8() != 0;
+  auto mask = in.take(sizeof(sigset_t));
+  std::memcpy(&req.mask, mask.data(), sizeof(sigset_t));
+  auto target = in.take(in.u64());
+  req.target.assign(target.begin(), target.end());
+  std::uint32_t n = in.u32();
+  if (n > kMaxMaps) throw ProtocolError("mpx: a start request with too many shared mappings");
+  for (std::uint32_t i = 0; i < n; ++i) {
+    SharedMappingRef m;
+    m.base = static_cast<std::uintptr_t>(in.u64());
+    m.bytes = static_cast<std::size_t>(in.u64());
+    req.maps.push_back(m);
+  }
+  return req;
+}
+
+namespace {
+
+// A request larger than this is not one the parent sent: the server drops the connection.
+constexpr std::uint64_t kMaxRequest = std::uint64_t{1} << 32;
+
+std::string errno_text(int err) { return std::error_code(err, std::generic_category()).message(); }
 
 // The inode of the file mapped at exactly `base` here, 0 if no mapping starts there.
 ino_t inode_mapped_at(std::uintptr_t base) {
@@ -221,24 +255,7 @@ bool serve_one(int sock, std::map<pid_t, ServerChild>& children) {
   try {
     proto::Reader in(body, &read_failed);
     streams = in.u8();
-    req.name = std::string(in.str());
-    req.daemon = in.u8() != 0;
-    req.identity = std::string(in.str());
-    req.parent.name = std::string(in.str());
-    req.parent.pid = static_cast<pid_t>(in.i32());
-    req.parent.daemon = in.u8() != 0;
-    auto mask = in.take(sizeof(sigset_t));
-    std::memcpy(&req.mask, mask.data(), sizeof(sigset_t));
-    auto target = in.take(in.u64());
-    req.target.assign(target.begin(), target.end());
-    std::uint32_t n = in.u32();
-    if (n > kMaxMaps) return drop();
-    for (std::uint32_t i = 0; i < n; ++i) {
-      SharedMappingRef m;
-      m.base = static_cast<std::uintptr_t>(in.u64());
-      m.bytes = static_cast<std::size_t>(in.u64());
-      req.maps.push_back(m);
-    }
+    req = read_forwarded(in);
   } catch (const std::exception&) {
     return drop();
   }
@@ -436,22 +453,10 @@ std::shared_ptr<ChildProcess> forkserver_start_child(const ForwardedStart& req) 
     fds[nfds++] = i;
   }
   w.u8(streams);
-  w.str(req.name);
-  w.u8(req.daemon ? 1 : 0);
-  w.str(req.identity);
-  w.str(req.parent.name);
-  w.i32(req.parent.pid);
-  w.u8(req.parent.daemon ? 1 : 0);
-  w.raw(&req.mask, sizeof req.mask);
-  w.blob(req.target);
   if (req.maps.size() > kMaxMaps)
     throw ValueError("Process::start: start method forkserver: the arguments hold more than " +
                      std::to_string(kMaxMaps) + " shared objects made after the fork server started");
-  w.u32(static_cast<std::uint32_t>(req.maps.size()));
-  for (auto& m : req.maps) {
-    w.u64(m.base);
-    w.u64(m.bytes);
-  }
+  write_forwarded(w, req);
 
   int cwd = ::open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (cwd < 0) throw Error("mpx: cannot start a child: open the working directory: " + errno_text(errno));

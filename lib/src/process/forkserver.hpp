@@ -1,4 +1,5 @@
-// The fork server (see <mpx/context.hpp>): what process.cpp and forkserver.cpp share.
+// The fork server and spawn (see <mpx/context.hpp>): what process.cpp, forkserver.cpp and
+// spawn.cpp share.
 #pragma once
 
 #include <signal.h>
@@ -10,6 +11,7 @@
 
 #include <mpx/detail/fork.hpp>
 #include <mpx/process.hpp>
+#include <mpx/proto/codec.hpp>
 #include <mpx/serialize.hpp>
 
 namespace mpx::detail {
@@ -24,6 +26,27 @@ struct ForwardedStart {
   Bytes target;                        // encode_target's bytes; empty for a Process without a target
   std::vector<SharedMappingRef> maps;  // what the arguments' handles need mapped in the child
 };
+
+// The request's fields (all but the descriptors) in the order both start methods send them.
+void write_forwarded(proto::Writer& w, const ForwardedStart& request);
+// Throws ProtocolError on a malformed request; the mappings' fds are left at -1.
+ForwardedStart read_forwarded(proto::Reader& in);
+
+// Shared mappings one start may hand over (one descriptor each), and all descriptors one message
+// may carry: for the fork server, status pipe, working directory and three standard streams too.
+inline constexpr std::size_t kMaxMaps = 64;
+inline constexpr std::size_t kMaxFds = 5 + kMaxMaps;
+
+// Descriptor plumbing for the start methods' sockets (forkserver.cpp).
+void close_fd(int fd) noexcept;
+// Closes every descriptor from `from` up, but `keep` (-1: none).
+void close_from(int from, int keep) noexcept;
+bool write_all(int fd, const void* data, std::size_t n);
+bool read_all(int fd, void* data, std::size_t n);
+// Sends n bytes, the first of them with the nfds (<= kMaxFds) descriptors.
+bool send_with_fds(int sock, const void* data, std::size_t n, const int* fds, std::size_t nfds);
+// Reads exactly n bytes, the first of them with the descriptors sent alongside (CLOEXEC here).
+bool recv_with_fds(int sock, void* data, std::size_t n, int* fds, std::size_t& nfds);
 
 // In the parent: has the server fork the child, starting the server first if needed.
 // Throws mpx::Error when the server cannot be started or reached.
@@ -43,5 +66,24 @@ std::shared_ptr<ChildProcess> make_forwarded_child(pid_t pid, int status_fd, int
 std::shared_ptr<ChildProcess> fork_server_process(ChildFn fn, void* ctx);
 // 0..255 for an exit status, -N for a fatal signal N.
 int exitcode_from_status(int status);
+
+// Spawn (spawn.cpp): the child is a fresh image of this executable, a direct child of the caller.
+// `default_method` becomes the child's get_start_method(), as a forkserver child inherits it.
+std::shared_ptr<ChildProcess> spawn_start_child(const ForwardedStart& request, StartMethod default_method);
+// In a spawned child, from a library initializer before the program's own: reads the request
+// from the descriptor(s) named by the marker's value, becomes the child and never returns.
+[[noreturn]] void spawned_child_main(const char* marker_value);
+inline constexpr const char* kSpawnMarker = "MPX_SPAWNED";
+// In a spawned child: its starter's default start method becomes its own (a fork server is
+// started only when first used).
+void inherit_start_method(StartMethod method) noexcept;
+
+// process.cpp, for spawn.cpp: starts a direct child with launch(ctx, sentinel_write_end), which
+// returns its pid (or -1 with errno set). sentinel_write_end is -1 when the sentinel is a pidfd;
+// otherwise the child must hold that pipe end open for its life. Runs launch on the thread that
+// forks die-with-parent children when die_with_parent and the caller is not the main thread, so
+// PR_SET_PDEATHSIG in the child means "the process died".
+using LaunchFn = pid_t (*)(void* ctx, int sentinel_write_end);
+std::shared_ptr<ChildProcess> launch_direct_child(bool die_with_parent, LaunchFn launch, void* ctx);
 
 }  // namespace mpx::detail

@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -83,14 +84,15 @@ std::atomic<Globals*> g_globals{nullptr};
 std::atomic<bool> g_child_started{false};
 std::atomic<StartMethod> g_start_method{StartMethod::fork};
 
+// Made on first use; a child replaces it before its target runs (a spawned child, before any
+// other use, so nothing here may assume a parent made it first).
 Globals& globals() {
-  static Globals* first = [] {
-    auto* g = new Globals;
-    g_globals.store(g, std::memory_order_release);
-    return g;
-  }();
-  (void)first;
-  return *g_globals.load(std::memory_order_acquire);
+  Globals* g = g_globals.load(std::memory_order_acquire);
+  if (g) return *g;
+  auto* fresh = new Globals;
+  if (g_globals.compare_exchange_strong(g, fresh, std::memory_order_acq_rel)) return *fresh;
+  delete fresh;
+  return *g;
 }
 
 struct ForkRequest {
@@ -104,6 +106,10 @@ struct ForkRequest {
   pid_t pid = -1;
   int err = 0;
   bool done = false;
+  // Set for a child that is not a fork (spawn): how to start it instead.
+  LaunchFn launch = nullptr;
+  void* launch_ctx = nullptr;
+  int sentinel_write = -1;
 };
 
 // The thread that forks die-with-parent children for threads other than the main one: it lives
@@ -245,6 +251,11 @@ void bind_what_children_call() {
 }
 
 void do_fork(ForkRequest& req) {
+  if (req.launch) {
+    req.pid = req.launch(req.launch_ctx, req.sentinel_write);
+    req.err = req.pid < 0 ? errno : 0;
+    return;
+  }
   pid_t pid = ::fork();
   if (pid == 0) child_main(req);
   req.pid = pid;
@@ -307,6 +318,8 @@ void flush_std_streams() noexcept {
 
 namespace {
 
+std::shared_ptr<ChildProcess> start_direct_child(ForkRequest& req, int pipe_fds[2]);
+
 std::shared_ptr<ChildProcess> fork_child_impl(const ForkOptions& options, ChildFn fn, void* ctx) {
   int pipe_fds[2] = {-1, -1};
   if (!have_pidfd() && ::pipe2(pipe_fds, O_CLOEXEC) != 0)
@@ -317,16 +330,39 @@ std::shared_ptr<ChildProcess> fork_child_impl(const ForkOptions& options, ChildF
   ::pthread_sigmask(SIG_SETMASK, nullptr, &req.mask);
   flush_std_streams();
   bind_what_children_call();
+  return start_direct_child(req, pipe_fds);
+}
+
+}  // namespace
+
+std::shared_ptr<ChildProcess> launch_direct_child(bool die_with_parent, LaunchFn launch, void* ctx) {
+  int pipe_fds[2] = {-1, -1};
+  if (!have_pidfd() && ::pipe2(pipe_fds, O_CLOEXEC) != 0)
+    throw Error("cannot start a child: pipe: " + errno_text(errno));
+  ForkOptions options{"", false, die_with_parent, {}};
+  ForkRequest req{&options, nullptr, nullptr, {}, ::getpid(), pipe_fds[0], nullptr};
+  req.launch = launch;
+  req.launch_ctx = ctx;
+  req.sentinel_write = pipe_fds[1];
+  g_child_started.store(true, std::memory_order_relaxed);
+  return start_direct_child(req, pipe_fds);
+}
+
+namespace {
+
+// Forks (or launches) req's child on the right thread and makes the parent's handle on it.
+std::shared_ptr<ChildProcess> start_direct_child(ForkRequest& req, int pipe_fds[2]) {
   // The main thread lives as long as the process; any other thread may exit first, and would
   // take PDEATHSIG children with it, so those forks go through the long-lived internal thread.
-  if (options.die_with_parent && ::gettid() != ::getpid())
+  if (req.options->die_with_parent && ::gettid() != ::getpid())
     fork_on_forker(req);
   else
     do_fork(req);
   if (pipe_fds[1] >= 0) ::close(pipe_fds[1]);
   if (req.pid < 0) {
     if (pipe_fds[0] >= 0) ::close(pipe_fds[0]);
-    throw Error("cannot start a child: fork: " + errno_text(req.err));
+    throw Error(std::string("cannot start a child: ") + (req.launch ? "spawn: " : "fork: ") +
+                errno_text(req.err));
   }
   int fd = pipe_fds[0];
   bool is_pidfd = false;
@@ -348,6 +384,11 @@ std::shared_ptr<ChildProcess> fork_child_raw(const ForkOptions& options, ChildFn
 // first child that fixes the choice.
 std::shared_ptr<ChildProcess> fork_server_process(ChildFn fn, void* ctx) {
   return fork_child_impl({"ForkServer", true, true, {}}, fn, ctx);
+}
+
+void inherit_start_method(StartMethod method) noexcept {
+  g_start_method.store(method, std::memory_order_relaxed);
+  if (method == StartMethod::spawn) share_mappings_for_spawn();
 }
 
 std::shared_ptr<ChildProcess> make_forwarded_child(pid_t pid, int status_fd, int signal_fd) {
@@ -384,6 +425,17 @@ void forwarded_child_main(const ForwardedStart& req, pid_t server) {
   flush_child_output();
   ::_exit(status);
 }
+
+namespace {
+
+// A spawned child is recognised here, before the program's own static initializers and main:
+// it runs its target and exits without returning (spawn.cpp). This TU is linked into every
+// program that starts a Process, so the initializer is always there when spawn can be used.
+__attribute__((constructor(101))) void enter_spawned_child() {
+  if (const char* marker = std::getenv(kSpawnMarker)) spawned_child_main(marker);
+}
+
+}  // namespace
 
 ChildProcess::ChildProcess(const Private&, pid_t pid, int fd, bool pidfd)
     : pid_(pid), fd_(fd), pidfd_(pidfd), owner_(::getpid()) {}
@@ -588,8 +640,6 @@ void Process::start() {
     s.child = detail::fork_child(options, body);
   } else {
     std::string prefix = "Process::start: start method " + std::string(to_string(method)) + ": ";
-    if (method == StartMethod::spawn)
-      throw ValueError(prefix + "not implemented yet; use fork or forkserver");
     if (typeid(*this) != typeid(Process))
       throw ValueError(
           prefix + "cannot start a Process subclass (" + detail::demangle(typeid(*this).name()) +
@@ -601,6 +651,20 @@ void Process::start() {
                        "captureless lambda or a serializable function object, with serializable arguments "
                        "(a capturing lambda cannot cross to another process; of the process-shared handles, "
                        "only Condition and Barrier cannot yet: start such children with fork)");
+    if (method == StartMethod::spawn) {
+      // A fresh image shares only what it is given by descriptor.
+      if (std::any_of(req.maps.begin(), req.maps.end(), [](auto& m) { return m.fd < 0; }))
+        throw ValueError(prefix +
+                         "an argument's shared object (a lock, event, Value, Array or queue) was made before "
+                         "this program chose spawn, so a spawn child cannot be given it: choose the start "
+                         "method (set_start_method or get_context(StartMethod::spawn)) before making the "
+                         "objects you pass to spawn children");
+      if (req.maps.size() > detail::kMaxMaps)
+        throw ValueError(prefix + "the arguments hold more than " + std::to_string(detail::kMaxMaps) +
+                         " shared objects");
+    } else {
+      std::erase_if(req.maps, [](auto& m) { return m.fd < 0; });  // in the server's snapshot
+    }
     req.name = s.name;
     req.daemon = s.daemon;
     req.identity = s.identity;
@@ -608,8 +672,12 @@ void Process::start() {
     req.parent = me;
     ::pthread_sigmask(SIG_SETMASK, nullptr, &req.mask);
     detail::flush_std_streams();
-    detail::g_child_started.store(true, std::memory_order_relaxed);
-    s.child = detail::forkserver_start_child(req);
+    if (method == StartMethod::spawn) {
+      s.child = detail::spawn_start_child(req, get_start_method());
+    } else {
+      detail::g_child_started.store(true, std::memory_order_relaxed);
+      s.child = detail::forkserver_start_child(req);
+    }
   }
   s.target.reset();
   auto& g = detail::globals();
@@ -692,6 +760,7 @@ void set_start_method(StartMethod method) {
   StartMethod before = detail::g_start_method.exchange(method, std::memory_order_relaxed);
   try {
     if (method == StartMethod::forkserver) detail::forkserver_ensure_started();
+    if (method == StartMethod::spawn) detail::share_mappings_for_spawn();
   } catch (...) {
     detail::g_start_method.store(before, std::memory_order_relaxed);
     throw;
@@ -699,6 +768,12 @@ void set_start_method(StartMethod method) {
 }
 
 StartMethod get_start_method() { return detail::g_start_method.load(std::memory_order_relaxed); }
+
+// A program that takes up spawn makes its shared objects by fd from then on, so they can be
+// given to spawn children (see <mpx/context.hpp>).
+Context::Context(StartMethod method) noexcept : method_(method) {
+  if (method == StartMethod::spawn) detail::share_mappings_for_spawn();
+}
 
 Context get_context(StartMethod method) { return Context(method); }
 

@@ -10,6 +10,7 @@
 #include <map>
 #include <mutex>
 #include <system_error>
+#include <vector>
 
 #include <mpx/detail/shm.hpp>
 #include <mpx/proto/codec.hpp>
@@ -29,6 +30,16 @@ struct Registry {
 };
 
 std::atomic<bool> g_by_fd{false};
+std::atomic<bool> g_for_spawn{false};
+
+// A spawned child's mappings: where the starter had each one, and where it is here. Written
+// before the target is decoded, while the child is single-threaded, and never again.
+struct Received {
+  std::uintptr_t starter_base;
+  std::size_t bytes;
+  std::uintptr_t here;
+};
+std::vector<Received>* g_received = nullptr;
 std::atomic<Registry*> g_registry{nullptr};
 Registry* g_abandoned_registry = nullptr;  // kept reachable after fork, for leak checkers
 
@@ -82,10 +93,23 @@ void forget_shared_mapping(void* p) noexcept {
 
 void share_mappings_by_fd() noexcept { g_by_fd.store(true, std::memory_order_relaxed); }
 
+void share_mappings_for_spawn() noexcept {
+  g_for_spawn.store(true, std::memory_order_relaxed);
+  g_by_fd.store(true, std::memory_order_relaxed);
+}
+
 void shared_mappings_after_fork() noexcept {
   // The registry's mutex may be held by a thread that is not here. What this child inherited
-  // is in the snapshot of any fork server it starts, so it needs none of the entries.
-  g_by_fd.store(false, std::memory_order_relaxed);
+  // is in the snapshot of any fork server it starts, so for that it needs none of the entries.
+  // Under spawn, mappings stay fd-backed, and the inherited entries (their descriptors came
+  // along) are kept so what the parent made can go on to this child's spawn children, unless
+  // the registry was in use when the parent forked: then start() refuses those objects.
+  bool for_spawn = g_for_spawn.load(std::memory_order_relaxed);
+  g_by_fd.store(for_spawn, std::memory_order_relaxed);
+  if (Registry* r = g_registry.load(std::memory_order_acquire); for_spawn && r && r->m.try_lock()) {
+    r->m.unlock();
+    return;
+  }
   if (Registry* old = g_registry.exchange(nullptr, std::memory_order_acq_rel)) {
     old->abandoned = g_abandoned_registry;
     g_abandoned_registry = old;
@@ -95,16 +119,36 @@ void shared_mappings_after_fork() noexcept {
 void encode_shared_pointer(Bytes& out, std::vector<SharedMappingRef>& maps, const void* p) {
   auto a = reinterpret_cast<std::uintptr_t>(p);
   proto::Writer(out).u64(a);
-  if (!shared_mappings_by_fd()) return;
+  // Not made by fd: in a fork server's snapshot, but out of a spawn child's reach. The entry
+  // with no descriptor says so; the start method decides what it means.
+  auto without_fd = [&] { maps.push_back({a, 0, -1}); };
+  if (!shared_mappings_by_fd()) return without_fd();
   Registry& r = registry();
   std::lock_guard lock(r.m);
   auto it = r.by_base.upper_bound(a);
-  if (it == r.by_base.begin()) return;
+  if (it == r.by_base.begin()) return without_fd();
   --it;
-  if (a >= it->first + it->second.bytes) return;  // made before the server: in its snapshot
+  if (a >= it->first + it->second.bytes) return without_fd();
   for (auto& m : maps)
     if (m.base == it->first) return;
   maps.push_back({it->first, it->second.bytes, it->second.fd});
+}
+
+void adopt_received_mapping(const SharedMappingRef& m, void* here) {
+  if (!g_received) g_received = new std::vector<Received>;
+  g_received->push_back({m.base, m.bytes, reinterpret_cast<std::uintptr_t>(here)});
+  Registry& r = registry();
+  std::lock_guard lock(r.m);
+  r.by_base[reinterpret_cast<std::uintptr_t>(here)] = Mapping{m.bytes, m.fd};
+}
+
+void* shared_state_here(std::uint64_t starter_address) noexcept {
+  auto a = static_cast<std::uintptr_t>(starter_address);
+  if (g_received)
+    for (const Received& m : *g_received)
+      if (a >= m.starter_base && a - m.starter_base < m.bytes)
+        return reinterpret_cast<void*>(m.here + (a - m.starter_base));
+  return reinterpret_cast<void*>(a);  // a forkserver child has every mapping where its starter has it
 }
 
 }  // namespace mpx::detail

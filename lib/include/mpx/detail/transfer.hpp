@@ -35,9 +35,14 @@ struct SharedMappingRef {
   std::size_t bytes = 0;
   int fd = -1;
 };
-// Appends p (state of a handle) and notes the mapping it lies in, unless the fork server
-// already has that mapping from its snapshot (lib/src/process/shared_mappings.cpp).
+// Appends p (state of a handle) and notes the mapping it lies in; a mapping not made by fd (in
+// the fork server's snapshot, or out of a spawn child's reach) is noted with fd -1
+// (lib/src/process/shared_mappings.cpp).
 void encode_shared_pointer(Bytes& out, std::vector<SharedMappingRef>& maps, const void* p);
+// In the child: where the state its starter had at `starter_address` is here. A forkserver child
+// maps everything at its starter's addresses; a spawn child maps each mapping wherever its own
+// address space has room, so a handle's address moves by its mapping's displacement.
+void* shared_state_here(std::uint64_t starter_address) noexcept;
 
 // Each argument on its own: a handle as the address of its state, anything else encoded and
 // length-prefixed.
@@ -52,7 +57,7 @@ void encode_target_arg(Bytes& out, std::vector<SharedMappingRef>& maps, const A&
 template <class A>
 A decode_target_arg(proto::Reader& in) {
   if constexpr (crossing_handle<A>)
-    return process_handle<A>::adopt(reinterpret_cast<void*>(static_cast<std::uintptr_t>(in.u64())));
+    return process_handle<A>::adopt(shared_state_here(in.u64()));
   else
     return decode<A>(in.take(in.u64()));
 }
