@@ -167,6 +167,10 @@ mpx::Process::Options spawned(bool daemon = false, std::string name = "") {
 int g_changed_by_starter = 1;
 void report_global(mpx::Value<int> seen) { seen.store(g_changed_by_starter); }
 
+// Dynamically initialized: a spawn child runs the program's initializers before its target.
+const std::string g_built_at_start = std::to_string(::getpid() > 0 ? 42 : 0);
+void report_built_global(mpx::Value<int> seen) { seen.store(g_built_at_start == "42" ? 1 : -1); }
+
 void raise_signal(int sig) { ::raise(sig); }
 
 void print_to_cout(std::string text) { std::cout << text << std::flush; }
@@ -777,6 +781,15 @@ TEST_SUITE("context") {
     p.start();
     REQUIRE(p.join(30s));
     g_changed_by_starter = 1;
+    CHECK(p.exitcode() == 0);
+    CHECK(seen.load() == 1);
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen, "spawn: the program's static initializers have run when the target starts") {
+    mpx::Value<int> seen(0);
+    mpx::Process p(spawned(), &report_built_global, seen);
+    p.start();
+    REQUIRE(p.join(30s));
     CHECK(p.exitcode() == 0);
     CHECK(seen.load() == 1);
   }

@@ -27,12 +27,12 @@
 // spawn starts a fresh image of this executable (/proc/self/exe, argv[0] kept) as a direct
 // child, so exit codes, sentinel, join, terminate and daemon/parent-death handling are those of
 // a forked child; the target and its arguments cross as under forkserver. The child is entered
-// from a library initializer before the program's own static initializers and main, and never
-// returns to them: the target sees the program's globals with their constant initial values
-// (not what the parent set them to), as Python's spawn child starts from a fresh interpreter.
-// That is also why no guard in main is needed, unlike Python's `if __name__ == "__main__"`.
-// The flip side: a global with a dynamic initializer (a namespace-scope std::string, say) has not
-// been initialized when the target runs; use function-local statics in code a spawn target calls.
+// from a library initializer that runs ahead of the program's own: it runs the program's static
+// initializers, as Python's spawn child imports the main module, then the target, and exits
+// without reaching main, so no guard in main is needed (unlike Python's
+// `if __name__ == "__main__"`). The target sees the program's globals as they are built at any
+// start of the program, not as the parent left them. (This holds when mpx is linked statically
+// into the program, as its CMake package builds it.)
 // The standard streams work. A spawn child shares nothing it is not given, so a shared object
 // passed to it must be made after the program chose spawn (set_start_method(spawn), or
 // constructing a spawn Context, e.g. get_context(StartMethod::spawn)): from then on shared

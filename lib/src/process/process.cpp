@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <ios>
 #include <iostream>
 #include <thread>
 #include <typeinfo>
@@ -426,13 +427,40 @@ void forwarded_child_main(const ForwardedStart& req, pid_t server) {
   ::_exit(status);
 }
 
+using InitFn = void (*)(int, char**, char**);
+extern "C" {
+// The linker's bounds of the static initializers of the module this file is linked into.
+extern InitFn __init_array_start[] __attribute__((weak, visibility("hidden")));
+extern InitFn __init_array_end[] __attribute__((weak, visibility("hidden")));
+}
+
 namespace {
 
-// A spawned child is recognised here, before the program's own static initializers and main:
-// it runs its target and exits without returning (spawn.cpp). This TU is linked into every
-// program that starts a Process, so the initializer is always there when spawn can be used.
-__attribute__((constructor(101))) void enter_spawned_child() {
-  if (const char* marker = std::getenv(kSpawnMarker)) spawned_child_main(marker);
+// Runs the initializers that come after `self` in this module's table, as the loader would have:
+// the program's own globals (and the library's) are then built as at any start of the program,
+// the way Python's spawn child imports the main module before it runs its target.
+void run_later_initializers(InitFn self, int argc, char** argv, char** envp) {
+  if (!__init_array_start || !__init_array_end) return;
+  InitFn* last = __init_array_end;
+  InitFn* at = std::find(__init_array_start, last, self);
+  if (at == last) return;
+  for (++at; at != last; ++at)
+    if (*at && *at != reinterpret_cast<InitFn>(-1)) (*at)(argc, argv, envp);
+}
+
+// A spawned child is recognised here, ahead of the program's own static initializers: it runs
+// them, then its target, and exits without returning to the loader or reaching main
+// (spawn.cpp). This TU is linked into every program that starts a Process, so the initializer is
+// always there when spawn can be used.
+__attribute__((constructor(101))) void enter_spawned_child(int argc, char** argv, char** envp) {
+  const char* marker = std::getenv(kSpawnMarker);
+  if (!marker) return;
+  const std::string value = marker;
+  ::unsetenv(kSpawnMarker);  // an initializer that starts a Process starts an ordinary child
+  // Before any initializer can print: the streams are set up by initializers of their own.
+  static std::ios_base::Init streams;
+  run_later_initializers(&enter_spawned_child, argc, argv, envp);
+  spawned_child_main(value.c_str());
 }
 
 }  // namespace

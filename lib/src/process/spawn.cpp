@@ -29,7 +29,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ios>
 #include <string>
 #include <vector>
 
@@ -165,12 +164,8 @@ std::shared_ptr<ChildProcess> spawn_start_child(const ForwardedStart& req, Start
 }
 
 void spawned_child_main(const char* marker_value) {
-  // Before anything can print: this runs ahead of the program's own initializers, among them
-  // the one that sets up std::cout and friends in each translation unit that includes <iostream>.
-  static std::ios_base::Init streams;
   int sock = -1, sentinel = -1;
   if (std::sscanf(marker_value, "%d:%d", &sock, &sentinel) < 1 || sock < 0) die("malformed marker");
-  ::unsetenv(kSpawnMarker);  // this child's own children are not spawned children
   if (sentinel >= 0) ::fcntl(sentinel, F_SETFD, FD_CLOEXEC);  // held open until this process ends
 
   std::uint64_t length = 0;
