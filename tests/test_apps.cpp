@@ -138,14 +138,9 @@ TEST_CASE(
   CHECK(fork.substr(fork.size() - 3) == " ok");
   CHECK(forkserver.find("unlocked 2/2") != std::string::npos);
   CHECK(forkserver.substr(forkserver.size() - 3) == " ok");
-  // spawn: checked like forkserver once the library has it; until then skipped, with the reason.
   const std::string spawn = line_starting(r.out, "spawn ");
-  if (spawn.find("skipped") != std::string::npos) {
-    CHECK(line_starting(r.out, "spawn skipped: ").find("spawn") != std::string::npos);
-  } else {
-    CHECK(spawn.find("unlocked 2/2") != std::string::npos);
-    CHECK(spawn.substr(spawn.size() - 3) == " ok");
-  }
+  CHECK(spawn.find("unlocked 2/2") != std::string::npos);
+  CHECK(spawn.substr(spawn.size() - 3) == " ok");
   CHECK(r.out.find("all checks passed") != std::string::npos);
   CHECK(r.err.empty());
   // Values the options refuse are usage errors, before any child.
