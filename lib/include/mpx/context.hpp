@@ -31,8 +31,9 @@
 // initializers, as Python's spawn child imports the main module, then the target, and exits
 // without reaching main, so no guard in main is needed (unlike Python's
 // `if __name__ == "__main__"`). The target sees the program's globals as they are built at any
-// start of the program, not as the parent left them. (This holds when mpx is linked statically
-// into the program, as its CMake package builds it.)
+// start of the program, not as the parent left them; an initializer with side effects (output,
+// threads) repeats in every spawn child. (This holds when mpx is linked statically into the
+// program, as its CMake package builds it.)
 // The standard streams work. A spawn child shares nothing it is not given, so a shared object
 // passed to it must be made after the program chose spawn (set_start_method(spawn), or
 // constructing a spawn Context, e.g. get_context(StartMethod::spawn)): from then on shared
