@@ -2,6 +2,7 @@
 // 8-byte ping-pong round trip, 64-byte one-way message rate, 1 MiB one-way bandwidth.
 // Rounds alternate raw and mpx so both see the same machine load.
 #include "bench.hpp"
+#include "mpx_measures.hpp"
 
 #include <mpx/connection.hpp>
 
@@ -50,30 +51,6 @@ std::vector<double> pingpong_raw(long n) {
     if (i >= 0) us.push_back(mpx::bench::seconds(Clock::now() - t0) * 1e6);
   }
   ::close(p.parent);
-  mpx::bench::join_child(pid);
-  return us;
-}
-
-std::vector<double> pingpong_mpx(long n) {
-  auto [a, b] = mpx::Pipe();
-  pid_t pid = mpx::bench::fork_child([&] {
-    a.close();
-    try {
-      for (;;) b.send_bytes(b.recv_bytes());
-    } catch (const mpx::ConnectionClosed&) {
-    }
-  });
-  b.close();
-  Bytes msg(8, std::byte{1});
-  std::vector<double> us;
-  us.reserve(static_cast<std::size_t>(n));
-  for (long i = -n / 10; i < n; ++i) {
-    auto t0 = Clock::now();
-    a.send_bytes(msg);
-    msg = a.recv_bytes();
-    if (i >= 0) us.push_back(mpx::bench::seconds(Clock::now() - t0) * 1e6);
-  }
-  a.close();
   mpx::bench::join_child(pid);
   return us;
 }
@@ -174,7 +151,7 @@ MPX_BENCH_GROUP(
     std::vector<double> raw, conn;
     for (int r = 0; r < rounds; ++r) {
       append(raw, pingpong_raw(n));
-      append(conn, pingpong_mpx(n));
+      append(conn, mpx::bench::connection_pingpong_us(n));
     }
     const double m_raw = median(raw), m_conn = median(conn);
     report("raw.pingpong_8B.rtt_median", m_raw, "us");

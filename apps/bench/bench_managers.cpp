@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "bench.hpp"
+#include "mpx_measures.hpp"
 
 namespace {
 
@@ -143,16 +144,6 @@ double dict_sequential_ops_per_s(mpx::DictProxy<int, long>& d, long n) {
   double s = mpx::bench::time_seconds([&] {
     for (long i = 0; i < n; ++i) d.set(static_cast<int>(i & 1023), i);
   });
-  return static_cast<double>(n) / s;
-}
-
-double dict_pipelined_ops_per_s(mpx::Manager& m, mpx::DictProxy<int, long>& d, long n) {
-  double s = mpx::bench::time_seconds([&] {
-    for (long i = 0; i < n; ++i) d.set_async(static_cast<int>(i & 1023), i);
-    m.flush();
-  });
-  if (d.get(static_cast<int>((n - 1) & 1023)) != n - 1)
-    throw std::runtime_error("dict: lost a pipelined set");
   return static_cast<double>(n) / s;
 }
 
@@ -346,7 +337,7 @@ MPX_BENCH_GROUP(managers, "managers",
       floor_pass_spin.push_back(token_pass_per_s(increments));
       g_polling = false;
       seq_rate.push_back(dict_sequential_ops_per_s(d, calls));
-      pipe_rate.push_back(dict_pipelined_ops_per_s(m, d, ops));
+      pipe_rate.push_back(mpx::bench::dict_pipelined_ops_per_s(m, d, ops));
       q_plain.push_back(queue_items_per_s(m, queue_plain, false));
       q_batched.push_back(queue_items_per_s(m, queue_batched, true));
       inc_plain.push_back(locked_increments_per_s(m, increments / 2, false));

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "bench.hpp"
+#include "mpx_measures.hpp"
 
 namespace {
 
@@ -53,7 +54,7 @@ using mpx::bench::report;
 using mpx::bench::report_ratio;
 using mpx::bench::write_all;
 
-constexpr std::size_t kMiB = std::size_t{1} << 20;
+using mpx::bench::kMiB;
 
 // A private directory for socket files, removed with everything in it.
 struct TempDir {
@@ -256,34 +257,6 @@ double conn_stream(long n, std::size_t size, std::size_t batch, bool recv_into) 
   return static_cast<double>(n) / s;
 }
 
-std::vector<double> conn_rtt_us(long n) {
-  auto [a, b] = mpx::Pipe();
-  pid_t pid = mpx::bench::fork_child([&] {
-    a.close();
-    try {
-      Bytes into;
-      for (;;) {
-        b.recv_bytes_into(into);
-        b.send_bytes(into);
-      }
-    } catch (const mpx::ConnectionClosed&) {
-    }
-  });
-  b.close();
-  Bytes msg(8, std::byte{1});
-  std::vector<double> us;
-  us.reserve(static_cast<std::size_t>(n));
-  for (long i = -n / 10; i < n; ++i) {
-    auto t0 = Clock::now();
-    a.send_bytes(msg);
-    a.recv_bytes_into(msg);
-    if (i >= 0) us.push_back(mpx::bench::seconds(Clock::now() - t0) * 1e6);
-  }
-  a.close();
-  mpx::bench::join_child(pid);
-  return us;
-}
-
 // ---- queues: one producer process puts n items, this process gets them
 
 // Boost.Interprocess message_queue of `capacity` messages of up to `size` bytes, named in
@@ -335,22 +308,6 @@ double mpx_queue_small(long n, std::size_t maxsize) {
   if (!mpx::bench::join_child(pid)) throw std::runtime_error("queue: the producer failed");
   auto un = static_cast<std::uint64_t>(n);
   if (sum != un * (un - 1) / 2) throw std::runtime_error("queue: lost or changed items");
-  return static_cast<double>(n) / s;
-}
-
-// 1 MiB items through a queue of 8, got as a new vector each (as mpx_bench queues does): items/s.
-double mpx_queue_big(long n) {
-  mpx::Queue<std::vector<std::byte>> q(8);
-  auto t0 = Clock::now();
-  pid_t pid = mpx::bench::fork_child([&] {
-    std::vector<std::byte> item(kMiB, std::byte{0x5a});
-    for (long i = 0; i < n; ++i) q.put(item);
-  });
-  std::size_t bytes = 0;
-  for (long i = 0; i < n; ++i) bytes += q.get().size();
-  double s = mpx::bench::seconds(Clock::now() - t0);
-  if (!mpx::bench::join_child(pid)) throw std::runtime_error("queue: the producer failed");
-  if (bytes != static_cast<std::size_t>(n) * kMiB) throw std::runtime_error("queue: lost bytes");
   return static_cast<double>(n) / s;
 }
 
@@ -468,17 +425,6 @@ std::vector<double> dict_get_us(mpx::DictProxy<int, long>& d, long n) {
   return us;
 }
 
-// As mpx_bench managers measures it: n set_async, then one flush.
-double dict_pipelined_ops_per_s(mpx::Manager& m, mpx::DictProxy<int, long>& d, long n) {
-  double s = mpx::bench::time_seconds([&] {
-    for (long i = 0; i < n; ++i) d.set_async(static_cast<int>(i & 1023), i);
-    m.flush();
-  });
-  if (d.get(static_cast<int>((n - 1) & 1023)) != n - 1)
-    throw std::runtime_error("dict: lost a pipelined set");
-  return static_cast<double>(n) / s;
-}
-
 void append(std::vector<double>& to, const std::vector<double>& from) {
   to.insert(to.end(), from.begin(), from.end());
 }
@@ -515,7 +461,7 @@ MPX_BENCH_GROUP(peers, "peers",
     std::vector<double> zmq, conn;
     for (int r = 0; r < rounds; ++r) {
       append(zmq, zmq_rtt_us(ep, n));
-      append(conn, conn_rtt_us(n));
+      append(conn, mpx::bench::connection_pingpong_us(n));
     }
     report("peers.rtt_8B.zmq", median(zmq), "us");
     report("peers.rtt_8B.mpx", median(conn), "us");
@@ -562,7 +508,7 @@ MPX_BENCH_GROUP(peers, "peers",
     std::vector<double> bip, q, floor;
     for (int r = 0; r < rounds; ++r) {
       bip.push_back(bip_queue(n, kMiB, 8));
-      q.push_back(mpx_queue_big(n));
+      q.push_back(mpx::bench::queue_1mib_mib_per_s(n));
       floor.push_back(mpx::bench::copy_in_copy_out_mib_per_s(n, 2));
     }
     report("peers.queue_1MiB.boost_ipc", median(bip), "MiB/s");
@@ -592,7 +538,7 @@ MPX_BENCH_GROUP(peers, "peers",
     for (int r = 0; r < rounds; ++r) {
       append(dict_us, dict_get_us(d, calls));
       append(redis_us, redis_get_us(redis->client(), calls));
-      dict_rate.push_back(dict_pipelined_ops_per_s(m, d, ops));
+      dict_rate.push_back(mpx::bench::dict_pipelined_ops_per_s(m, d, ops));
       redis_rate.push_back(redis_pipelined_ops_per_s(redis->client(), ops));
     }
     report("peers.dict_get.redis", median(redis_us), "us");

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "bench.hpp"
+#include "mpx_measures.hpp"
 
 namespace {
 
@@ -77,22 +78,6 @@ double raw_small(long n) {
   auto un = static_cast<std::uint64_t>(n);
   if (sum != un * (un - 1) / 2) throw std::runtime_error("socket lost items");
   return static_cast<double>(n) / s;
-}
-
-// 1 MiB items: MiB/s. get() returns a new vector each time, as a user would have it.
-double queue_big(long n) {
-  mpx::Queue<std::vector<std::byte>> q(8);
-  auto t0 = Clock::now();
-  pid_t pid = mpx::bench::fork_child([&] {
-    std::vector<std::byte> item(kBig, std::byte{0x5a});
-    for (long i = 0; i < n; ++i) q.put(item);
-  });
-  std::size_t bytes = 0;
-  for (long i = 0; i < n; ++i) bytes += q.get().size();
-  double s = mpx::bench::seconds(Clock::now() - t0);
-  if (!mpx::bench::join_child(pid)) throw std::runtime_error("queue producer failed");
-  if (bytes != static_cast<std::size_t>(n) * kBig) throw std::runtime_error("queue lost bytes");
-  return static_cast<double>(n) * kBig / s / (1 << 20);
 }
 
 double raw_big(long n) {
@@ -178,7 +163,7 @@ MPX_BENCH_GROUP(queues, "queues",
     std::vector<double> raw, q, mem, ring2, ring8;
     for (int r = 0; r < runs; ++r) {
       raw.push_back(raw_big(n));
-      q.push_back(queue_big(n));
+      q.push_back(mpx::bench::queue_1mib_mib_per_s(n));
       ring2.push_back(mpx::bench::copy_in_copy_out_mib_per_s(n, 2));
       ring8.push_back(mpx::bench::copy_in_copy_out_mib_per_s(n, 8));
       mem.push_back(memcpy_big(4 * n));

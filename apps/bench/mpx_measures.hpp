@@ -1,0 +1,72 @@
+// Measurements of mpx that more than one group prints (mpx_bench peers puts them next to other
+// libraries; the groups of their own subsystems next to raw system calls and Python).
+#pragma once
+
+#include <mpx/connection.hpp>
+#include <mpx/managers.hpp>
+#include <mpx/queues.hpp>
+
+#include <cstddef>
+#include <stdexcept>
+#include <vector>
+
+#include "bench.hpp"
+
+namespace mpx::bench {
+
+inline constexpr std::size_t kMiB = std::size_t{1} << 20;
+
+// 8-byte messages bounced off a child over a Pipe: one round trip per element, in µs.
+inline std::vector<double> connection_pingpong_us(long n) {
+  auto [a, b] = mpx::Pipe();
+  pid_t pid = fork_child([&] {
+    a.close();
+    try {
+      for (;;) b.send_bytes(b.recv_bytes());
+    } catch (const mpx::ConnectionClosed&) {
+    }
+  });
+  b.close();
+  Bytes msg(8, std::byte{1});
+  std::vector<double> us;
+  us.reserve(static_cast<std::size_t>(n));
+  for (long i = -n / 10; i < n; ++i) {
+    auto t0 = Clock::now();
+    a.send_bytes(msg);
+    msg = a.recv_bytes();
+    if (i >= 0) us.push_back(seconds(Clock::now() - t0) * 1e6);
+  }
+  a.close();
+  join_child(pid);
+  return us;
+}
+
+// 1 MiB items from a producer process through a Queue of 8, each got as a new vector, as a user
+// would have it: MiB/s.
+inline double queue_1mib_mib_per_s(long n) {
+  mpx::Queue<std::vector<std::byte>> q(8);
+  auto t0 = Clock::now();
+  pid_t pid = fork_child([&] {
+    std::vector<std::byte> item(kMiB, std::byte{0x5a});
+    for (long i = 0; i < n; ++i) q.put(item);
+  });
+  std::size_t bytes = 0;
+  for (long i = 0; i < n; ++i) bytes += q.get().size();
+  double s = seconds(Clock::now() - t0);
+  if (!join_child(pid)) throw std::runtime_error("queue: the producer failed");
+  if (bytes != static_cast<std::size_t>(n) * kMiB) throw std::runtime_error("queue: lost bytes");
+  return static_cast<double>(n) / s;
+}
+
+// n set_async on a dict, then one flush: ops/s.
+inline double dict_pipelined_ops_per_s(mpx::Manager& m, mpx::DictProxy<int, long>& d, long n) {
+  double s = time_seconds([&] {
+    for (long i = 0; i < n; ++i) d.set_async(static_cast<int>(i & 1023), i);
+    m.flush();
+  });
+  if (d.get(static_cast<int>((n - 1) & 1023)) != n - 1)
+    throw std::runtime_error("dict: lost a pipelined set");
+  return static_cast<double>(n) / s;
+}
+
+}  // namespace mpx::bench
