@@ -121,6 +121,26 @@ void use_every_handle(mpx::RLock rl, mpx::Semaphore sem, mpx::BoundedSemaphore b
   sq.put(static_cast<int>(sum));
 }
 
+// The handle kinds not checked one by one, passed together to a child started with `opts`.
+void check_every_other_handle(mpx::Process::Options opts) {
+  mpx::RLock rl;
+  mpx::Semaphore sem(0);
+  mpx::BoundedSemaphore bsem(1);
+  mpx::Array<int> a(std::vector<int>{1, 2, 3});
+  mpx::RawArray<double> ra(std::vector<double>{10, 20});
+  mpx::RawValue<long> total(0);
+  mpx::SimpleQueue<int> sq;
+  mpx::Process p(std::move(opts), &use_every_handle, rl, sem, bsem, a, ra, total, sq);
+  p.start();
+  CHECK(sem.acquire(30s));
+  CHECK(sq.get() == 36);
+  REQUIRE(p.join(30s));
+  CHECK(p.exitcode() == 0);
+  CHECK(total.load() == 36);
+  CHECK(a[0] == -1);
+  CHECK_FALSE(bsem.acquire(0ms));  // the child holds it
+}
+
 void echo_doubled(mpx::Queue<int> in, mpx::JoinableQueue<std::string> out) {
   for (int x; (x = in.get()) >= 0;) out.put(std::to_string(2 * x));
 }
@@ -458,22 +478,7 @@ TEST_SUITE("context") {
   }
 
   TEST_CASE_FIXTURE(PlainSignals, "forkserver: every other crossing handle kind reaches the child") {
-    mpx::RLock rl;
-    mpx::Semaphore sem(0);
-    mpx::BoundedSemaphore bsem(1);
-    mpx::Array<int> a(std::vector<int>{1, 2, 3});
-    mpx::RawArray<double> ra(std::vector<double>{10, 20});
-    mpx::RawValue<long> total(0);
-    mpx::SimpleQueue<int> sq;
-    mpx::Process p(forkserver(), &use_every_handle, rl, sem, bsem, a, ra, total, sq);
-    p.start();
-    CHECK(sem.acquire(30s));
-    CHECK(sq.get() == 36);
-    REQUIRE(p.join(30s));
-    CHECK(p.exitcode() == 0);
-    CHECK(total.load() == 36);
-    CHECK(a[0] == -1);
-    CHECK_FALSE(bsem.acquire(0ms));  // the child holds it
+    check_every_other_handle(forkserver());
   }
 
   TEST_CASE_FIXTURE(PlainSignals, "forkserver: handles made before the server started reach the child too") {
@@ -842,22 +847,7 @@ TEST_SUITE("context") {
     REQUIRE(q.join(30s));
     CHECK(q.exitcode() == 0);
 
-    mpx::RLock rl;
-    mpx::Semaphore sem(0);
-    mpx::BoundedSemaphore bsem(1);
-    mpx::Array<int> a(std::vector<int>{1, 2, 3});
-    mpx::RawArray<double> ra(std::vector<double>{10, 20});
-    mpx::RawValue<long> total(0);
-    mpx::SimpleQueue<int> sq;
-    mpx::Process every(spawned(), &use_every_handle, rl, sem, bsem, a, ra, total, sq);
-    every.start();
-    CHECK(sem.acquire(30s));
-    CHECK(sq.get() == 36);
-    REQUIRE(every.join(30s));
-    CHECK(every.exitcode() == 0);
-    CHECK(total.load() == 36);
-    CHECK(a[0] == -1);
-    CHECK_FALSE(bsem.acquire(0ms));  // the child holds it
+    check_every_other_handle(spawned());
   }
 
   TEST_CASE_FIXTURE(SpawnChosen, "spawn: what cannot cross makes start() throw ValueError naming spawn") {

@@ -296,21 +296,6 @@ double bip_queue(long n, std::size_t size, std::size_t capacity) {
   return rate;
 }
 
-double mpx_queue_small(long n, std::size_t maxsize) {
-  mpx::Queue<std::uint64_t> q(maxsize);
-  auto t0 = Clock::now();
-  pid_t pid = mpx::bench::fork_child([&] {
-    for (long i = 0; i < n; ++i) q.put(static_cast<std::uint64_t>(i));
-  });
-  std::uint64_t sum = 0;
-  for (long i = 0; i < n; ++i) sum += q.get();
-  double s = mpx::bench::seconds(Clock::now() - t0);
-  if (!mpx::bench::join_child(pid)) throw std::runtime_error("queue: the producer failed");
-  auto un = static_cast<std::uint64_t>(n);
-  if (sum != un * (un - 1) / 2) throw std::runtime_error("queue: lost or changed items");
-  return static_cast<double>(n) / s;
-}
-
 // ---- Redis: a private redis-server on a Unix socket in a temporary directory, no persistence
 
 class RedisServer {
@@ -491,8 +476,8 @@ MPX_BENCH_GROUP(peers, "peers",
     std::vector<double> bip, bounded, unbounded;
     for (int r = 0; r < rounds; ++r) {
       bip.push_back(bip_queue(n_bip, 8, 1000));
-      bounded.push_back(mpx_queue_small(n_mpx, 1000));
-      unbounded.push_back(mpx_queue_small(n_mpx, 0));
+      bounded.push_back(mpx::bench::queue_items_per_s(n_mpx, 1000));
+      unbounded.push_back(mpx::bench::queue_items_per_s(n_mpx, 0));
     }
     report("peers.queue_8B.boost_ipc", median(bip), "items/s");
     report("peers.queue_8B.mpx_maxsize_1000", median(bounded), "items/s");

@@ -37,22 +37,6 @@ using mpx::bench::write_all;
 
 constexpr std::size_t kBig = 1 << 20;
 
-// One producer process puts `n` items, this process gets them: items/s from fork to last get.
-double queue_small(long n, std::size_t maxsize) {
-  mpx::Queue<std::uint64_t> q(maxsize);
-  auto t0 = Clock::now();
-  pid_t pid = mpx::bench::fork_child([&] {
-    for (long i = 0; i < n; ++i) q.put(static_cast<std::uint64_t>(i));
-  });
-  std::uint64_t sum = 0;
-  for (long i = 0; i < n; ++i) sum += q.get();
-  double s = mpx::bench::seconds(Clock::now() - t0);
-  if (!mpx::bench::join_child(pid)) throw std::runtime_error("queue producer failed");
-  auto un = static_cast<std::uint64_t>(n);
-  if (sum != un * (un - 1) / 2) throw std::runtime_error("queue lost or changed items");
-  return static_cast<double>(n) / s;
-}
-
 // The same items over a socketpair, one write(2) and one read(2) per item.
 double raw_small(long n) {
   int sv[2];
@@ -143,8 +127,8 @@ MPX_BENCH_GROUP(queues, "queues",
     std::vector<double> raw, unbounded, bounded;
     for (int r = 0; r < runs; ++r) {
       raw.push_back(raw_small(n_raw));
-      unbounded.push_back(queue_small(n, 0));
-      bounded.push_back(queue_small(n, 1000));
+      unbounded.push_back(mpx::bench::queue_items_per_s(n, 0));
+      bounded.push_back(mpx::bench::queue_items_per_s(n, 1000));
     }
     const double m_raw = mpx::bench::median(raw), m_q = mpx::bench::median(unbounded);
     const double m_b = mpx::bench::median(bounded);

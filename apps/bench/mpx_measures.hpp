@@ -7,6 +7,7 @@
 #include <mpx/queues.hpp>
 
 #include <cstddef>
+#include <cstdint>
 #include <stdexcept>
 #include <vector>
 
@@ -39,6 +40,23 @@ inline std::vector<double> connection_pingpong_us(long n) {
   a.close();
   join_child(pid);
   return us;
+}
+
+// 8-byte items from a producer process through a Queue of `maxsize` (0: unbounded): items/s
+// from the fork to the last get.
+inline double queue_items_per_s(long n, std::size_t maxsize) {
+  mpx::Queue<std::uint64_t> q(maxsize);
+  auto t0 = Clock::now();
+  pid_t pid = fork_child([&] {
+    for (long i = 0; i < n; ++i) q.put(static_cast<std::uint64_t>(i));
+  });
+  std::uint64_t sum = 0;
+  for (long i = 0; i < n; ++i) sum += q.get();
+  double s = seconds(Clock::now() - t0);
+  if (!join_child(pid)) throw std::runtime_error("queue: the producer failed");
+  auto un = static_cast<std::uint64_t>(n);
+  if (sum != un * (un - 1) / 2) throw std::runtime_error("queue: lost or changed items");
+  return static_cast<double>(n) / s;
 }
 
 // 1 MiB items from a producer process through a Queue of 8, each got as a new vector, as a user
