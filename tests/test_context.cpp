@@ -121,6 +121,24 @@ void use_every_handle(mpx::RLock rl, mpx::Semaphore sem, mpx::BoundedSemaphore b
   sq.put(static_cast<int>(sum));
 }
 
+// `a` runs `sleeper`: its sentinel turns readable once terminate() ends it; then a second
+// sleeper started with `opts` is killed. Nothing is left running.
+void check_terminate_then_kill(mpx::Process& a, mpx::Process::Options opts) {
+  pollfd pfd{a.sentinel(), POLLIN, 0};
+  CHECK(::poll(&pfd, 1, 0) == 0);
+  a.terminate();
+  CHECK(::poll(&pfd, 1, 10000) == 1);
+  REQUIRE(a.join(10s));
+  CHECK(a.exitcode() == -SIGTERM);
+  CHECK_FALSE(a.is_alive());
+
+  mpx::Process b(std::move(opts), &sleeper);
+  b.start();
+  b.kill();
+  REQUIRE(b.join(10s));
+  CHECK(b.exitcode() == -SIGKILL);
+  CHECK(mpx::active_children().empty());
+}
 // The handle kinds not checked one by one, passed together to a child started with `opts`.
 void check_every_other_handle(mpx::Process::Options opts) {
   mpx::RLock rl;
@@ -377,20 +395,7 @@ TEST_SUITE("context") {
     a.start();
     CHECK(a.is_alive());
     CHECK_FALSE(a.join(50ms));
-    pollfd pfd{a.sentinel(), POLLIN, 0};
-    CHECK(::poll(&pfd, 1, 0) == 0);
-    a.terminate();
-    CHECK(::poll(&pfd, 1, 10000) == 1);
-    REQUIRE(a.join(10s));
-    CHECK(a.exitcode() == -SIGTERM);
-    CHECK_FALSE(a.is_alive());
-
-    mpx::Process b(forkserver(), &sleeper);
-    b.start();
-    b.kill();
-    REQUIRE(b.join(10s));
-    CHECK(b.exitcode() == -SIGKILL);
-    CHECK(mpx::active_children().empty());
+    check_terminate_then_kill(a, forkserver());
   }
 
   TEST_CASE_FIXTURE(PlainSignals,
@@ -726,20 +731,7 @@ TEST_SUITE("context") {
     CHECK_FALSE(a.join(50ms));
     auto live = mpx::active_children();
     CHECK(std::find(live.begin(), live.end(), a.pid()) != live.end());
-    pollfd pfd{a.sentinel(), POLLIN, 0};
-    CHECK(::poll(&pfd, 1, 0) == 0);
-    a.terminate();
-    CHECK(::poll(&pfd, 1, 10000) == 1);
-    REQUIRE(a.join(10s));
-    CHECK(a.exitcode() == -SIGTERM);
-    CHECK_FALSE(a.is_alive());
-
-    mpx::Process b(spawned(), &sleeper);
-    b.start();
-    b.kill();
-    REQUIRE(b.join(10s));
-    CHECK(b.exitcode() == -SIGKILL);
-    CHECK(mpx::active_children().empty());
+    check_terminate_then_kill(a, spawned());
   }
 
   TEST_CASE_FIXTURE(SpawnChosen, "spawn: a target that throws prints it and exits with 1; std::cout works") {

@@ -82,56 +82,6 @@ double stream_raw(long n, std::size_t size) {
   return static_cast<double>(n) / s;
 }
 
-double stream_mpx(long n, std::size_t size, bool reuse_buffer) {
-  auto [a, b] = mpx::Pipe();
-  pid_t pid = mpx::bench::fork_child([&] {
-    a.close();
-    Bytes into;
-    for (long i = 0; i < n; ++i) {
-      if (reuse_buffer)
-        b.recv_bytes_into(into);
-      else
-        b.recv_bytes();
-    }
-    b.send_bytes("k");
-  });
-  b.close();
-  Bytes msg(size, std::byte{'x'});
-  auto t0 = Clock::now();
-  for (long i = 0; i < n; ++i) a.send_bytes(msg);
-  a.recv_bytes();
-  double s = mpx::bench::seconds(Clock::now() - t0);
-  a.close();
-  mpx::bench::join_child(pid);
-  return static_cast<double>(n) / s;
-}
-
-// The sender hands `batch` messages to each send_bytes_batch call; the receiver takes them one
-// by one (its read-ahead does the batching on that side).
-double stream_mpx_batched(long n, std::size_t size, std::size_t batch) {
-  auto [a, b] = mpx::Pipe();
-  pid_t pid = mpx::bench::fork_child([&] {
-    a.close();
-    Bytes into;
-    for (long i = 0; i < n; ++i) b.recv_bytes_into(into);
-    b.send_bytes("k");
-  });
-  b.close();
-  Bytes msg(size, std::byte{'x'});
-  std::vector<std::span<const std::byte>> views(batch, std::span<const std::byte>(msg));
-  auto t0 = Clock::now();
-  for (long sent = 0; sent < n;) {
-    auto k = static_cast<std::size_t>(std::min<long>(static_cast<long>(batch), n - sent));
-    a.send_bytes_batch(std::span(views.data(), k));
-    sent += static_cast<long>(k);
-  }
-  a.recv_bytes();
-  double s = mpx::bench::seconds(Clock::now() - t0);
-  a.close();
-  mpx::bench::join_child(pid);
-  return static_cast<double>(n) / s;
-}
-
 void append(std::vector<double>& to, const std::vector<double>& from) {
   to.insert(to.end(), from.begin(), from.end());
 }
@@ -165,7 +115,7 @@ MPX_BENCH_GROUP(
     std::vector<double> raw, conn;
     for (int r = 0; r < rounds; ++r) {
       raw.push_back(stream_raw(n, 64));
-      conn.push_back(stream_mpx(n, 64, false));
+      conn.push_back(mpx::bench::connection_stream_msgs_per_s(n, 64, 0, false));
     }
     const double m_raw = median(raw), m_conn = median(conn);
     report("raw.msgrate_64B", m_raw, "msgs/s");
@@ -177,8 +127,8 @@ MPX_BENCH_GROUP(
     const long n = ctx.iterations(400000);
     std::vector<double> plain, best;
     for (int r = 0; r < rounds; ++r) {
-      plain.push_back(stream_mpx(n, 8, true));
-      best.push_back(stream_mpx_batched(n, 8, 64));
+      plain.push_back(mpx::bench::connection_stream_msgs_per_s(n, 8, 0, true));
+      best.push_back(mpx::bench::connection_stream_msgs_per_s(n, 8, 64, true));
     }
     const double m_plain = median(plain), m_best = median(best);
     report("connection.msgrate_8B", m_plain, "msgs/s");
@@ -191,8 +141,8 @@ MPX_BENCH_GROUP(
     std::vector<double> raw, conn, conn_into;
     for (int r = 0; r < rounds; ++r) {
       raw.push_back(stream_raw(n, kMiB));
-      conn.push_back(stream_mpx(n, kMiB, false));
-      conn_into.push_back(stream_mpx(n, kMiB, true));
+      conn.push_back(mpx::bench::connection_stream_msgs_per_s(n, kMiB, 0, false));
+      conn_into.push_back(mpx::bench::connection_stream_msgs_per_s(n, kMiB, 0, true));
     }
     const double m_raw = median(raw), m_conn = median(conn), m_into = median(conn_into);
     report("raw.bandwidth_1MiB", m_raw, "MiB/s");

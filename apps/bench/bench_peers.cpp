@@ -224,39 +224,6 @@ std::vector<double> zmq_rtt_us(const std::string& ep, long n) {
 
 // ---- mpx::Connection, as mpx_bench connection measures it
 
-// One send_bytes per message (batch 0) or send_bytes_batch of `batch`; the receiver takes them
-// one by one into a reused buffer (recv_bytes_into) or into a new one each (recv_bytes).
-double conn_stream(long n, std::size_t size, std::size_t batch, bool recv_into) {
-  auto [a, b] = mpx::Pipe();
-  pid_t pid = mpx::bench::fork_child([&] {
-    a.close();
-    Bytes into;
-    for (long i = 0; i < n; ++i)
-      if ((recv_into ? b.recv_bytes_into(into) : b.recv_bytes().size()) != size)
-        throw std::runtime_error("connection: a message of the wrong size");
-    b.send_bytes("k");
-  });
-  b.close();
-  Bytes msg(size, std::byte{'x'});
-  std::vector<std::span<const std::byte>> views(std::max<std::size_t>(batch, 1),
-                                                std::span<const std::byte>(msg));
-  auto t0 = Clock::now();
-  if (batch == 0) {
-    for (long i = 0; i < n; ++i) a.send_bytes(msg);
-  } else {
-    for (long sent = 0; sent < n;) {
-      auto k = static_cast<std::size_t>(std::min<long>(static_cast<long>(batch), n - sent));
-      a.send_bytes_batch(std::span(views.data(), k));
-      sent += static_cast<long>(k);
-    }
-  }
-  a.recv_bytes();
-  double s = mpx::bench::seconds(Clock::now() - t0);
-  a.close();
-  if (!mpx::bench::join_child(pid)) throw std::runtime_error("connection: the receiver failed");
-  return static_cast<double>(n) / s;
-}
-
 // ---- queues: one producer process puts n items, this process gets them
 
 // Boost.Interprocess message_queue of `capacity` messages of up to `size` bytes, named in
@@ -431,8 +398,8 @@ MPX_BENCH_GROUP(peers, "peers",
     std::vector<double> zmq, plain, best;
     for (int r = 0; r < rounds; ++r) {
       zmq.push_back(zmq_stream(ep, n_fast, size, 0));
-      plain.push_back(conn_stream(n_plain, size, 0, true));
-      best.push_back(conn_stream(n_fast, size, 64, true));
+      plain.push_back(mpx::bench::connection_stream_msgs_per_s(n_plain, size, 0, true));
+      best.push_back(mpx::bench::connection_stream_msgs_per_s(n_fast, size, 64, true));
     }
     const std::string p = fmt::format("peers.msgrate_{}B", size);
     report(p + ".zmq", median(zmq), "msgs/s");
@@ -460,8 +427,8 @@ MPX_BENCH_GROUP(peers, "peers",
     std::vector<double> zmq, into, fresh;
     for (int r = 0; r < rounds; ++r) {
       zmq.push_back(zmq_stream(ep, n, kMiB, 0));
-      into.push_back(conn_stream(n, kMiB, 0, true));
-      fresh.push_back(conn_stream(n, kMiB, 0, false));
+      into.push_back(mpx::bench::connection_stream_msgs_per_s(n, kMiB, 0, true));
+      fresh.push_back(mpx::bench::connection_stream_msgs_per_s(n, kMiB, 0, false));
     }
     report("peers.bandwidth_1MiB.zmq", median(zmq), "MiB/s");
     report("peers.bandwidth_1MiB.mpx_recv_into", median(into), "MiB/s");

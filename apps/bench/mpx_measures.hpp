@@ -6,8 +6,10 @@
 #include <mpx/managers.hpp>
 #include <mpx/queues.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <stdexcept>
 #include <vector>
 
@@ -40,6 +42,40 @@ inline std::vector<double> connection_pingpong_us(long n) {
   a.close();
   join_child(pid);
   return us;
+}
+
+// Messages of `size` bytes streamed to a child over a Pipe, which acknowledges the last one:
+// messages/s. batch 0 sends each with send_bytes, else `batch` per send_bytes_batch call; the
+// child receives each with recv_bytes_into (a reused buffer) or recv_bytes (a new one).
+inline double connection_stream_msgs_per_s(long n, std::size_t size, std::size_t batch, bool recv_into) {
+  auto [a, b] = mpx::Pipe();
+  pid_t pid = fork_child([&] {
+    a.close();
+    Bytes into;
+    for (long i = 0; i < n; ++i)
+      if ((recv_into ? b.recv_bytes_into(into) : b.recv_bytes().size()) != size)
+        throw std::runtime_error("connection: a message of the wrong size");
+    b.send_bytes("k");
+  });
+  b.close();
+  Bytes msg(size, std::byte{'x'});
+  std::vector<std::span<const std::byte>> views(std::max<std::size_t>(batch, 1),
+                                                std::span<const std::byte>(msg));
+  auto t0 = Clock::now();
+  if (batch == 0) {
+    for (long i = 0; i < n; ++i) a.send_bytes(msg);
+  } else {
+    for (long sent = 0; sent < n;) {
+      auto k = static_cast<std::size_t>(std::min<long>(static_cast<long>(batch), n - sent));
+      a.send_bytes_batch(std::span(views.data(), k));
+      sent += static_cast<long>(k);
+    }
+  }
+  a.recv_bytes();
+  double s = seconds(Clock::now() - t0);
+  a.close();
+  if (!join_child(pid)) throw std::runtime_error("connection: the receiver failed");
+  return static_cast<double>(n) / s;
 }
 
 // 8-byte items from a producer process through a Queue of `maxsize` (0: unbounded): items/s
