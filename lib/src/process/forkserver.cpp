@@ -26,6 +26,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
@@ -47,7 +48,7 @@ void close_fd(int fd) noexcept {
   if (fd >= 0) ::close(fd);
 }
 
-void close_from(int from, int keep) noexcept {
+void close_from(int from, std::span<const int> keep) noexcept {
   auto close_range = [](unsigned lo, unsigned hi) {
     if (lo > hi) return;
     if (::syscall(SYS_close_range, lo, hi, 0) == 0) return;
@@ -55,12 +56,18 @@ void close_from(int from, int keep) noexcept {
     unsigned top = max > 0 && max < 65536 ? static_cast<unsigned>(max) : 65536u;
     for (unsigned fd = lo; fd <= hi && fd < top; ++fd) ::close(static_cast<int>(fd));
   };
-  if (keep >= from) {
-    if (keep > from) close_range(static_cast<unsigned>(from), static_cast<unsigned>(keep - 1));
-    close_range(static_cast<unsigned>(keep + 1), ~0u);
-  } else {
-    close_range(static_cast<unsigned>(from), ~0u);
+  // Lowest kept descriptor first, each time: the ranges between them go (no allocation here,
+  // in a freshly forked child).
+  unsigned lo = static_cast<unsigned>(from);
+  for (;;) {
+    unsigned next = ~0u;
+    for (int fd : keep)
+      if (fd >= 0 && static_cast<unsigned>(fd) >= lo) next = std::min(next, static_cast<unsigned>(fd));
+    if (next == ~0u) break;
+    if (next > lo) close_range(lo, next - 1);
+    lo = next + 1;
   }
+  close_range(lo, ~0u);
 }
 
 bool write_all(int fd, const void* data, std::size_t n) {
@@ -156,6 +163,7 @@ void write_forwarded(proto::Writer& w, const ForwardedStart& req) {
     w.u64(m.base);
     w.u64(m.bytes);
   }
+  w.u32(static_cast<std::uint32_t>(req.fds.size()));
 }
 
 ForwardedStart read_forwarded(proto::Reader& in) {
@@ -178,6 +186,9 @@ ForwardedStart read_forwarded(proto::Reader& in) {
     m.bytes = static_cast<std::size_t>(in.u64());
     req.maps.push_back(m);
   }
+  std::uint32_t nfds = in.u32();
+  if (nfds > kMaxPassedFds) throw ProtocolError("mpx: a start request passing too many descriptors");
+  req.fds.assign(nfds, -1);
   return req;
 }
 
@@ -262,9 +273,9 @@ bool serve_one(int sock, std::map<pid_t, ServerChild>& children) {
   std::size_t expected = 2;
   for (int i = 0; i < 3; ++i)
     if (streams & (1u << i)) ++expected;
-  for (std::size_t i = 0; i < req.maps.size(); ++i) req.maps[i].fd = fds[expected + i];
-  expected += req.maps.size();
-  if (nfds != expected) return drop();
+  if (nfds != expected + req.maps.size() + req.fds.size()) return drop();
+  for (auto& m : req.maps) m.fd = fds[expected++];
+  for (int& fd : req.fds) fd = fds[expected++];
 
   pid_t server = ::getpid();
   pid_t pid = ::fork();
@@ -284,7 +295,9 @@ bool serve_one(int sock, std::map<pid_t, ServerChild>& children) {
         ::_exit(1);
       }
     }
-    close_from(3, -1);  // the control socket, the other children's status pipes, the copies above
+    // The control socket, the other children's status pipes, the copies above go.
+    close_from(3, req.fds);
+    set_passed_fds(req.fds);
     forwarded_child_main(req, server);
   }
   std::int32_t reply[2] = {static_cast<std::int32_t>(pid), pid < 0 ? errno : 0};
@@ -317,7 +330,7 @@ void reap(std::map<pid_t, ServerChild>& children) {
 
 // Runs in the server: fork on request, report exits, and end when the parent is gone.
 int server_main(int sock) {
-  close_from(3, sock);
+  close_from(3, std::span<const int>(&sock, 1));
   disable_module_rescan();  // a target missing from the inherited table is an error, not a scan
   // A starter that ignores SIGCHLD would have its children reaped by the kernel, exit codes lost.
   ::signal(SIGCHLD, SIG_DFL);
@@ -456,6 +469,7 @@ std::shared_ptr<ChildProcess> forkserver_start_child(const ForwardedStart& req) 
   if (req.maps.size() > kMaxMaps)
     throw ValueError("Process::start: start method forkserver: the arguments hold more than " +
                      std::to_string(kMaxMaps) + " shared objects made after the fork server started");
+  if (req.fds.size() > kMaxPassedFds) throw ValueError("mpx: a child can be passed at most 4 descriptors");
   write_forwarded(w, req);
 
   int cwd = ::open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -469,6 +483,7 @@ std::shared_ptr<ChildProcess> forkserver_start_child(const ForwardedStart& req) 
   fds[0] = status[1];
   fds[1] = cwd;
   for (auto& m : req.maps) fds[nfds++] = m.fd;
+  for (int fd : req.fds) fds[nfds++] = fd;
   ServerHandle& h = handle();
   std::int32_t reply[2] = {-1, 0};
   int pidfd = -1;

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -25,22 +26,36 @@ struct ForwardedStart {
   sigset_t mask{};                     // the caller's signal mask, which the child runs with
   Bytes target;                        // encode_target's bytes; empty for a Process without a target
   std::vector<SharedMappingRef> maps;  // what the arguments' handles need mapped in the child
+  std::vector<int> fds;                // descriptors the child is given: passed_fd(i) there
 };
 
 // The request's fields (all but the descriptors) in the order both start methods send them.
 void write_forwarded(proto::Writer& w, const ForwardedStart& request);
-// Throws ProtocolError on a malformed request; the mappings' fds are left at -1.
+// Throws ProtocolError on a malformed request; the mappings' and the passed fds are left at -1.
 ForwardedStart read_forwarded(proto::Reader& in);
 
-// Shared mappings one start may hand over (one descriptor each), and all descriptors one message
-// may carry: for the fork server, status pipe, working directory and three standard streams too.
+// Shared mappings one start may hand over (one descriptor each), descriptors it may pass, and all
+// descriptors one message may carry: for the fork server, status pipe, working directory and
+// three standard streams too.
 inline constexpr std::size_t kMaxMaps = 64;
-inline constexpr std::size_t kMaxFds = 5 + kMaxMaps;
+inline constexpr std::size_t kMaxPassedFds = 4;
+inline constexpr std::size_t kMaxFds = 5 + kMaxMaps + kMaxPassedFds;
+
+// In a child started by forkserver or spawn: descriptor i of its request's `fds` (-1 if there is
+// no such one). The library's own children use it (the pool's spawner gets its control socket).
+int passed_fd(std::size_t i) noexcept;
+void set_passed_fds(std::vector<int> fds);
+
+// Starts the child `request` describes by forkserver or spawn, as Process::start does: the
+// caller's identity, signal mask and flushed standard streams go with it. The request's target,
+// mappings and fds are the caller's (mappings with fd -1 are dropped under forkserver: they are
+// in the server's snapshot; under spawn they are the caller's error to refuse).
+std::shared_ptr<ChildProcess> start_forwarded(StartMethod method, ForwardedStart& request);
 
 // Descriptor plumbing for the start methods' sockets (forkserver.cpp).
 void close_fd(int fd) noexcept;
-// Closes every descriptor from `from` up, but `keep` (-1: none).
-void close_from(int from, int keep) noexcept;
+// Closes every descriptor from `from` up, but those in `keep`.
+void close_from(int from, std::span<const int> keep = {}) noexcept;
 bool write_all(int fd, const void* data, std::size_t n);
 bool read_all(int fd, void* data, std::size_t n);
 // Sends n bytes, the first of them with the nfds (<= kMaxFds) descriptors.

@@ -397,6 +397,26 @@ std::shared_ptr<ChildProcess> make_forwarded_child(pid_t pid, int status_fd, int
                                         ChildProcess::Forwarded{});
 }
 
+namespace {
+std::vector<int>* g_passed_fds = nullptr;  // set once, in a child, before its target runs
+}  // namespace
+
+int passed_fd(std::size_t i) noexcept {
+  return g_passed_fds && i < g_passed_fds->size() ? (*g_passed_fds)[i] : -1;
+}
+
+void set_passed_fds(std::vector<int> fds) { g_passed_fds = new std::vector<int>(std::move(fds)); }
+
+std::shared_ptr<ChildProcess> start_forwarded(StartMethod method, ForwardedStart& req) {
+  req.parent = current_process();
+  ::pthread_sigmask(SIG_SETMASK, nullptr, &req.mask);
+  flush_std_streams();
+  if (method == StartMethod::spawn) return spawn_start_child(req, get_start_method());
+  std::erase_if(req.maps, [](auto& m) { return m.fd < 0; });  // in the server's snapshot
+  g_child_started.store(true, std::memory_order_relaxed);
+  return forkserver_start_child(req);
+}
+
 void forwarded_child_main(const ForwardedStart& req, pid_t server) {
   if (req.daemon) {
     // Daemons die with the server, and the server dies with the starter: the same chain of
@@ -690,22 +710,11 @@ void Process::start() {
       if (req.maps.size() > detail::kMaxMaps)
         throw ValueError(prefix + "the arguments hold more than " + std::to_string(detail::kMaxMaps) +
                          " shared objects");
-    } else {
-      std::erase_if(req.maps, [](auto& m) { return m.fd < 0; });  // in the server's snapshot
     }
     req.name = s.name;
     req.daemon = s.daemon;
     req.identity = s.identity;
-    ProcessInfo me = current_process();
-    req.parent = me;
-    ::pthread_sigmask(SIG_SETMASK, nullptr, &req.mask);
-    detail::flush_std_streams();
-    if (method == StartMethod::spawn) {
-      s.child = detail::spawn_start_child(req, get_start_method());
-    } else {
-      detail::g_child_started.store(true, std::memory_order_relaxed);
-      s.child = detail::forkserver_start_child(req);
-    }
+    s.child = detail::start_forwarded(method, req);
   }
   s.target.reset();
   auto& g = detail::globals();

@@ -150,6 +150,7 @@ std::shared_ptr<ChildProcess> spawn_start_child(const ForwardedStart& req, Start
 
   std::vector<int> fds;
   for (auto& m : req.maps) fds.push_back(m.fd);
+  fds.insert(fds.end(), req.fds.begin(), req.fds.end());
   std::uint64_t length = body.size();
   bool sent = send_with_fds(sv[0], &length, sizeof length, fds.data(), fds.size()) &&
               write_all(sv[0], body.data(), body.size());
@@ -189,8 +190,10 @@ void spawned_child_main(const char* marker_value) {
   } catch (const std::exception& e) {
     die(e.what());
   }
-  if (req.maps.size() != nfds) die("the request's shared mappings did not all arrive");
-  for (std::size_t i = 0; i < nfds; ++i) {
+  if (req.maps.size() + req.fds.size() != nfds) die("the request's descriptors did not all arrive");
+  for (std::size_t i = 0; i < req.fds.size(); ++i) req.fds[i] = fds[req.maps.size() + i];
+  set_passed_fds(req.fds);
+  for (std::size_t i = 0; i < req.maps.size(); ++i) {
     req.maps[i].fd = fds[i];
     void* here = ::mmap(nullptr, req.maps[i].bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fds[i], 0);
     if (here == MAP_FAILED) die("cannot map a shared object: " + errno_text(errno));

@@ -88,6 +88,11 @@ class WorkerSet {
     return adopt(slot, std::move(proc), generation);
   }
 
+  // A child started some other way (by forkserver or spawn) takes `slot`, as start() would.
+  // Throws mpx::Error (after killing and reaping it) if it cannot be watched.
+  Started adopt(std::size_t slot, std::shared_ptr<ChildProcess> proc,
+                std::optional<std::uint32_t> generation = std::nullopt);
+
   // The fds to poll for POLLIN: one readable means its child ended and reap() will report it.
   std::vector<int> sentinels() const;
   // The sentinel of one child, -1 if it is not running (never started, or reaped).
@@ -136,8 +141,6 @@ class WorkerSet {
     Clock::time_point allowed_at{};
   };
 
-  Started adopt(std::size_t slot, std::shared_ptr<ChildProcess> proc,
-                std::optional<std::uint32_t> generation);
   static void close_in_child(const std::vector<int>& fds) noexcept;
   // Removes children_[i] (reaped) and books its exit, back-off included.
   Exit retire(std::size_t i, Clock::time_point now);
