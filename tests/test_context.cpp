@@ -1,4 +1,4 @@
-// Start methods: set/get, contexts, and Process under forkserver.
+// Start methods: set/get, contexts, Process and Pool under forkserver and spawn.
 #include <mpx/context.hpp>
 #include <mpx/detail/shm.hpp>
 #include <mpx/mpx.hpp>
@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <mutex>
 #include <sstream>
@@ -278,6 +279,52 @@ void report_pid_and_sleep(mpx::Value<int> pid) {
   sleep_forever();
 }
 
+// A Pool started by forkserver or spawn, while a thread of this process holds a mutex its tasks
+// take: forked workers would copy it held and deadlock; these workers never see it held.
+std::mutex g_pool_mutex;
+int g_initialized = 0;  // 0 at any start of the program; the pool's initializer makes it 7
+void initialize_worker() { g_initialized = 7; }
+long locked_triple(long x) {
+  std::lock_guard lock(g_pool_mutex);
+  return 3 * x + g_initialized;
+}
+int parent_pid(int) { return static_cast<int>(::getppid()); }
+
+void check_pool_started_by(mpx::StartMethod method) {
+  const auto before = mpx::test::open_fd_set();
+  std::promise<void> locked;
+  std::atomic<bool> release{false};
+  std::thread holder([&] {
+    std::lock_guard lock(g_pool_mutex);
+    locked.set_value();
+    while (!release.load()) std::this_thread::sleep_for(1ms);
+  });
+  locked.get_future().wait();
+  {
+    mpx::Pool pool({.processes = 2,
+                    .initializer = &initialize_worker,
+                    .maxtasksperchild = 3,  // replacements come from the spawner too
+                    .context = mpx::get_context(method)});
+    std::vector<long> xs(20);
+    for (std::size_t i = 0; i < xs.size(); ++i) xs[i] = static_cast<long>(i);
+    auto tripled = pool.map_async(&locked_triple, xs, 1);
+    REQUIRE(tripled.wait(60s));
+    auto got = tripled.get();
+    REQUIRE(got.size() == xs.size());
+    for (std::size_t i = 0; i < xs.size(); ++i) CHECK(got[i] == 3 * xs[i] + 7);
+    // The workers are the spawner's children, and the spawner is no fork of this process.
+    for (int ppid : pool.map(&parent_pid, std::vector<int>(4, 0), 1)) CHECK(ppid != ::getpid());
+    int k = 1;
+    CHECK_THROWS_WITH_AS(
+        mpx::Pool({.processes = 1, .initializer = [k] { (void)k; }, .context = mpx::get_context(method)}),
+        doctest::Contains("function pointer"), mpx::ValueError);
+    pool.close();
+    pool.join();
+  }
+  release = true;
+  holder.join();
+  CHECK(mpx::test::fd_changes(before, mpx::test::open_fd_set()) == "");
+}
 }  // namespace
 
 TEST_SUITE("context") {
@@ -1029,5 +1076,18 @@ TEST_SUITE("context") {
     REQUIRE(p.join(60s));
     CHECK(p.exitcode() == 0);
     CHECK(total.load() == 30);
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals,
+                    "forkserver: a Pool's workers, initializer and replacements never see a held mutex") {
+    mpx::Process first(forkserver(), &exit_with, 0);  // the server starts while nothing is held
+    first.start();
+    REQUIRE(first.join(30s));
+    check_pool_started_by(mpx::StartMethod::forkserver);
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen,
+                    "spawn: a Pool's workers, initializer and replacements never see a held mutex") {
+    check_pool_started_by(mpx::StartMethod::spawn);
   }
 }

@@ -43,6 +43,7 @@
 // chunking.
 #pragma once
 
+#include <mpx/context.hpp>
 #include <mpx/detail/async_result.hpp>
 #include <mpx/detail/pool.hpp>
 #include <mpx/detail/pool_api.hpp>
@@ -58,6 +59,7 @@
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <random>
 #include <ranges>
 #include <tuple>
@@ -82,6 +84,11 @@ class Pool : public detail::PoolApi<detail::PoolCore> {
     unsigned processes = 0;               // 0 = cpu_count()
     std::function<void()> initializer{};  // runs once in every worker, before its first task
     unsigned maxtasksperchild = 0;        // 0 = unlimited; else a worker is replaced after n tasks
+    // How the workers start (<mpx/context.hpp>); none: get_start_method(). Under forkserver
+    // and spawn the pool's spawner process is started by that method and forks every worker,
+    // so nothing of this process's threads or locks reaches them; the initializer must then be
+    // a function pointer (&init, or +[] { ... }), or the constructor throws ValueError.
+    std::optional<Context> context{};
   };
 
   explicit Pool(unsigned processes = 0);

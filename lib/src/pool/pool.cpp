@@ -99,7 +99,7 @@ void PoolCore::start() {
   processes_ = cfg_.processes ? cfg_.processes : std::max(1u, cpu_count());
   prepare_code_refs();  // before forking: workers then never need the loader's lock
   leader_.start();
-  sup_.start(processes_, &cfg_.initializer, cfg_.maxtasksperchild);
+  sup_.start(processes_, &cfg_.initializer, cfg_.maxtasksperchild, cfg_.method);
 }
 
 PoolCore::~PoolCore() {
@@ -494,8 +494,13 @@ bool pool_owned_here(const PoolCore& core) noexcept { return core.owned_here(); 
 Pool::Pool(unsigned processes) : Pool(Options{processes, {}, 0}) {}
 
 Pool::Pool(Options options) {
-  core_ = detail::make_pool_core(
-      detail::PoolConfig{options.processes, std::move(options.initializer), options.maxtasksperchild});
+  StartMethod method = options.context ? options.context->start_method() : get_start_method();
+  if (method != StartMethod::fork && options.initializer && !options.initializer.target<void (*)()>())
+    throw ValueError("mpx::Pool: start method " + std::string(to_string(method)) +
+                     ": the initializer must be a function pointer (&init, or +[] { ... }): a "
+                     "std::function holding anything else exists only in this process");
+  core_ = detail::make_pool_core(detail::PoolConfig{options.processes, std::move(options.initializer),
+                                                    options.maxtasksperchild, method});
   processes_ = detail::pool_processes(*core_);
 }
 

@@ -3,6 +3,8 @@
 // threads or io_contexts inherited from the pool's process: the loop uses plain system calls on
 // its own fds, and the workers are kept by a WorkerSet.
 #include <mpx/detail/task.hpp>
+#include <mpx/detail/transfer.hpp>
+#include <mpx/errors.hpp>
 #include <mpx/proto/codec.hpp>
 #include <mpx/proto/frame.hpp>
 
@@ -20,6 +22,7 @@
 
 #include "common/log.hpp"
 #include "pool/wire.hpp"
+#include "process/forkserver.hpp"
 #include "process/worker_set.hpp"
 
 namespace mpx::detail::poolwire {
@@ -147,6 +150,22 @@ class Spawner {
 };
 
 }  // namespace
+
+void spawner_child_main(std::uint64_t slots, std::uint64_t init_module, std::uint64_t init_offset,
+                        unsigned maxtasksperchild, unsigned spawned) {
+  int ctl = passed_fd(0);
+  if (ctl < 0) throw Error("mpx::Pool: the spawner was started without its control socket");
+  std::function<void()> initializer;
+  if (init_module != 0) {
+    std::uintptr_t a = code_address({init_module, init_offset});
+    if (!a) throw ValueError("mpx::Pool: the initializer is in no module loaded by the spawner");
+    initializer = reinterpret_cast<void (*)()>(a);
+  }
+  prepare_code_refs();
+  SpawnerConfig config{static_cast<Slot*>(shared_state_here(slots)), &initializer, maxtasksperchild, spawned};
+  if (int status = spawner_main(ctl, config); status != 0)
+    throw Error("mpx::Pool: the spawner's control socket failed (status " + std::to_string(status) + ")");
+}
 
 int spawner_main(int ctl, const SpawnerConfig& config) {
   ::signal(SIGINT, SIG_IGN);

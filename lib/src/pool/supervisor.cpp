@@ -4,6 +4,7 @@
 #include "pool/supervisor.hpp"
 
 #include <mpx/detail/shm.hpp>
+#include <mpx/detail/transfer.hpp>
 #include <mpx/process.hpp>
 #include <mpx/proto/codec.hpp>
 #include <mpx/proto/frame.hpp>
@@ -28,6 +29,7 @@
 #include "common/log.hpp"
 #include "ipc/wire_errors.hpp"
 #include "pool/core.hpp"
+#include "process/forkserver.hpp"
 
 namespace mpx::detail {
 
@@ -75,7 +77,10 @@ Supervisor::~Supervisor() {
 }
 
 void Supervisor::start(unsigned processes, const std::function<void()>* initializer,
-                       unsigned maxtasksperchild) {
+                       unsigned maxtasksperchild, StartMethod method) {
+  method_ = method;
+  // The slots must reach a spawner that is not a fork of this process: made by fd, they can.
+  if (method_ == StartMethod::forkserver) forkserver_ensure_started();
   slots_bytes_ = sizeof(Slot) * processes;
   slots_ = static_cast<Slot*>(map_shared(slots_bytes_));
   for (unsigned i = 0; i < processes; ++i) ::new (&slots_[i]) Slot;
@@ -86,7 +91,7 @@ void Supervisor::start(unsigned processes, const std::function<void()>* initiali
   // replacements, is still forked now, while no other thread can hold a lock: forked later, it
   // would copy the program as it is then, locks held by other threads included. With threads,
   // the spawner is forked first and forks every worker.
-  bool direct = only_thread();
+  bool direct = method_ == StartMethod::fork && only_thread();
   if (!direct) start_spawner();
   for (unsigned i = 0; i < processes; ++i) spawn_worker(i, direct);
   if (direct) start_spawner();
@@ -148,21 +153,25 @@ void Supervisor::start_spawner(int also_drop) {
   int ctl[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
     throw Error(std::string("mpx::Pool: socketpair: ") + std::strerror(errno));
-  std::vector<int> drop = fds_children_drop();
-  if (also_drop >= 0) drop.push_back(also_drop);
-  SpawnerConfig sc = spawner_config_;
-  sc.spawned = spawned_;
-  ForkOptions fo;
-  fo.name = "PoolSpawner";
-  fo.daemon = true;
-  fo.die_with_parent = true;
   std::shared_ptr<ChildProcess> spawner;
   try {
-    spawner = fork_child(fo, [&]() -> int {
-      ::close(ctl[0]);
-      for (int fd : drop) ::close(fd);
-      return spawner_main(ctl[1], sc);
-    });
+    if (method_ != StartMethod::fork) {
+      spawner = start_spawner_by_method(ctl[1]);
+    } else {
+      std::vector<int> drop = fds_children_drop();
+      if (also_drop >= 0) drop.push_back(also_drop);
+      SpawnerConfig sc = spawner_config_;
+      sc.spawned = spawned_;
+      ForkOptions fo;
+      fo.name = "PoolSpawner";
+      fo.daemon = true;
+      fo.die_with_parent = true;
+      spawner = fork_child(fo, [&]() -> int {
+        ::close(ctl[0]);
+        for (int fd : drop) ::close(fd);
+        return spawner_main(ctl[1], sc);
+      });
+    }
   } catch (...) {
     ::close(ctl[0]);
     ::close(ctl[1]);
@@ -178,6 +187,27 @@ void Supervisor::start_spawner(int also_drop) {
     spawner_ = std::move(spawner);
   }
   start_ctl_read();
+}
+
+// Under forkserver and spawn: the spawner is a child started by that method, given the control
+// socket, the slots (made by fd) and the initializer by its code's identity.
+std::shared_ptr<ChildProcess> Supervisor::start_spawner_by_method(int ctl) {
+  ForwardedStart req;
+  req.name = "PoolSpawner";
+  req.daemon = true;
+  Bytes scratch;
+  encode_shared_pointer(scratch, req.maps, slots_);
+  if (req.maps.empty() || req.maps.front().fd < 0)
+    throw Error("mpx::Pool: the workers' slots are not in a mapping a " + std::string(to_string(method_)) +
+                " child can be given");
+  CodeRef init{};
+  if (const auto* f = spawner_config_.initializer; f && *f)
+    init = code_ref(reinterpret_cast<std::uintptr_t>(*f->target<void (*)()>()));
+  encode_target(req.target, req.maps, &spawner_child_main,
+                std::tuple{std::uint64_t{reinterpret_cast<std::uintptr_t>(slots_)}, init.module, init.offset,
+                           spawner_config_.maxtasksperchild, spawned_});
+  req.fds.push_back(ctl);
+  return start_forwarded(method_, req);
 }
 
 // The spawner (forked when the pool is built; this only reports whether it is still

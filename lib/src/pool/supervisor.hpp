@@ -51,8 +51,10 @@ class Supervisor {
   Supervisor(const Supervisor&) = delete;
   Supervisor& operator=(const Supervisor&) = delete;
 
-  // Forks the first `processes` workers and the spawner. Throws if a worker cannot be forked.
-  void start(unsigned processes, const std::function<void()>* initializer, unsigned maxtasksperchild);
+  // Forks the first `processes` workers and the spawner; under forkserver and spawn, starts the
+  // spawner by that method and has it fork every worker. Throws if a worker cannot be started.
+  void start(unsigned processes, const std::function<void()>* initializer, unsigned maxtasksperchild,
+             StartMethod method);
   // Closes every channel and kills what still runs (a failed start); for ~PoolCore.
   void close_all() noexcept;
 
@@ -85,6 +87,7 @@ class Supervisor {
   bool ask_spawner(const WorkerPtr& w, int fd);
   std::vector<int> fds_children_drop();
   void start_spawner(int also_drop = -1);
+  std::shared_ptr<ChildProcess> start_spawner_by_method(int ctl);
   bool ensure_spawner(int also_drop);
   void spawner_lost();
   void watch_exit(const WorkerPtr& w);
@@ -99,6 +102,7 @@ class Supervisor {
 
   PoolCore& core_;
   boost::asio::io_context& io_;
+  StartMethod method_ = StartMethod::fork;
   poolwire::SpawnerConfig spawner_config_;
   poolwire::Slot* slots_ = nullptr;  // shared with the workers: what each one runs
   std::size_t slots_bytes_ = 0;

@@ -127,6 +127,10 @@ struct SpawnerConfig {
 
 // The spawner's main loop: forks workers on request, reports their exits.
 int spawner_main(int ctl, const SpawnerConfig& config);
+// The spawner as the target of a forkserver or spawn child: its control socket is passed_fd(0),
+// the slots are at `slots` in its starter, the initializer (module 0: none) is a function.
+void spawner_child_main(std::uint64_t slots, std::uint64_t init_module, std::uint64_t init_offset,
+                        unsigned maxtasksperchild, unsigned spawned);
 // A worker's loop on its channel to the pool; returns its exit status.
 int worker_main(int fd, Slot* slot, const SpawnerConfig& config);
 // Writes all n bytes to the stream socket fd, waiting while it is full (non-blocking or not);

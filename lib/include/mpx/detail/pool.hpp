@@ -2,6 +2,7 @@
 // encoded task frames with a sink that receives each outcome, and wait through the pool's driver.
 #pragma once
 
+#include <mpx/context.hpp>
 #include <mpx/detail/async_result.hpp>
 #include <mpx/detail/task.hpp>
 #include <mpx/errors.hpp>
@@ -58,6 +59,7 @@ struct PoolConfig {
   unsigned processes = 0;
   std::function<void()> initializer;
   unsigned maxtasksperchild = 0;
+  StartMethod method = StartMethod::fork;
 };
 
 std::shared_ptr<PoolCore> make_pool_core(PoolConfig config);
