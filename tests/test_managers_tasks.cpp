@@ -24,6 +24,8 @@ namespace {
 
 int square(int x) { return x * x; }
 
+int g_mark = 0;  // set by serve_tasks' process before it starts workers; 0 in a fresh image
+
 void register_tasks() {
   mpx::register_task("square", square);
   mpx::register_task("concat", [](std::string a, std::vector<std::string> rest) {
@@ -38,13 +40,19 @@ void register_tasks() {
   });
   mpx::register_task("pid", []() { return static_cast<int>(::getpid()); });
   mpx::register_task("nothing", [](int) {});
+  mpx::register_task("ppid", []() { return static_cast<int>(::getppid()); });
+  mpx::register_task("mark", []() { return g_mark; });
 }
 
 // serve_tasks in a process of its own (a daemon child: terminated if a test fails early).
 struct Workers {
   mpx::Process p;
-  Workers(const mpx::Address& a, const std::string& key, unsigned n)
-      : p(mpx::Process::Options{"", true}, [a, key, n] { mpx::serve_tasks(a, key, "work", n); }) {
+  Workers(const mpx::Address& a, const std::string& key, unsigned n,
+          mpx::StartMethod method = mpx::StartMethod::fork)
+      : p(mpx::Process::Options{"", true}, [a, key, n, method] {
+          g_mark = 5;
+          mpx::serve_tasks(a, key, "work", n, mpx::get_context(method));
+        }) {
     p.start();
   }
   int stop() {
@@ -176,4 +184,32 @@ TEST_CASE("serve_tasks returns when the server stops") {
   m->shutdown();
   REQUIRE(w.p.join(60s));
   CHECK(w.p.exitcode() == 0);
+}
+
+TEST_CASE("serve_tasks under forkserver and spawn: workers register the starter's tasks themselves") {
+  register_tasks();
+  int base = 10;  // a capturing lambda: only a fork (or the fork server's snapshot) has it
+  mpx::register_task("add_base", [base](int x) { return x + base; });
+  for (auto method : {mpx::StartMethod::forkserver, mpx::StartMethod::spawn}) {
+    CAPTURE(mpx::to_string(method));
+    mpx::Manager m;
+    auto tq = m.task_queue("work");
+    Workers w(m.address(), m.authkey(), 2, method);
+    CHECK(tq.submit<int>("square", 12).get(60s) == 144);  // a function pointer
+    CHECK(tq.submit<std::string>("concat", std::string("a"), std::vector<std::string>{"b", "c"}).get(60s) ==
+          "abc");  // a captureless lambda
+    CHECK_THROWS_AS(tq.submit<int>("boom", 1).get(60s), mpx::RemoteError);
+    // Not forks of serve_tasks' process: a forkserver worker is the server's child; a spawn
+    // worker is a fresh image that never saw the mark its starter set.
+    if (method == mpx::StartMethod::forkserver)
+      CHECK(tq.submit<int>("ppid").get(60s) != w.p.pid());
+    else
+      CHECK(tq.submit<int>("mark").get(60s) == 0);
+    if (method == mpx::StartMethod::spawn)
+      CHECK_THROWS_AS(tq.submit<int>("add_base", 1).get(60s), mpx::ValueError);
+    // A worker that dies fails its task and is replaced by the same method.
+    CHECK_THROWS_AS(tq.submit<int>("kill", 0).get(60s), mpx::WorkerLost);
+    CHECK(tq.submit<int>("square", 7).get(60s) == 49);
+    CHECK(w.stop() == 0);
+  }
 }

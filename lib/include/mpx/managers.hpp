@@ -22,6 +22,7 @@
 #pragma once
 
 #include <mpx/address.hpp>
+#include <mpx/context.hpp>
 #include <mpx/detail/async_result.hpp>
 #include <mpx/detail/process_count.hpp>
 #include <mpx/detail/proxy_core.hpp>
@@ -736,11 +737,17 @@ void register_task(std::string name, F f) {
   detail::register_named_task(std::move(name), detail::make_named_task(std::move(f)));
 }
 
-// Forks `processes` workers (0 = cpu_count()) that connect to the manager at `address` and
+// Starts `processes` workers (0 = cpu_count()) that connect to the manager at `address` and
 // run the tasks of the named queue; replaces workers that die (their running task fails
 // with WorkerLost, exit code as for Process). Blocks until the server stops, or SIGTERM or
 // SIGINT reaches this process; then stops the workers and returns.
 void serve_tasks(const Address& address, std::string authkey, std::string_view queue, unsigned processes);
+// The same with the workers started by `context`'s method (the one above uses get_start_method()).
+// Under forkserver and spawn a worker has not run the code that registered the tasks: it
+// registers this process's registrations itself, which works for functions, captureless lambdas
+// and function objects; a capturing lambda is only seen by forked workers.
+void serve_tasks(const Address& address, std::string authkey, std::string_view queue, unsigned processes,
+                 Context context);
 // Any other integer type: a negative count or one beyond unsigned is a ValueError.
 template <detail::other_integer I>
 void serve_tasks(const Address& address, std::string authkey, std::string_view queue, I processes) {

@@ -2,8 +2,11 @@
 #include "manager/tasks.hpp"
 
 #include "common/log.hpp"
+#include "process/forkserver.hpp"
 #include "process/worker_set.hpp"
 
+#include <mpx/context.hpp>
+#include <mpx/detail/transfer.hpp>
 #include <mpx/managers.hpp>
 #include <mpx/process.hpp>
 
@@ -218,6 +221,29 @@ int run_worker(const Address& address, const std::string& authkey, const std::st
   }
 }
 
+// A worker as the target of a forkserver or spawn child. It has not run the code that registered
+// the tasks in its starter, so it registers them from the starter's list first: those with a
+// portable identity from their encoding; those it lacks and cannot rebuild (capturing lambdas)
+// are named in a warning, and tasks of that name then fail with ValueError.
+void task_worker_child(std::string address, std::string authkey, std::string queue, std::string token,
+                       std::vector<std::string> names, std::vector<std::string> portables) {
+  for (std::size_t i = 0; i < names.size() && i < portables.size(); ++i) {
+    if (find_named_task(names[i])) continue;
+    if (portables[i].empty())
+      logger().warn(
+          "serve_tasks '{}': task '{}' is registered with a capturing lambda, which a worker that is not a "
+          "fork cannot rebuild; register a function, a captureless lambda or a function object instead",
+          queue, names[i]);
+    else
+      register_portable_task(names[i], std::as_bytes(std::span(portables[i])));
+  }
+  int status = run_worker(Address::parse(address), authkey, queue, std::as_bytes(std::span(token)));
+  if (status != 0) {
+    flush_std_streams();
+    ::_exit(status);
+  }
+}
+
 std::atomic<int> g_signal_fd{-1};
 
 extern "C" void on_stop_signal(int) {
@@ -281,14 +307,23 @@ class TaskSupervisor {
   static constexpr auto kStopGrace = std::chrono::seconds(5);
 
   TaskSupervisor(const Address& address, const std::string& authkey, const std::string& queue,
-                 std::span<const std::byte> token, ClientConn& conn, std::uint64_t oid, unsigned processes)
+                 std::span<const std::byte> token, ClientConn& conn, std::uint64_t oid, unsigned processes,
+                 StartMethod method)
       : address_(address),
         authkey_(authkey),
         queue_(queue),
         token_(token),
         conn_(conn),
         oid_(oid),
-        workers_(processes) {}
+        method_(method),
+        workers_(processes) {
+    if (method_ == StartMethod::fork) return;
+    for (const auto& [name, task] : named_tasks()) {
+      Bytes portable = portable_task(task);
+      task_names_.push_back(name);
+      task_portables_.emplace_back(reinterpret_cast<const char*>(portable.data()), portable.size());
+    }
+  }
 
   // Returns on a stop signal (readable `stop_fd`) or when the manager goes away; the workers
   // are still running then (stop() ends them; the destructor kills them).
@@ -330,7 +365,17 @@ class TaskSupervisor {
       ForkOptions o;
       o.name = "TaskWorker-" + queue_ + "-" + std::to_string(slot + 1);
       o.daemon = true;
-      workers_.start(slot, o, [this]() -> int { return run_worker(address_, authkey_, queue_, token_); });
+      if (method_ == StartMethod::fork) {
+        workers_.start(slot, o, [this]() -> int { return run_worker(address_, authkey_, queue_, token_); });
+        continue;
+      }
+      ForwardedStart req;
+      req.name = o.name;
+      req.daemon = true;
+      std::string token(reinterpret_cast<const char*>(token_.data()), token_.size());
+      encode_target(req.target, req.maps, &task_worker_child,
+                    std::tuple{address_.str(), authkey_, queue_, token, task_names_, task_portables_});
+      workers_.adopt(slot, start_forwarded(method_, req));
     }
   }
 
@@ -383,6 +428,8 @@ class TaskSupervisor {
   std::span<const std::byte> token_;
   ClientConn& conn_;
   const std::uint64_t oid_;
+  const StartMethod method_;
+  std::vector<std::string> task_names_, task_portables_;  // the registrations, for forkserver and spawn
   WorkerSet workers_;  // default back-off: a worker that dies within 1 s waits 500 ms
 };
 
@@ -391,6 +438,11 @@ class TaskSupervisor {
 
 void serve_tasks(const Address& address, std::string authkey, std::string_view queue_name,
                  unsigned processes) {
+  serve_tasks(address, std::move(authkey), queue_name, processes, get_context(get_start_method()));
+}
+
+void serve_tasks(const Address& address, std::string authkey, std::string_view queue_name, unsigned processes,
+                 Context context) {
   if (processes == 0) processes = cpu_count();
   const std::string queue(queue_name);
   auto m = Manager::connect(address, authkey);
@@ -403,7 +455,7 @@ void serve_tasks(const Address& address, std::string authkey, std::string_view q
   detail::StopSignals signals;
   // Its destructor kills and reaps the workers if run() throws.
   detail::TaskSupervisor supervisor(address, authkey, queue, token, tq.core().conn(), tq.core().oid(),
-                                    processes);
+                                    processes, context.start_method());
   supervisor.run(signals.fd());
   supervisor.stop();
 }

@@ -320,6 +320,26 @@ void register_named_task(std::string name, NamedTask task) {
   registry()[std::move(name)] = std::move(task);
 }
 
+Bytes portable_task(const NamedTask& task) {
+  Bytes out;
+  if (!task.rebuild) return out;
+  CodeRef ref = code_ref(reinterpret_cast<std::uintptr_t>(task.rebuild));
+  proto::Writer w(out);
+  w.u64(ref.module);
+  w.u64(ref.offset);
+  out.insert(out.end(), task.fn.begin(), task.fn.end());
+  return out;
+}
+
+void register_portable_task(std::string name, std::span<const std::byte> portable) {
+  auto in = task_reader(portable);
+  CodeRef ref{in.u64(), in.u64()};
+  std::uintptr_t a = code_address(ref);
+  if (!a) throw ValueError("mpx: task '" + name + "' has its code in no module loaded here");
+  auto rebuild = reinterpret_cast<decltype(NamedTask::rebuild)>(a);
+  register_named_task(std::move(name), rebuild(in.rest()));
+}
+
 std::optional<NamedTask> find_named_task(std::string_view name) {
   std::lock_guard lk(g_registry_mutex);
   auto& r = registry();

@@ -506,7 +506,17 @@ struct NamedTask {
   // The type tags of its arguments (as a tuple; "tuple[]" for none) and result ("void" for
   // none), which a worker tells the server so that Python clients can submit it.
   std::string args_tag, result_tag;
+  // For a function with a portable identity (pointer, captureless lambda, function object): a
+  // rebuilder and the function's encoding, so that a worker started by forkserver or spawn, which
+  // did not run the registering code, can register it too. Null for a capturing lambda.
+  NamedTask (*rebuild)(std::span<const std::byte> fn) = nullptr;
+  Bytes fn;
 };
+// A registration as bytes another process of this binary can register (empty if the task has no
+// portable identity), and the other way (lib/src/pool/task.cpp); the latter throws ValueError if
+// the code is in no module loaded here.
+Bytes portable_task(const NamedTask& task);
+void register_portable_task(std::string name, std::span<const std::byte> portable);
 void register_named_task(std::string name, NamedTask task);  // replaces an earlier registration
 std::optional<NamedTask> find_named_task(std::string_view name);
 std::vector<std::pair<std::string, NamedTask>> named_tasks();  // every registration, by name
@@ -552,6 +562,15 @@ struct named_tag_of<R, std::tuple<A...>> {
   static std::uint64_t get() { return named_signature_tag<std::decay_t<R>, A...>(); }
 };
 
+template <class F>
+NamedTask make_named_task(F f);
+
+template <class D>
+NamedTask rebuild_named_task(std::span<const std::byte> fn) {
+  auto in = task_reader(fn);
+  return make_named_task(decode_fn<D>(in));
+}
+
 // Wraps any callable with a deducible signature (not a template operator()); it lives in the
 // registering process, so capturing lambdas are fine here.
 template <class F>
@@ -569,6 +588,11 @@ NamedTask make_named_task(F f) {
     t.result_tag = "void";
   else
     t.result_tag = wire_type_tag<R>();
+  using D = std::decay_t<F>;
+  if constexpr (fn_kind<D>() != FnKind::invalid) {
+    t.rebuild = &rebuild_named_task<D>;
+    encode_fn(t.fn, f);
+  }
   t.run = [f = std::move(f)](const TaskCall& call) mutable {
     auto args = decode_args_tuple<Args>(call.payload);
     Bytes& out = *call.out;
