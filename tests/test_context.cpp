@@ -103,7 +103,43 @@ struct Adder {
   }
 };
 
-void takes_condition(mpx::Condition) {}
+void takes_barrier(mpx::Barrier) {}
+
+// A Condition and a Barrier (with its action) shared with a child that is not a fork.
+int g_barrier_actions = 0;
+void count_barrier_action() { ++g_barrier_actions; }
+void meet(mpx::Condition cond, mpx::Value<int> flag, mpx::Barrier barrier, mpx::Value<int> actions_here) {
+  const int before = g_barrier_actions;
+  {
+    std::lock_guard guard(cond);
+    if (!cond.wait_for([&] { return flag.load() == 1; }, 30s)) std::exit(3);
+    flag.store(2);
+    cond.notify_all();
+  }
+  barrier.wait(30s);
+  actions_here.store(g_barrier_actions - before);
+}
+
+void check_condition_and_barrier(mpx::Process::Options opts, mpx::Condition cond) {
+  mpx::Value<int> flag(0), child_actions(-1);
+  mpx::Barrier barrier(2, &count_barrier_action);
+  const int before = g_barrier_actions;
+  mpx::Process p(std::move(opts), &meet, cond, flag, barrier, child_actions);
+  p.start();
+  {
+    std::lock_guard guard(cond);
+    flag.store(1);
+    cond.notify_all();
+    CHECK(cond.wait_for([&] { return flag.load() == 2; }, 30s));
+  }
+  barrier.wait(30s);
+  REQUIRE(p.join(30s));
+  CHECK(p.exitcode() == 0);
+  CHECK(g_barrier_actions - before + child_actions.load() ==
+        1);  // the action ran once, in the last to arrive
+  CHECK(barrier.n_waiting() == 0);
+  CHECK_FALSE(barrier.broken());
+}
 
 // Each kind of handle, used in the child: sums what it saw into the RawValue.
 void use_every_handle(mpx::RLock rl, mpx::Semaphore sem, mpx::BoundedSemaphore bsem, mpx::Array<int> a,
@@ -582,15 +618,11 @@ TEST_SUITE("context") {
     }
     CHECK(capturing.pid() == 0);
 
-    mpx::Condition cond;
-    mpx::Process with_condition(forkserver(), &takes_condition, cond);
-    try {
-      with_condition.start();
-      FAIL("a Condition crossed to a forkserver child");
-    } catch (const mpx::ValueError& e) {
-      CHECK(std::string(e.what()).find("forkserver") != std::string::npos);
-      CHECK(std::string(e.what()).find("Condition and Barrier") != std::string::npos);
-    }
+    int parties_seen = 0;
+    mpx::Barrier with_closure(2, [&parties_seen] { ++parties_seen; });
+    mpx::Process with_barrier(forkserver(), &takes_barrier, with_closure);
+    CHECK_THROWS_WITH_AS(with_barrier.start(), doctest::Contains("action"), mpx::ValueError);
+    CHECK(with_barrier.pid() == 0);
 
     struct Sub : mpx::Process {
       Sub() : mpx::Process(forkserver()) {}
@@ -1076,6 +1108,15 @@ TEST_SUITE("context") {
     REQUIRE(p.join(60s));
     CHECK(p.exitcode() == 0);
     CHECK(total.load() == 30);
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals,
+                    "forkserver: a Condition (over a Lock) and a Barrier with an action cross") {
+    check_condition_and_barrier(forkserver(), mpx::Condition(mpx::Lock()));
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen, "spawn: a Condition (over an RLock) and a Barrier with an action cross") {
+    check_condition_and_barrier(spawned(), mpx::Condition());
   }
 
   TEST_CASE_FIXTURE(PlainSignals,

@@ -174,6 +174,11 @@ class Condition : public detail::Lockable<Condition> {
   void notify_all();
 
  private:
+  template <class>
+  friend struct detail::process_handle;
+  Condition(std::shared_ptr<detail::LockState> lock, bool recursive,
+            std::shared_ptr<detail::ConditionState> s)
+      : lock_(std::move(lock)), recursive_(recursive), s_(std::move(s)) {}
   std::shared_ptr<detail::LockState> lock_;
   bool recursive_;
   std::shared_ptr<detail::ConditionState> s_;
@@ -214,6 +219,10 @@ class Barrier {
   bool broken() const;
 
  private:
+  template <class>
+  friend struct detail::process_handle;
+  Barrier(std::shared_ptr<detail::BarrierState> s, std::shared_ptr<const std::function<void()>> action)
+      : s_(std::move(s)), action_(std::move(action)) {}
   std::shared_ptr<detail::BarrierState> s_;
   std::shared_ptr<const std::function<void()>> action_;
 };
@@ -244,6 +253,18 @@ template <>
 struct process_handle<Event> {
   static const void* state(const Event& h) { return h.s_.get(); }
   static Event adopt(void* p) { return Event(adopt_shared_state<EventState>(p)); }
+};
+// lib/src/sync/synchronize.cpp
+template <>
+struct process_handle<Condition> {
+  static void encode(const Condition& h, StateWriter& w);
+  static Condition decode(StateReader& r);
+};
+template <>
+struct process_handle<Barrier> {
+  static void encode(const Barrier& h,
+                     StateWriter& w);  // ValueError for an action that is no function pointer
+  static Barrier decode(StateReader& r);
 };
 }  // namespace detail
 

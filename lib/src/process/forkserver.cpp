@@ -521,6 +521,13 @@ std::shared_ptr<ChildProcess> forkserver_start_child(const ForwardedStart& req) 
   return make_forwarded_child(static_cast<pid_t>(reply[0]), status[0], pidfd);
 }
 
+void* TargetStateReader::code() {
+  CodeRef ref{in_.u64(), in_.u64()};
+  std::uintptr_t a = code_address(ref);
+  if (!a) throw ValueError("mpx: a function handed to the child is in no module loaded here");
+  return reinterpret_cast<void*>(a);
+}
+
 void run_encoded_target(std::span<const std::byte> bytes) {
   if (bytes.empty()) return;
   auto in = task_reader(bytes);

@@ -587,4 +587,45 @@ unsigned Barrier::parties() const { return s_->parties; }
 unsigned Barrier::n_waiting() const { return s_->state.load() == kFilling ? s_->count.load() : 0; }
 bool Barrier::broken() const { return s_->state.load() == kBroken; }
 
+// --- Crossing to children that are not forks (forkserver, spawn) ----------------------------------
+
+namespace detail {
+
+void process_handle<Condition>::encode(const Condition& h, StateWriter& w) {
+  w.state(h.lock_.get());
+  w.state(h.s_.get());
+  w.word(h.recursive_ ? 1 : 0);
+}
+
+Condition process_handle<Condition>::decode(StateReader& r) {
+  auto lock = adopt_shared_state<LockState>(r.state());
+  auto s = adopt_shared_state<ConditionState>(r.state());
+  return Condition(std::move(lock), r.word() != 0, std::move(s));
+}
+
+void process_handle<Barrier>::encode(const Barrier& h, StateWriter& w) {
+  w.state(h.s_.get());
+  if (!h.action_) {
+    w.word(0);
+    return;
+  }
+  auto* f = h.action_->target<void (*)()>();
+  if (!f)
+    throw ValueError(
+        "Barrier: its action exists only in this process (it is no plain function pointer), so the barrier "
+        "cannot cross to a child that is not a fork; make the action a function (&f or +[] { ... })");
+  w.word(1);
+  w.code(reinterpret_cast<const void*>(*f));
+}
+
+Barrier process_handle<Barrier>::decode(StateReader& r) {
+  auto s = adopt_shared_state<BarrierState>(r.state());
+  std::shared_ptr<const std::function<void()>> action;
+  if (r.word() != 0)
+    action = std::make_shared<const std::function<void()>>(reinterpret_cast<void (*)()>(r.code()));
+  return Barrier(std::move(s), std::move(action));
+}
+
+}  // namespace detail
+
 }  // namespace mpx

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <concepts>
+#include <cstdint>
 #include <memory>
 
 namespace mpx::detail {
@@ -20,6 +21,33 @@ template <class H>
 concept crossing_handle = requires(const H& h, void* p) {
   { process_handle<H>::state(h) } -> std::same_as<const void*>;
   { process_handle<H>::adopt(p) } -> std::same_as<H>;
+};
+
+// A handle made of more than one state, or with more than an address to it (Condition: its lock,
+// its own state and whether the lock is an RLock; Barrier: its state and its action), writes
+// them in order with process_handle<H>::encode(h, StateWriter&) and reads them back in the same
+// order with decode(StateReader&). encode may throw ValueError for what cannot cross (a Barrier
+// action that is not a function pointer).
+struct StateWriter {
+  virtual void state(const void* p) = 0;  // an address in a shared mapping
+  virtual void word(std::uint64_t w) = 0;
+  virtual void code(const void* function) = 0;  // a function, by its code's identity
+ protected:
+  ~StateWriter() = default;
+};
+struct StateReader {
+  virtual void* state() = 0;
+  virtual std::uint64_t word() = 0;
+  virtual void* code() = 0;
+
+ protected:
+  ~StateReader() = default;
+};
+
+template <class H>
+concept crossing_compound = requires(const H& h, StateWriter& w, StateReader& r) {
+  process_handle<H>::encode(h, w);
+  { process_handle<H>::decode(r) } -> std::same_as<H>;
 };
 
 // The child's handle on state its starter gave it: the mapping stays for the child's life, so

@@ -44,22 +44,57 @@ void encode_shared_pointer(Bytes& out, std::vector<SharedMappingRef>& maps, cons
 // address space has room, so a handle's address moves by its mapping's displacement.
 void* shared_state_here(std::uint64_t starter_address) noexcept;
 
-// Each argument on its own: a handle as the address of its state, anything else encoded and
+class TargetStateWriter final : public StateWriter {
+ public:
+  TargetStateWriter(Bytes& out, std::vector<SharedMappingRef>& maps) : out_(out), maps_(maps) {}
+  void state(const void* p) override { encode_shared_pointer(out_, maps_, p); }
+  void word(std::uint64_t w) override { proto::Writer(out_).u64(w); }
+  void code(const void* function) override {
+    CodeRef r = code_ref(reinterpret_cast<std::uintptr_t>(function));
+    word(r.module);
+    word(r.offset);
+  }
+
+ private:
+  Bytes& out_;
+  std::vector<SharedMappingRef>& maps_;
+};
+
+class TargetStateReader final : public StateReader {
+ public:
+  explicit TargetStateReader(proto::Reader& in) : in_(in) {}
+  void* state() override { return shared_state_here(in_.u64()); }
+  std::uint64_t word() override { return in_.u64(); }
+  void* code() override;  // ValueError if the code is in no module loaded here
+
+ private:
+  proto::Reader& in_;
+};
+
+// Each argument on its own: a handle as the address(es) of its state, anything else encoded and
 // length-prefixed.
 template <class A>
 void encode_target_arg(Bytes& out, std::vector<SharedMappingRef>& maps, const A& a) {
-  if constexpr (crossing_handle<A>)
+  if constexpr (crossing_handle<A>) {
     encode_shared_pointer(out, maps, process_handle<A>::state(a));
-  else
+  } else if constexpr (crossing_compound<A>) {
+    TargetStateWriter w(out, maps);
+    process_handle<A>::encode(a, w);
+  } else {
     encode_prefixed(out, a);
+  }
 }
 
 template <class A>
 A decode_target_arg(proto::Reader& in) {
-  if constexpr (crossing_handle<A>)
+  if constexpr (crossing_handle<A>) {
     return process_handle<A>::adopt(shared_state_here(in.u64()));
-  else
+  } else if constexpr (crossing_compound<A>) {
+    TargetStateReader r(in);
+    return process_handle<A>::decode(r);
+  } else {
     return decode<A>(in.take(in.u64()));
+  }
 }
 
 template <class D, class... A>
@@ -111,7 +146,8 @@ struct deep_transferable<std::array<T, N>> : std::bool_constant<deep_transferabl
 
 template <class F, class... A>
 inline constexpr bool transferable_target = fn_kind<F>() != FnKind::invalid &&
-                                            ((deep_transferable_v<A> || crossing_handle<A>)&&...);
+                                            ((deep_transferable_v<A> || crossing_handle<A> ||
+                                              crossing_compound<A>)&&...);
 
 template <class D, class... A>
 void encode_target(Bytes& out, std::vector<SharedMappingRef>& maps, const D& f,
