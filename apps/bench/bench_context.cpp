@@ -1,11 +1,9 @@
 // Start methods: what starting a child costs under fork, forkserver and spawn.
 //   process.start_join_<m>_us: an mpx::Process with an empty target made, started and joined
-//     under each start method the library offers (spawn is reported as skipped while start()
-//     says it is not implemented), next to the floor, a bare fork/_exit/waitpid, all measured
-//     in turn in the same run so they see the same machine.
-//   pool.start_shutdown_<m>_ms: Pool(2) built and shut down (close + join), under each method
-//     when Pool::Options has a context; until then under the default only, next to two bare
-//     fork/_exit/waitpid.
+//     under each start method, next to the floor, a bare fork/_exit/waitpid, all measured in
+//     turn in the same run so they see the same machine.
+//   pool.start_shutdown_<m>_ms: Pool(2) built and shut down (close + join) under each method,
+//     next to two bare fork/_exit/waitpid.
 // When python3 is on PATH, Python's multiprocessing.get_context(m).Process start + join and
 // get_context(m).Pool(2) start + close/join (apps/bench/python/context_bench.py) run in the same
 // run, and each `_vs_python` line is Python's median over mpx's: how many times faster mpx is.
@@ -59,23 +57,10 @@ double process_us(StartMethod method) {
   return mpx::bench::seconds(Clock::now() - t0) * 1e6;
 }
 
-// Pool::Options' context, where it has one: false when the pool cannot be told a method.
-template <class Options>
-bool set_context(Options& options, [[maybe_unused]] StartMethod method) {
-  if constexpr (requires { options.context = mpx::get_context(method); }) {
-    options.context = mpx::get_context(method);
-    return true;
-  } else {
-    return false;
-  }
-}
-
-// Pool(2) built and shut down, in ms; the method's, or the default when `method` is nullopt.
-double pool_ms(std::optional<StartMethod> method) {
-  mpx::Pool::Options options;
-  options.processes = 2;
-  if (method) set_context(options, *method);
-  return 1e3 * mpx::bench::time_seconds([&] { mpx::Pool p(std::move(options)); });
+// Pool(2) built and shut down under `method`, in ms.
+double pool_ms(StartMethod method) {
+  return 1e3 * mpx::bench::time_seconds(
+                   [&] { mpx::Pool p({.processes = 2, .context = mpx::get_context(method)}); });
 }
 
 // Whether this library starts children under `method`: nullopt if so (after one warm-up child,
@@ -126,34 +111,22 @@ MPX_BENCH_GROUP(
     report_ratio(name + "_vs_floor", process_median[m], floor);
   }
 
-  // ---- Pool(2) start + shutdown, per method if the pool takes one, with two bare forks.
-  mpx::Pool::Options probe;
-  const bool pool_has_context = set_context(probe, StartMethod::fork);
-  std::vector<std::optional<StartMethod>> pool_methods;
-  if (pool_has_context) {
-    for (StartMethod m : methods) pool_methods.emplace_back(m);
-  } else {
-    fmt::print("# context: Pool::Options has no context yet: Pool(2) under its default start only\n");
-    pool_methods.emplace_back(std::nullopt);
-  }
-  auto pool_name = [](std::optional<StartMethod> m) {
-    return fmt::format("pool.start_shutdown_{}", m ? std::string(mpx::to_string(*m)) : "default");
-  };
-  std::map<std::string, std::vector<double>> pool_samples;
+  // ---- Pool(2) start + shutdown under each method, with two bare forks.
+  auto pool_name = [](StartMethod m) { return fmt::format("pool.start_shutdown_{}", mpx::to_string(m)); };
+  std::map<StartMethod, std::vector<double>> pool_samples;
   std::vector<double> pool_floor_samples;
-  for (auto m : pool_methods) pool_ms(m);  // warm-up
+  for (StartMethod m : methods) pool_ms(m);  // warm-up
   for (int i = 0; i < runs * 4; ++i) {
     pool_floor_samples.push_back(fork_floor_us(2));
-    for (auto m : pool_methods) pool_samples[pool_name(m)].push_back(pool_ms(m));
+    for (StartMethod m : methods) pool_samples[m].push_back(pool_ms(m));
   }
   const double pool_floor = median(pool_floor_samples);
-  std::map<std::string, double> pool_median;
+  std::map<StartMethod, double> pool_median;
   report("pool.start_shutdown_floor_us", pool_floor, "us");
-  for (auto m : pool_methods) {
-    const std::string name = pool_name(m);
-    pool_median[name] = median(pool_samples[name]);
-    report(name + "_ms", pool_median[name], "ms");
-    report_ratio(name + "_vs_floor", pool_median[name] * 1e3, pool_floor);
+  for (StartMethod m : methods) {
+    pool_median[m] = median(pool_samples[m]);
+    report(pool_name(m) + "_ms", pool_median[m], "ms");
+    report_ratio(pool_name(m) + "_vs_floor", pool_median[m] * 1e3, pool_floor);
   }
 
   // ---- Python, same run.
@@ -177,10 +150,7 @@ MPX_BENCH_GROUP(
     }
     if (py.count(py_pool)) {
       report(py_pool, py[py_pool], "ms");
-      // A pool that takes no method is compared with each of Python's.
-      const std::string name = pool_name(pool_has_context ? std::optional<StartMethod>(m) : std::nullopt);
-      const std::string ratio = pool_has_context ? name + "_vs_python" : name + "_vs_python_" + method;
-      if (pool_median.count(name)) report_ratio(ratio, py[py_pool], pool_median[name]);
+      if (pool_median.count(m)) report_ratio(pool_name(m) + "_vs_python", py[py_pool], pool_median[m]);
     }
   }
 }
