@@ -39,6 +39,12 @@
 // constructing a spawn Context, e.g. get_context(StartMethod::spawn)): from then on shared
 // objects are made in memfd mappings, which start() hands to the child, and it maps them
 // wherever its own address space has room. An object made before makes start() throw ValueError.
+//
+// Pools and task workers follow the method too. Pool::Options::context (default: the default
+// method) starts the pool's spawner process by it, and the spawner forks every worker, so under
+// forkserver and spawn no worker is a fork of the pool's process; the pool's initializer must
+// then be a function pointer. serve_tasks(address, authkey, queue, processes, context) starts its
+// workers by the method; they register the starter's tasks themselves (see <mpx/managers.hpp>).
 #pragma once
 
 #include <string_view>
