@@ -123,6 +123,34 @@ TEST_CASE("apply_async: thousands of results, callbacks on the pool's thread, ge
   });
 }
 
+TEST_CASE(
+    "callers that block drive the pool themselves: several threads apply at once, callbacks still run") {
+  with_pool([](mpx::mpi::Pool& pool) {
+    std::atomic<long> callback_sum{0};
+    std::vector<mpx::AsyncResult<long>> async;
+    for (long i = 0; i < 200; ++i)
+      async.push_back(pool.apply_async(square, i).then([&](const long& v) { callback_sum += v; }));
+    std::atomic<int> wrong{0};
+    std::vector<std::thread> callers;
+    for (long t = 0; t < 4; ++t)
+      callers.emplace_back([&, t] {
+        for (long i = 0; i < 500; ++i)
+          if (pool.apply(add, t, i) != t + i) ++wrong;
+        if (pool.map(square, std::vector<long>{t, t + 1}) != std::vector<long>{t * t, (t + 1) * (t + 1)})
+          ++wrong;
+      });
+    for (auto& c : callers) c.join();
+    CHECK(wrong.load() == 0);
+    long expect = 0;
+    for (long i = 0; i < 200; ++i) {
+      CHECK_EQ(async[static_cast<std::size_t>(i)].get(std::chrono::seconds(60)), i * i);
+      expect += i * i;
+    }
+    CHECK(callback_sum.load() == expect);
+    return 0;
+  });
+}
+
 TEST_CASE("imap keeps input order, imap_unordered gives every item once, both read lazily") {
   with_pool([](mpx::mpi::Pool& pool) {
     std::vector<long> ordered;

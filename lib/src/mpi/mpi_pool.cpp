@@ -1,7 +1,10 @@
-// mpx::mpi::Pool: the pool's tasks on MPI ranks. The root keeps one dispatch thread that owns
-// every MPI call of the pool: it batches queued tasks to the workers (at most kDepth batches in
-// flight per worker, so a worker finds its next batch waiting), collects result batches,
-// settles the results and runs their callbacks. A worker rank runs batches in a loop. The
+// mpx::mpi::Pool: the pool's tasks on MPI ranks. On the root, whoever holds the drive lock makes
+// the pool's MPI calls (one at a time: MPI_THREAD_SERIALIZED is enough): it batches queued tasks
+// to the workers (at most kDepth batches in flight per worker, so a worker finds its next batch
+// waiting) and collects and settles result batches. A dispatch thread drives while tasks are in
+// flight and runs the callbacks; a caller that blocks on a result (apply, map) drives the pool
+// itself while the lock is free, so a round trip costs no wake-up of another thread on the way
+// out or back. A worker rank runs batches in a loop. The
 // messages (on a private duplicate of the user's communicator, so they never meet the user's):
 //   tasks   root -> worker   u32 n, then n x (u64 seq, u64 length, task body)
 //   results worker -> root   u32 n, then n x (u64 seq, u64 length, result encoding)
@@ -132,8 +135,34 @@ class MpiPoolCore final : public Driver {
   // ---- Driver ----
   bool wait(const Waitable& w, const Deadline& d) override {
     if (w.is_ready()) return true;
-    if (on_callback_thread())
+    if (on_callback_thread()) {
+      kick_dispatch();  // tasks submitted for this caller to drive still go
       throw StateError("mpx::mpi::Pool: waiting for a pool result inside a pool callback would deadlock");
+    }
+    Backoff backoff;
+    for (;;) {
+      std::unique_lock drive(drive_m_, std::try_to_lock);
+      if (!drive.owns_lock()) break;  // another thread drives: its progress wakes this one
+      if (stopped_driving_) break;
+      bool progressed = drive_once();
+      bool busy = !inflight_.empty() || !sends_.empty() || !pending_.empty();
+      drive.unlock();
+      if (progressed) {
+        backoff.reset();
+        notify_waiters();
+      }
+      if (w.is_ready()) {
+        // What is still in flight (other threads' tasks) is the dispatch thread's to drive.
+        if (busy) kick_dispatch();
+        return true;
+      }
+      if (d.expired()) {
+        if (busy) kick_dispatch();
+        return false;
+      }
+      backoff.pause();
+    }
+    kick_dispatch();
     std::unique_lock lk(wait_m_);
     auto ready = [&] { return w.is_ready(); };
     if (d.infinite()) {
@@ -159,12 +188,13 @@ class MpiPoolCore final : public Driver {
     std::lock_guard lk(m_);
     if (!accepting_) throw StateError("mpx::mpi::Pool: the pool is closed");
   }
-  void submit(std::vector<TaskSubmission>&& tasks) {
+  // A caller about to wait for these tasks drives the pool itself (wait()): no wake-up needed.
+  void submit(std::vector<TaskSubmission>&& tasks, bool caller_waits) {
     bool wake = false;
     {
       std::lock_guard lk(m_);
       if (!accepting_) throw StateError("mpx::mpi::Pool: the pool is closed");
-      wake = enqueue(tasks);
+      wake = enqueue(tasks) && !caller_waits;
     }
     if (wake) cv_.notify_one();
   }
@@ -242,45 +272,83 @@ class MpiPoolCore final : public Driver {
     thread_id_.store(std::this_thread::get_id());
     try {
       dispatch_loop();
+      std::lock_guard drive(drive_m_);
       release_workers();
     } catch (...) {
-      error_ = std::current_exception();
-      fail_everything(error_);
+      std::lock_guard drive(drive_m_);
+      if (!error_) error_ = std::current_exception();
+      stopped_driving_ = true;
+      fail_everything_locked(error_);
       // The workers cannot be released reliably after an MPI failure: end the job instead of
       // leaving them waiting forever.
       MPI_Abort(comm_, 70);
     }
   }
 
+  // Under drive_m_: one round of the pool's MPI work. True if anything moved.
+  bool drive_once() {
+    {
+      std::lock_guard lk(m_);
+      for (auto& t : incoming_) pending_.push_back(std::move(t));
+      incoming_.clear();
+    }
+    try {
+      bool progressed = send_batches();
+      progressed |= collect_results();
+      progressed |= reap_sends();
+      return progressed;
+    } catch (...) {
+      // After an MPI failure the workers cannot be released reliably: end the job instead of
+      // leaving them waiting forever (whichever thread was driving).
+      error_ = std::current_exception();
+      fail_everything_locked(error_);
+      MPI_Abort(comm_, 70);
+      throw;
+    }
+  }
+
+  void kick_dispatch() {
+    {
+      std::lock_guard lk(m_);
+      kick_ = true;
+    }
+    cv_.notify_one();
+  }
+
   void dispatch_loop() {
     Backoff backoff;
     std::chrono::microseconds idle_wait{0};
+    bool idle = true;  // nothing in flight when last looked: nothing to poll MPI for
     for (;;) {
       std::vector<std::shared_ptr<ResultStateBase>> callbacks;
       bool terminated = false, join_requested = false;
       {
         std::unique_lock lk(m_);
-        auto news = [&] { return !incoming_.empty() || !callbacks_.empty() || terminated_; };
-        if (inflight_.empty() && sends_.empty() && pending_.empty())
-          cv_.wait(lk, [&] { return news() || join_requested_; });  // nothing to poll MPI for
+        auto news = [&] { return !incoming_.empty() || !callbacks_.empty() || terminated_ || kick_; };
+        if (idle)
+          cv_.wait(lk, [&] { return news() || join_requested_; });
         else if (idle_wait.count() > 0 && !news())
           cv_.wait_for(lk, idle_wait);
-        for (auto& t : incoming_) pending_.push_back(std::move(t));
-        incoming_.clear();
+        kick_ = false;
         callbacks.swap(callbacks_);
         terminated = terminated_;
         join_requested = join_requested_;
       }
       for (auto& s : callbacks) s->run_callbacks();
+      std::unique_lock drive(drive_m_);
       if (terminated) {
-        fail_everything(std::make_exception_ptr(
+        fail_everything_locked(std::make_exception_ptr(
             StateError("mpx::mpi::Pool: the pool was terminated before this task finished")));
+        stopped_driving_ = true;
         return;
       }
-      bool progressed = !callbacks.empty();
-      progressed |= send_batches();
-      progressed |= collect_results();
-      progressed |= reap_sends();
+      bool progressed = drive_once() || !callbacks.empty();
+      idle = inflight_.empty() && sends_.empty() && pending_.empty();
+      if (join_requested && idle) {
+        stopped_driving_ = true;
+        return;
+      }
+      drive.unlock();
       if (progressed) {
         backoff.reset();
         idle_wait = std::chrono::microseconds(0);
@@ -289,7 +357,6 @@ class MpiPoolCore final : public Driver {
         idle_wait = backoff.next();
         if (idle_wait.count() == 0) ::sched_yield();
       }
-      if (join_requested && pending_.empty() && inflight_.empty()) return;
     }
   }
 
@@ -437,7 +504,8 @@ class MpiPoolCore final : public Driver {
     sends_.clear();
   }
 
-  void fail_everything(const std::exception_ptr& e) {
+  // Under drive_m_.
+  void fail_everything_locked(const std::exception_ptr& e) {
     std::deque<TaskSubmission> pending;
     {
       std::lock_guard lk(m_);
@@ -479,9 +547,12 @@ class MpiPoolCore final : public Driver {
   std::vector<TaskSubmission> incoming_;
   std::vector<std::shared_ptr<ResultStateBase>> callbacks_;
   bool accepting_ = true, terminated_ = false, join_requested_ = false;
+  bool kick_ = false;  // a waiting caller stopped driving with tasks still in flight
   std::atomic<std::uint64_t> apply_index_{0};
 
-  // The dispatch thread's own.
+  // The driver's: whoever holds drive_m_ (the dispatch thread, or a caller in wait()).
+  std::mutex drive_m_;
+  bool stopped_driving_ = false;  // the dispatch thread has ended: nobody may drive any more
   std::deque<TaskSubmission> pending_;
   std::unordered_map<std::uint64_t, InFlight> inflight_;
   std::list<Send> sends_;
@@ -502,13 +573,13 @@ Driver* pool_driver(MpiPoolCore& core) noexcept { return &core; }
 std::uint64_t pool_next_apply_index(MpiPoolCore& core) noexcept { return core.next_apply_index(); }
 Bytes pool_frame(MpiPoolCore& core, std::size_t reserve) { return core.take_frame(reserve); }
 void pool_check_open(MpiPoolCore& core) { core.check_open(); }
-void pool_submit(MpiPoolCore& core, std::vector<TaskSubmission>&& tasks, bool) {
-  core.submit(std::move(tasks));
+void pool_submit(MpiPoolCore& core, std::vector<TaskSubmission>&& tasks, bool caller_waits) {
+  core.submit(std::move(tasks), caller_waits);
 }
-void pool_submit_one(MpiPoolCore& core, TaskSubmission&& task, bool) {
+void pool_submit_one(MpiPoolCore& core, TaskSubmission&& task, bool caller_waits) {
   std::vector<TaskSubmission> one;
   one.push_back(std::move(task));
-  core.submit(std::move(one));
+  core.submit(std::move(one), caller_waits);
 }
 bool pool_feed(MpiPoolCore& core, std::vector<TaskSubmission>&& tasks) { return core.feed(std::move(tasks)); }
 std::size_t pool_inflight_hint(const MpiPoolCore& core) noexcept { return core.inflight_hint(); }
