@@ -383,6 +383,7 @@ void Supervisor::spawn_worker(std::uint32_t index, bool direct) {
       return;
     }
     w->gen = ++next_gen_;
+    if (!direct) spawner_asked_ = true;
     slots_[index].running.store(0, std::memory_order_relaxed);
     workers_[index] = w;
   }
@@ -582,6 +583,15 @@ void Supervisor::ctl_send(const Bytes& frame, int fd) {
 }
 
 void Supervisor::quit_spawner(const char* who) {
+  std::shared_ptr<ChildProcess> idle;
+  {
+    std::lock_guard lk(core_.m_);
+    if (!spawner_asked_) idle = spawner_;
+  }
+  // A spawner that never forked a worker has nothing to wait for or report: killed, it ends
+  // without running its own way out (it may not even have run since its fork), and the pool's
+  // join waits for one process less to be scheduled.
+  if (idle && idle->signal(SIGKILL)) return;
   try {
     ctl_send(control_frame({.type = kQuit}));
   } catch (const std::exception& e) {
