@@ -3,6 +3,7 @@
 // channel to the spawner (proto/pool.md).
 #include "pool/supervisor.hpp"
 
+#include <mpx/detail/futex.hpp>
 #include <mpx/detail/shm.hpp>
 #include <mpx/detail/transfer.hpp>
 #include <mpx/process.hpp>
@@ -10,6 +11,7 @@
 #include <mpx/proto/frame.hpp>
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -66,6 +68,25 @@ bool only_thread() {
   return field == 20 && std::strtol(p, nullptr, 10) == 1;
 }
 
+// Lazy binding is paid per process: a libc function first called in a child costs it a symbol
+// lookup that faults in the loader's hash tables (tens of microseconds), in every worker and
+// spawner anew. Called once here, with arguments they refuse, what the worker and the spawner
+// call at their start is bound before they are forked, and they inherit the binding.
+void bind_what_workers_call() {
+  static const bool bound = [] {
+    int saved = errno;
+    (void)::signal(0, SIG_DFL);  // EINVAL: no signal 0
+    (void)::mallopt(0, 0);       // no such parameter: nothing changes
+    char byte;
+    (void)::recv(-1, &byte, 1, MSG_DONTWAIT);  // EBADF
+    msghdr mh{};
+    (void)::recvmsg(-1, &mh, 0);  // EBADF
+    errno = saved;
+    return true;
+  }();
+  (void)bound;
+}
+
 // A control message: type, worker index, one more 32-bit field (generation or signal).
 
 }  // namespace
@@ -86,6 +107,11 @@ void Supervisor::start(unsigned processes, const std::function<void()>* initiali
   for (unsigned i = 0; i < processes; ++i) ::new (&slots_[i]) Slot;
   spawner_config_ = SpawnerConfig{slots_, initializer, maxtasksperchild, 0};
   workers_.resize(processes);
+  // A worker's first wait asks both; answered here once, every worker (and the spawner, and
+  // the workers it forks) inherits the answers instead of reading /sys and /proc itself.
+  (void)spin_limit_ns();
+  (void)spare_cpu();
+  bind_what_workers_call();
   // With no other thread here, the workers are forked right away (not asked of a spawner
   // forked first: the spawner's fork is no longer on their way). The spawner, which forks the
   // replacements, is still forked now, while no other thread can hold a lock: forked later, it
@@ -357,6 +383,7 @@ void Supervisor::spawn_worker(std::uint32_t index, bool direct) {
       return;
     }
     w->gen = ++next_gen_;
+    if (!direct) spawner_asked_ = true;
     slots_[index].running.store(0, std::memory_order_relaxed);
     workers_[index] = w;
   }
@@ -556,6 +583,15 @@ void Supervisor::ctl_send(const Bytes& frame, int fd) {
 }
 
 void Supervisor::quit_spawner(const char* who) {
+  std::shared_ptr<ChildProcess> idle;
+  {
+    std::lock_guard lk(core_.m_);
+    if (!spawner_asked_) idle = spawner_;
+  }
+  // A spawner that never forked a worker has nothing to wait for or report: killed, it ends
+  // without running its own way out (it may not even have run since its fork), and the pool's
+  // join waits for one process less to be scheduled.
+  if (idle && idle->signal(SIGKILL)) return;
   try {
     ctl_send(control_frame({.type = kQuit}));
   } catch (const std::exception& e) {

@@ -72,7 +72,8 @@ class Supervisor {
   // its channel's end is all that tells. Waits up to a second for its exit and reports it;
   // false if it has not ended by then.
   bool exit_without_watch(const WorkerPtr& w);
-  // Tells the spawner to exit once its workers have; `who` prefixes the warning if it cannot.
+  // Tells the spawner to exit once its workers have (one never asked for a worker is killed);
+  // `who` prefixes the warning if it cannot.
   void quit_spawner(const char* who);
   // Waits for every process of the pool (the workers it forked itself and the spawner).
   void wait_children();
@@ -125,6 +126,7 @@ class Supervisor {
   std::vector<WorkerPtr> retired_;         // done with maxtasksperchild, exit not reported yet
   std::shared_ptr<ChildProcess> spawner_;  // none until a worker is forked there
   bool spawner_gone_ = false;
+  bool spawner_asked_ = false;  // a worker was asked of the spawner: it has children to wait for
   std::uint32_t next_gen_ = 0;
   unsigned spawn_failures_ = 0;  // in a row; three break the pool
 };
