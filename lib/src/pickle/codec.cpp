@@ -1368,6 +1368,7 @@ class FastUnpickler {
     std::size_t guess = std::min<std::size_t>(in.size() / 2, 1 << 14);
     stack_.reserve(guess);
     depth_.reserve(guess);
+    memo_.reserve(guess / 4);
   }
 
   std::optional<Object> run() {
@@ -1387,9 +1388,10 @@ class FastUnpickler {
  private:
   // A memo entry: a scalar's copy, a str's bytes in the input, or a container (whose later
   // reference means shared structure: the general path's business).
+  // Plain data, so that a memo entry per str (Python memoizes each one) costs two stores; a
+  // scalar's copy is kept in scalars_, at index `at`.
   struct Memo {
     enum Kind : std::uint8_t { none, scalar, str, container } kind = none;
-    Object value;
     std::uint32_t at = 0, size = 0;
   };
 
@@ -1408,11 +1410,21 @@ class FastUnpickler {
     last_str_ = nullptr;
     return true;
   }
+  // A scalar built in its stack slot: a str moved through temporaries would copy its chars
+  // each time (a short str lives inside the string).
+  template <class A>
+  bool emplace(A&& a) {
+    if (budget_-- == 0) return false;
+    stack_.emplace_back(std::forward<A>(a));
+    depth_.push_back(0);
+    last_str_ = nullptr;
+    return true;
+  }
   bool str(std::size_t n) {
     if (!need(n) || !valid_utf8(p_, n)) return false;
     const unsigned char* at = p_;
     p_ += n;
-    if (!push(Object(std::string(reinterpret_cast<const char*>(at), n)))) return false;
+    if (!emplace(std::string(reinterpret_cast<const char*>(at), n))) return false;
     last_str_ = at;
     last_len_ = n;
     return true;
@@ -1467,22 +1479,22 @@ class FastUnpickler {
     Memo& m = memo_[i];
     const Object& top = stack_.back();
     if (last_str_) {
-      m = {Memo::str, Object(), static_cast<std::uint32_t>(last_str_ - begin_),
-           static_cast<std::uint32_t>(last_len_)};
+      m = {Memo::str, static_cast<std::uint32_t>(last_str_ - begin_), static_cast<std::uint32_t>(last_len_)};
     } else if (top.kind() == Kind::list || top.kind() == Kind::dict || top.kind() == Kind::tuple ||
                top.kind() == Kind::set || top.kind() == Kind::bytes || top.kind() == Kind::str) {
-      m = {Memo::container, Object(), 0, 0};
+      m = {Memo::container, 0, 0};
     } else {
-      m = {Memo::scalar, top, 0, 0};
+      m = {Memo::scalar, static_cast<std::uint32_t>(scalars_.size()), 0};
+      scalars_.push_back(top);
     }
     return true;
   }
   bool get(std::size_t i) {
     if (i >= memo_.size()) return false;
     const Memo& m = memo_[i];
-    if (m.kind == Memo::scalar) return push(m.value);
+    if (m.kind == Memo::scalar) return push(scalars_[m.at]);
     if (m.kind == Memo::str)
-      return push(Object(std::string(reinterpret_cast<const char*>(begin_ + m.at), m.size)));
+      return emplace(std::string(reinterpret_cast<const char*>(begin_ + m.at), m.size));
     return false;
   }
 
@@ -1503,13 +1515,13 @@ class FastUnpickler {
       case NEWFALSE:
         return push(Object(false));
       case BININT:
-        return need(4) && push(Object(le<std::int32_t>()));
+        return need(4) && emplace(le<std::int32_t>());
       case BININT1:
-        return need(1) && push(Object(static_cast<std::int64_t>(*p_++)));
+        return need(1) && emplace(static_cast<std::int64_t>(*p_++));
       case BININT2:
-        return need(2) && push(Object(static_cast<std::int64_t>(le<std::uint16_t>())));
+        return need(2) && emplace(static_cast<std::int64_t>(le<std::uint16_t>()));
       case BINFLOAT:
-        return need(8) && push(Object(std::bit_cast<double>(__builtin_bswap64(le<std::uint64_t>()))));
+        return need(8) && emplace(std::bit_cast<double>(__builtin_bswap64(le<std::uint64_t>())));
       case SHORT_BINUNICODE:
         return need(1) && str(*p_++);
       case BINUNICODE:
@@ -1574,6 +1586,7 @@ class FastUnpickler {
   std::vector<std::uint32_t> depth_;  // per stack entry: the nesting of containers in it
   std::vector<std::size_t> marks_;
   std::vector<Memo> memo_;
+  std::vector<Object> scalars_;
   const unsigned char* last_str_ = nullptr;  // the top is a str read from here (for the memo)
   std::size_t last_len_ = 0;
 };

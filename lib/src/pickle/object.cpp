@@ -223,7 +223,9 @@ std::ptrdiff_t Dict::index_of(const Object& key, std::size_t hash) const noexcep
   }
 }
 
-void Dict::set(Object key, Object value) {
+void Dict::set(const Object& key, const Object& value) { set(Object(key), Object(value)); }
+
+void Dict::set(Object&& key, Object&& value) {
   if (!key.hashable())
     throw ValueError(std::string("unhashable type: '") + key.type_name() + "' as a dict key");
   std::size_t h = key.hash();
