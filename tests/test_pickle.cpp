@@ -9,6 +9,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -251,6 +252,93 @@ TEST_CASE("dumps writes Python's opcodes: small ints, framing, the protocol 2 gl
   CHECK_THROWS_AS(py::dumps(1, 1), mpx::ValueError);
   CHECK_THROWS_AS(py::dumps(1, 6), mpx::ValueError);
   CHECK_THROWS_AS(py::dumps(std::string("\xff")), mpx::ValueError);  // not UTF-8
+}
+
+TEST_CASE("dumps: items written inline keep the nesting limit, UTF-8 check and appended output") {
+  // Containers nested n deep around a scalar: the scalar sits at depth n, and dumps refuses
+  // depths beyond 1000 for scalars as for containers.
+  auto nested_list = [](int n, py::Object inner) {
+    for (int i = 0; i < n; ++i) inner = py::List{std::move(inner)};
+    return inner;
+  };
+  auto nested_dict = [](int n, py::Object key, py::Object value) {
+    py::Object o = py::Dict{{std::move(key), std::move(value)}};
+    for (int i = 1; i < n; ++i) o = py::Dict{{"k", std::move(o)}};
+    return o;
+  };
+  for (py::Object leaf : {py::Object("s"), py::Object(0.5), py::Object(7)}) {
+    py::Object ok = nested_list(1000, leaf);
+    CHECK(py::loads(py::dumps(ok), {.max_depth = 2000}) == ok);
+    CHECK_THROWS_AS(py::dumps(nested_list(1001, leaf)), mpx::ValueError);
+    CHECK_NOTHROW(py::dumps(nested_dict(1000, "key", leaf)));
+    CHECK_THROWS_AS(py::dumps(nested_dict(1001, "key", leaf)), mpx::ValueError);
+  }
+  CHECK_THROWS_AS(py::dumps(py::Dict{{std::string("\xff"), 1.0}}), mpx::ValueError);
+  CHECK_THROWS_AS(py::dumps(py::Dict{{"k", std::string("a\xc3")}}), mpx::ValueError);
+  CHECK_THROWS_AS(py::dumps(py::List{1.0, std::string("\xed\xa0")}), mpx::ValueError);
+  CHECK(py::loads(py::dumps(py::List{"\xc3\xa9", 2.5})) == py::Object(py::List{"\xc3\xa9", 2.5}));
+
+  // After what is already in the buffer, and with it left as it was when dumps throws.
+  Bytes out = bytes_of("head");
+  py::Object v = py::Dict{{"a", 1.5}, {"b", py::List{"c", 2}}};
+  py::dumps_append(out, v);
+  REQUIRE(out.size() > 4);
+  CHECK(hex(Bytes(out.begin(), out.begin() + 4)) == hex(std::string_view("head")));
+  CHECK(py::loads(std::span<const std::byte>(out).subspan(4)) == v);
+  CHECK(hex(Bytes(out.begin() + 4, out.end())) == hex(py::dumps(v)));
+  Bytes failed = bytes_of("head");
+  CHECK_THROWS_AS(py::dumps_append(failed, py::List{1, std::string("\xff")}), mpx::ValueError);
+  REQUIRE(failed.size() >= 4);
+  CHECK(hex(Bytes(failed.begin(), failed.begin() + 4)) == hex(std::string_view("head")));
+  Bytes small = bytes_of("x");
+  py::dumps_append(small, py::none);  // a frame under 4 bytes is taken out again
+  CHECK(hex(small) ==
+        "78"
+        "80044e2e");
+}
+
+TEST_CASE("Dict: str keys of every short length hash apart; set copies or moves") {
+  py::Dict d;
+  std::vector<std::string> keys;
+  for (int len = 0; len <= 20; ++len)
+    for (int i = 0; i < 50; ++i) {
+      std::string k(static_cast<std::size_t>(len), 'a');
+      for (int j = 0; j < len; ++j)
+        k[static_cast<std::size_t>(j)] = static_cast<char>('a' + (i * 7 + j) % 26);
+      keys.push_back(k);
+    }
+  for (std::size_t i = 0; i < keys.size(); ++i) d.set(keys[i], static_cast<int>(i));
+  // A key met twice keeps its first place and takes the later value.
+  std::vector<std::string> order;
+  for (const auto& k : keys)
+    if (std::find(order.begin(), order.end(), k) == order.end()) order.push_back(k);
+  REQUIRE(d.size() == order.size());
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    CHECK(d.keys()[i] == py::Object(order[i]));
+    auto last = static_cast<int>(
+        keys.size() - 1 -
+        static_cast<std::size_t>(std::find(keys.rbegin(), keys.rend(), order[i]) - keys.rbegin()));
+    const py::Object* v = d.find(order[i]);
+    REQUIRE(v != nullptr);
+    CHECK(*v == py::Object(last));
+  }
+  CHECK(py::Object("abcdefgh").hash() != py::Object("abcdefgi").hash());
+  CHECK(py::Object("").hash() == py::Object(std::string()).hash());
+
+  py::Object k("key"), val(py::List{1, 2});
+  py::Dict e;
+  e.set(k, val);  // copies: both still hold their values
+  CHECK(k == py::Object("key"));
+  CHECK(val == py::Object(py::List{1, 2}));
+  e.set(std::move(k), py::Object(3));
+  e.set(py::Object("other"), val);
+  REQUIRE(e.size() == 2);
+  CHECK(e.at("key") == py::Object(3));
+  CHECK(e.at("other") == py::Object(py::List{1, 2}));
+  py::Object moved_key("m"), moved_val("v");
+  e.set(std::move(moved_key), std::move(moved_val));
+  CHECK(e.at("m") == py::Object("v"));
+  CHECK_THROWS_AS(e.set(py::Object(py::Dict{}), py::Object(1)), mpx::ValueError);
 }
 
 TEST_CASE("Object: Python's equality and hashing, ordered dict, get and visit") {

@@ -107,7 +107,8 @@ class Dict {
   Dict() = default;
   Dict(std::initializer_list<std::pair<Object, Object>> items);
   // Inserts or replaces; ValueError for an unhashable key (list, dict, set, bytearray).
-  void set(Object key, Object value);
+  void set(const Object& key, const Object& value);
+  void set(Object&& key, Object&& value);  // (moved in: no copy, and no move through a parameter)
   const Object* find(const Object& key) const noexcept;
   Object* find(const Object& key) noexcept;
   const Object& at(const Object& key) const;  // KeyError when absent

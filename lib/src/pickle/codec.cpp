@@ -136,6 +136,10 @@ const char* op_name(std::uint8_t op) {
 
 // UTF-8 as Python writes str (encoded with 'surrogatepass': lone surrogates allowed).
 bool valid_utf8(const unsigned char* p, std::size_t n) {
+  // Most text is ASCII: one branch-free pass decides it.
+  unsigned char any = 0;
+  for (std::size_t k = 0; k < n; ++k) any |= p[k];
+  if (any < 0x80) return true;
   std::size_t i = 0;
   while (i < n) {
     while (i + 8 <= n) {  // ASCII, a word at a time
@@ -232,9 +236,56 @@ GlobalName exception_global(ExceptionType t) {
   return {"builtins", "exceptions", "RuntimeError"};
 }
 
+// The pickler's output: the buffer is grown ahead in steps and written through a cursor, so an
+// opcode costs a store, not a vector insert; the unused tail is cut when the pickler is done
+// (also when it throws, so a failed dumps_append leaves what it had written, as before).
+class Out {
+ public:
+  explicit Out(Bytes& v) : v_(v), pos_(v.size()) {}
+  Out(const Out&) = delete;
+  Out& operator=(const Out&) = delete;
+  ~Out() { v_.resize(pos_); }
+
+  std::size_t size() const noexcept { return pos_; }
+  void reserve(std::size_t n) {
+    if (v_.size() - pos_ < n) grow(n);
+  }
+  void u8(std::uint8_t x) {
+    reserve(1);
+    v_[pos_++] = static_cast<std::byte>(x);
+  }
+  void u32(std::uint32_t x) { raw(&x, sizeof x); }
+  void u64(std::uint64_t x) { raw(&x, sizeof x); }
+  void i32(std::int32_t x) { raw(&x, sizeof x); }
+  void raw(const void* p, std::size_t n) {
+    reserve(n);
+    std::memcpy(v_.data() + pos_, p, n);
+    pos_ += n;
+  }
+  // Writes without a capacity check, after a reserve() that covers them.
+  void put8(std::uint8_t x) noexcept { v_[pos_++] = static_cast<std::byte>(x); }
+  void put(const void* p, std::size_t n) noexcept {
+    std::memcpy(v_.data() + pos_, p, n);
+    pos_ += n;
+  }
+  template <class T>
+  void patch(std::size_t at, T x) noexcept {
+    std::memcpy(v_.data() + at, &x, sizeof x);
+  }
+  void erase(std::size_t at, std::size_t n) {
+    std::memmove(v_.data() + at, v_.data() + at + n, pos_ - at - n);
+    pos_ -= n;
+  }
+
+ private:
+  void grow(std::size_t n) { v_.resize(std::max({pos_ + n, v_.size() * 2, std::size_t{256}})); }
+  Bytes& v_;
+  std::size_t pos_;
+};
+
 class Pickler {
  public:
-  Pickler(Bytes& out, int protocol) : out_(out), w_(out), proto_(protocol) {
+  Pickler(Bytes& out, int protocol) : w_(out), proto_(protocol) {
     if (protocol < 2 || protocol > 5)
       throw ValueError("py::dumps: protocol must be 2..5, not " + std::to_string(protocol));
   }
@@ -250,21 +301,20 @@ class Pickler {
 
  private:
   void start_frame() {
-    frame_ = out_.size();
+    frame_ = w_.size();
     w_.u8(FRAME);
     w_.u64(0);
   }
   void commit_frame() {
-    std::size_t len = out_.size() - frame_ - 9;
+    std::size_t len = w_.size() - frame_ - 9;
     if (len < 4)
-      out_.erase(out_.begin() + static_cast<std::ptrdiff_t>(frame_),
-                 out_.begin() + static_cast<std::ptrdiff_t>(frame_ + 9));
+      w_.erase(frame_, 9);
     else
       w_.patch<std::uint64_t>(frame_ + 1, len);
   }
   // Between opcodes: a frame that has grown past the target is closed and the next begun.
   void boundary() {
-    if (proto_ >= 4 && out_.size() - frame_ - 9 >= kFrameTarget) {
+    if (proto_ >= 4 && w_.size() - frame_ - 9 >= kFrameTarget) {
       commit_frame();
       start_frame();
     }
@@ -285,9 +335,10 @@ class Pickler {
     }
   }
   void short_unicode(std::string_view s) {
-    w_.u8(SHORT_BINUNICODE);
-    w_.u8(static_cast<std::uint8_t>(s.size()));
-    w_.raw(s.data(), s.size());
+    w_.reserve(2 + s.size());
+    w_.put8(SHORT_BINUNICODE);
+    w_.put8(static_cast<std::uint8_t>(s.size()));
+    w_.put(s.data(), s.size());
   }
 
   void str(const std::string& s) {
@@ -407,7 +458,7 @@ class Pickler {
         w_.u8(one);
       } else {
         w_.u8(MARK);
-        for (std::size_t k = 0; k < n; ++k) dump(l[i + k], depth + 1);
+        for (std::size_t k = 0; k < n; ++k) item(l[i + k], depth);
         w_.u8(many);
       }
       boundary();
@@ -417,6 +468,30 @@ class Pickler {
   void list_for_reduce(const List& l, int depth) {  // set(list) / frozenset(list) below protocol 4
     w_.u8(EMPTY_LIST);
     batched(l, APPEND, APPENDS, depth);
+  }
+
+  void binfloat(double d) {
+    auto bits = __builtin_bswap64(std::bit_cast<std::uint64_t>(d));  // BINFLOAT is big-endian
+    w_.reserve(9);
+    w_.put8(BINFLOAT);
+    w_.put(&bits, 8);
+  }
+
+  // An item of a container: the common scalars written here, inline, without dump()'s
+  // dispatch (a mispredicted jump per item, where a dict of str -> float alternates).
+  void item(const Object& x, int depth) {
+    if (depth >= kMaxDumpDepth) {  // dump() throws there, for scalars too
+      dump(x, depth + 1);
+    } else if (auto* s = x.get_if<std::string>();
+               s && x.kind() == Kind::str && proto_ >= 4 && s->size() < 256) {
+      if (!valid_utf8(reinterpret_cast<const unsigned char*>(s->data()), s->size()))
+        throw ValueError("py::dumps: a str that is not UTF-8");
+      short_unicode(*s);
+    } else if (auto* d = x.get_if<double>()) {
+      binfloat(*d);
+    } else {
+      dump(x, depth + 1);
+    }
   }
 
   void dump(const Object& o, int depth) {
@@ -431,13 +506,9 @@ class Pickler {
       case Kind::integer:
         integer(o.get<std::int64_t>());
         break;
-      case Kind::floating: {
-        auto bits = std::bit_cast<std::uint64_t>(o.get<double>());
-        bits = __builtin_bswap64(bits);  // BINFLOAT is big-endian
-        w_.u8(BINFLOAT);
-        w_.u64(bits);
+      case Kind::floating:
+        binfloat(o.get<double>());
         break;
-      }
       case Kind::str:
         str(o.get<std::string>());
         break;
@@ -470,13 +541,15 @@ class Pickler {
         break;
       case Kind::dict: {
         const Dict& d = o.get<Dict>();
+        // A guess (a short key and a scalar per item) that spares most of the regrowth.
+        w_.reserve(std::min<std::size_t>(d.size(), kBatch) * 20 + 8);
         w_.u8(EMPTY_DICT);
         for (std::size_t i = 0; i < d.size(); i += kBatch) {
           std::size_t n = std::min(kBatch, d.size() - i);
           if (n > 1) w_.u8(MARK);
           for (std::size_t k = i; k < i + n; ++k) {
-            dump(d.keys()[k], depth + 1);
-            dump(d.values()[k], depth + 1);
+            item(d.keys()[k], depth);
+            item(d.values()[k], depth);
           }
           w_.u8(n > 1 ? SETITEMS : SETITEM);
           boundary();
@@ -527,8 +600,7 @@ class Pickler {
     }
   }
 
-  Bytes& out_;
-  proto::Writer w_;
+  Out w_;
   int proto_;
   std::size_t frame_ = 0;
 };
@@ -1296,6 +1368,7 @@ class FastUnpickler {
     std::size_t guess = std::min<std::size_t>(in.size() / 2, 1 << 14);
     stack_.reserve(guess);
     depth_.reserve(guess);
+    memo_.reserve(guess / 4);
   }
 
   std::optional<Object> run() {
@@ -1315,9 +1388,10 @@ class FastUnpickler {
  private:
   // A memo entry: a scalar's copy, a str's bytes in the input, or a container (whose later
   // reference means shared structure: the general path's business).
+  // Plain data, so that a memo entry per str (Python memoizes each one) costs two stores; a
+  // scalar's copy is kept in scalars_, at index `at`.
   struct Memo {
     enum Kind : std::uint8_t { none, scalar, str, container } kind = none;
-    Object value;
     std::uint32_t at = 0, size = 0;
   };
 
@@ -1336,11 +1410,21 @@ class FastUnpickler {
     last_str_ = nullptr;
     return true;
   }
+  // A scalar built in its stack slot: a str moved through temporaries would copy its chars
+  // each time (a short str lives inside the string).
+  template <class A>
+  bool emplace(A&& a) {
+    if (budget_-- == 0) return false;
+    stack_.emplace_back(std::forward<A>(a));
+    depth_.push_back(0);
+    last_str_ = nullptr;
+    return true;
+  }
   bool str(std::size_t n) {
     if (!need(n) || !valid_utf8(p_, n)) return false;
     const unsigned char* at = p_;
     p_ += n;
-    if (!push(Object(std::string(reinterpret_cast<const char*>(at), n)))) return false;
+    if (!emplace(std::string(reinterpret_cast<const char*>(at), n))) return false;
     last_str_ = at;
     last_len_ = n;
     return true;
@@ -1395,22 +1479,22 @@ class FastUnpickler {
     Memo& m = memo_[i];
     const Object& top = stack_.back();
     if (last_str_) {
-      m = {Memo::str, Object(), static_cast<std::uint32_t>(last_str_ - begin_),
-           static_cast<std::uint32_t>(last_len_)};
+      m = {Memo::str, static_cast<std::uint32_t>(last_str_ - begin_), static_cast<std::uint32_t>(last_len_)};
     } else if (top.kind() == Kind::list || top.kind() == Kind::dict || top.kind() == Kind::tuple ||
                top.kind() == Kind::set || top.kind() == Kind::bytes || top.kind() == Kind::str) {
-      m = {Memo::container, Object(), 0, 0};
+      m = {Memo::container, 0, 0};
     } else {
-      m = {Memo::scalar, top, 0, 0};
+      m = {Memo::scalar, static_cast<std::uint32_t>(scalars_.size()), 0};
+      scalars_.push_back(top);
     }
     return true;
   }
   bool get(std::size_t i) {
     if (i >= memo_.size()) return false;
     const Memo& m = memo_[i];
-    if (m.kind == Memo::scalar) return push(m.value);
+    if (m.kind == Memo::scalar) return push(scalars_[m.at]);
     if (m.kind == Memo::str)
-      return push(Object(std::string(reinterpret_cast<const char*>(begin_ + m.at), m.size)));
+      return emplace(std::string(reinterpret_cast<const char*>(begin_ + m.at), m.size));
     return false;
   }
 
@@ -1431,13 +1515,13 @@ class FastUnpickler {
       case NEWFALSE:
         return push(Object(false));
       case BININT:
-        return need(4) && push(Object(le<std::int32_t>()));
+        return need(4) && emplace(le<std::int32_t>());
       case BININT1:
-        return need(1) && push(Object(static_cast<std::int64_t>(*p_++)));
+        return need(1) && emplace(static_cast<std::int64_t>(*p_++));
       case BININT2:
-        return need(2) && push(Object(static_cast<std::int64_t>(le<std::uint16_t>())));
+        return need(2) && emplace(static_cast<std::int64_t>(le<std::uint16_t>()));
       case BINFLOAT:
-        return need(8) && push(Object(std::bit_cast<double>(__builtin_bswap64(le<std::uint64_t>()))));
+        return need(8) && emplace(std::bit_cast<double>(__builtin_bswap64(le<std::uint64_t>())));
       case SHORT_BINUNICODE:
         return need(1) && str(*p_++);
       case BINUNICODE:
@@ -1502,6 +1586,7 @@ class FastUnpickler {
   std::vector<std::uint32_t> depth_;  // per stack entry: the nesting of containers in it
   std::vector<std::size_t> marks_;
   std::vector<Memo> memo_;
+  std::vector<Object> scalars_;
   const unsigned char* last_str_ = nullptr;  // the top is a str read from here (for the memo)
   std::size_t last_len_ = 0;
 };
