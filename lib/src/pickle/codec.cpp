@@ -258,6 +258,7 @@ class Out {
   void u64(std::uint64_t x) { raw(&x, sizeof x); }
   void i32(std::int32_t x) { raw(&x, sizeof x); }
   void raw(const void* p, std::size_t n) {
+    if (n == 0) return;  // an empty str or bytes may have no data pointer at all
     reserve(n);
     std::memcpy(v_.data() + pos_, p, n);
     pos_ += n;
@@ -265,7 +266,7 @@ class Out {
   // Writes without a capacity check, after a reserve() that covers them.
   void put8(std::uint8_t x) noexcept { v_[pos_++] = static_cast<std::byte>(x); }
   void put(const void* p, std::size_t n) noexcept {
-    std::memcpy(v_.data() + pos_, p, n);
+    if (n != 0) std::memcpy(v_.data() + pos_, p, n);
     pos_ += n;
   }
   template <class T>
