@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <numeric>
 #include <random>
+#include <ranges>
 #include <vector>
 
 namespace wl = mpx::workloads;
@@ -197,6 +198,24 @@ TEST_CASE("serial_map publishes the item's index as task_index()") {
   auto idx = [](int) { return mpx::task_index(); };
   CHECK(wl::serial_map(idx, std::vector<int>{5, 5, 5}) == std::vector<std::uint64_t>{0, 1, 2});
   CHECK(mpx::task_index() == 0);
+}
+
+TEST_CASE("thread_map: the same results as serial_map for any threads and chunking") {
+  auto idx = [](int x) { return mpx::task_index() * 10 + static_cast<std::uint64_t>(x); };
+  const std::vector<int> xs{1, 2, 3, 4, 5, 6, 7};
+  const auto expected = wl::serial_map(idx, xs);
+  REQUIRE(expected.back() == 67);
+  for (unsigned threads : {1U, 2U, 3U})
+    for (std::size_t chunk : {1U, 2U, 7U, 50U}) CHECK(wl::thread_map(idx, xs, threads, chunk) == expected);
+  CHECK(wl::thread_map(idx, std::vector<int>{}, 2).empty());
+
+  const wl::Grid g = wl::tutorial_grid(20, 200, 3);
+  CHECK(wl::thread_map(wl::PriceOptions{11}, g.points, 2) == wl::price_grid_serial(g, 11));
+  wl::EnsembleOptions o;
+  o.n = 12;
+  o.count = 30;
+  CHECK(wl::thread_map(wl::GoeSpacing{o.n, o.seed}, std::views::iota(std::int64_t{0}, o.count), 2, 4) ==
+        wl::goe_spacings_serial(o));
 }
 
 TEST_CASE("--backend mpxd's pool: imap_unordered yields chunks as they finish, imap in input order") {

@@ -42,6 +42,11 @@ struct EnsembleOptions {
   std::size_t chunksize = 0;  // 0: about 8 tasks per worker (progress and balance)
 };
 
+// About 8 chunks per worker: progress and balance, with the per-chunk cost lost in the work.
+inline std::size_t default_chunksize(std::size_t members, unsigned processes) {
+  return std::max<std::size_t>(1, members / (8 * std::max(1U, processes)));
+}
+
 // The raw central spacings of the ensemble, in member order. `progress(done, total)` runs in
 // this thread as results come in. `pool` is an mpx::Pool or an mpx::mpi::Pool: the same tasks,
 // the same spacings.
@@ -49,8 +54,7 @@ template <class P>
 std::vector<double> goe_spacings(P& pool, const EnsembleOptions& o,
                                  const std::function<void(std::size_t, std::size_t)>& progress = {}) {
   const auto total = static_cast<std::size_t>(std::max<std::int64_t>(0, o.count));
-  std::size_t chunk = o.chunksize;
-  if (chunk == 0) chunk = std::max<std::size_t>(1, total / (8 * std::max(1U, pool.processes())));
+  const std::size_t chunk = o.chunksize ? o.chunksize : default_chunksize(total, pool.processes());
   std::vector<double> out;
   out.reserve(total);
   // imap keeps input order (member i's spacing lands at i) and lets progress be reported.
