@@ -18,6 +18,7 @@
 #include <numeric>
 #include <random>
 #include <ranges>
+#include <stdexcept>
 #include <vector>
 
 namespace wl = mpx::workloads;
@@ -208,6 +209,11 @@ TEST_CASE("thread_map: the same results as serial_map for any threads and chunki
   for (unsigned threads : {1U, 2U, 3U})
     for (std::size_t chunk : {1U, 2U, 7U, 50U}) CHECK(wl::thread_map(idx, xs, threads, chunk) == expected);
   CHECK(wl::thread_map(idx, std::vector<int>{}, 2).empty());
+  auto throws_at_5 = [](int x) {
+    if (x == 5) throw std::runtime_error("five");
+    return x;
+  };
+  CHECK_THROWS_WITH_AS(wl::thread_map(throws_at_5, xs, 2), "five", std::runtime_error);
 
   const wl::Grid g = wl::tutorial_grid(20, 200, 3);
   CHECK(wl::thread_map(wl::PriceOptions{11}, g.points, 2) == wl::price_grid_serial(g, 11));

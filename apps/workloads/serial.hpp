@@ -8,6 +8,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <mutex>
 #include <ranges>
 #include <thread>
 #include <type_traits>
@@ -43,18 +45,29 @@ auto thread_map(const F& f, const Range& xs, unsigned threads, std::size_t chunk
   std::vector<R> out(items.size());
   chunksize = std::max<std::size_t>(1, chunksize);
   std::atomic<std::size_t> next{0};
+  std::mutex m;
+  std::exception_ptr failed;  // the first exception a task threw; the others stop taking work
   auto work = [&] {
     std::uint64_t index = 0;
     detail::TaskIndexScope scope(&index);
-    for (std::size_t lo; (lo = next.fetch_add(chunksize)) < items.size();)
-      for (std::size_t i = lo; i < std::min(items.size(), lo + chunksize); ++i) {
-        index = i;
-        out[i] = f(items[i]);
-      }
+    try {
+      for (std::size_t lo; (lo = next.fetch_add(chunksize)) < items.size();)
+        for (std::size_t i = lo; i < std::min(items.size(), lo + chunksize); ++i) {
+          index = i;
+          out[i] = f(items[i]);
+        }
+    } catch (...) {
+      next = items.size();
+      std::lock_guard lk(m);
+      if (!failed) failed = std::current_exception();
+    }
   };
-  std::vector<std::jthread> pool;
-  for (unsigned t = 1; t < std::max(1U, threads); ++t) pool.emplace_back(work);
-  work();
+  {
+    std::vector<std::jthread> helpers;
+    for (unsigned t = 1; t < std::max(1U, threads); ++t) helpers.emplace_back(work);
+    work();
+  }
+  if (failed) std::rethrow_exception(failed);
   return out;
 }
 
