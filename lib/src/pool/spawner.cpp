@@ -157,9 +157,8 @@ void spawner_child_main(std::uint64_t slots, std::uint64_t init_module, std::uin
   if (ctl < 0) throw Error("mpx::Pool: the spawner was started without its control socket");
   std::function<void()> initializer;
   if (init_module != 0) {
-    std::uintptr_t a = code_address({init_module, init_offset});
-    if (!a) throw ValueError("mpx::Pool: the initializer is in no module loaded by the spawner");
-    initializer = reinterpret_cast<void (*)()>(a);
+    initializer = reinterpret_cast<void (*)()>(
+        loaded_code_address({init_module, init_offset}, "mpx::Pool: the initializer"));
   }
   prepare_code_refs();
   SpawnerConfig config{static_cast<Slot*>(shared_state_here(slots)), &initializer, maxtasksperchild, spawned};

@@ -201,6 +201,14 @@ CodeRef code_ref(std::uintptr_t address) {
   throw Error("mpx: a task function's code is in no loaded module");
 }
 
+std::uintptr_t loaded_code_address(CodeRef ref, std::string_view what, std::string_view hint) {
+  std::uintptr_t a = code_address(ref);
+  if (!a)
+    throw ValueError(std::string(what) + " is in no module loaded here" +
+                     (hint.empty() ? std::string() : " (" + std::string(hint) + ")"));
+  return a;
+}
+
 std::uintptr_t code_address(CodeRef ref) {
   if (std::uintptr_t a = address_in(table(), ref)) return a;
   if (!g_rescan_allowed.load(std::memory_order_relaxed)) return 0;
@@ -334,9 +342,8 @@ Bytes portable_task(const NamedTask& task) {
 void register_portable_task(std::string name, std::span<const std::byte> portable) {
   auto in = task_reader(portable);
   CodeRef ref{in.u64(), in.u64()};
-  std::uintptr_t a = code_address(ref);
-  if (!a) throw ValueError("mpx: task '" + name + "' has its code in no module loaded here");
-  auto rebuild = reinterpret_cast<decltype(NamedTask::rebuild)>(a);
+  auto rebuild = reinterpret_cast<decltype(NamedTask::rebuild)>(
+      loaded_code_address(ref, "mpx: the code of task '" + name + "'"));
   register_named_task(std::move(name), rebuild(in.rest()));
 }
 

@@ -523,9 +523,7 @@ std::shared_ptr<ChildProcess> forkserver_start_child(const ForwardedStart& req) 
 
 void* TargetStateReader::code() {
   CodeRef ref{in_.u64(), in_.u64()};
-  std::uintptr_t a = code_address(ref);
-  if (!a) throw ValueError("mpx: a function handed to the child is in no module loaded here");
-  return reinterpret_cast<void*>(a);
+  return reinterpret_cast<void*>(loaded_code_address(ref, "mpx: a function handed to the child"));
 }
 
 void run_encoded_target(std::span<const std::byte> bytes) {
@@ -533,12 +531,8 @@ void run_encoded_target(std::span<const std::byte> bytes) {
   auto in = task_reader(bytes);
   CodeRef ref{in.u64(), in.u64()};
   std::uint64_t tag = in.u64();
-  std::uintptr_t a = code_address(ref);
-  if (!a)
-    throw ValueError(
-        "mpx: the process target's code is in no module loaded here (the child must run the "
-        "same binary as its starter)");
-  auto inv = reinterpret_cast<TargetInvoker>(a);
+  auto inv = reinterpret_cast<TargetInvoker>(loaded_code_address(
+      ref, "mpx: the process target's code", "the child must run the same binary as its starter"));
   if (inv(nullptr) != tag)
     throw TypeMismatch("mpx: the process target does not have the types its starter encoded");
   auto payload = in.rest();

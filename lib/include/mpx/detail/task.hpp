@@ -55,6 +55,9 @@ struct CodeRef {
 CodeRef code_ref(std::uintptr_t address);
 // 0 when the module is not loaded here or the offset is outside its code.
 std::uintptr_t code_address(CodeRef ref);
+// code_address, or ValueError "<what> is in no module loaded here (<hint>)": the process runs
+// another binary, or the library holding the code is not loaded in it.
+std::uintptr_t loaded_code_address(CodeRef ref, std::string_view what, std::string_view hint = {});
 // Reads the module table now, so processes forked later inherit it and never need the loader
 // lock (which another thread of the parent may have held at fork time).
 void prepare_code_refs();
