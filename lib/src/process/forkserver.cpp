@@ -304,7 +304,7 @@ bool serve_one(int sock, std::map<pid_t, ServerChild>& children) {
   for (std::size_t i = 1; i < nfds; ++i) ::close(fds[i]);
   int pidfd = -1;
   if (pid > 0) {
-    pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    if (have_pidfd()) pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
     children[pid] = ServerChild{fds[0]};
   } else {
     ::close(fds[0]);

@@ -49,8 +49,12 @@ std::string demangle(const char* mangled) {
   return result;
 }
 
+}  // namespace
+
 bool have_pidfd() {
   static const bool have = [] {
+    if (const char* off = std::getenv("MPX_NO_PIDFD"); off && *off && std::strcmp(off, "0") != 0)
+      return false;
     int fd = static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0));
     if (fd < 0) return false;
     ::close(fd);
@@ -58,6 +62,8 @@ bool have_pidfd() {
   }();
   return have;
 }
+
+namespace {
 
 // What this process knows about itself and the Processes it started. A forked child replaces it
 // (another thread of the parent may have held the mutex at fork time); the old one is kept
