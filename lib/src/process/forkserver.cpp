@@ -469,7 +469,6 @@ std::shared_ptr<ChildProcess> forkserver_start_child(const ForwardedStart& req) 
   if (req.maps.size() > kMaxMaps)
     throw ValueError("Process::start: start method forkserver: the arguments hold more than " +
                      std::to_string(kMaxMaps) + " shared objects made after the fork server started");
-  if (req.fds.size() > kMaxPassedFds) throw ValueError("mpx: a child can be passed at most 4 descriptors");
   write_forwarded(w, req);
 
   int cwd = ::open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
