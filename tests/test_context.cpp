@@ -4,8 +4,11 @@
 #include <mpx/mpx.hpp>
 #include <support.hpp>
 
+#include "process/forkserver.hpp"
+
 #include <dlfcn.h>
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -26,6 +29,8 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -359,6 +364,139 @@ void check_pool_started_by(mpx::StartMethod method) {
   }
   release = true;
   holder.join();
+  CHECK(mpx::test::fd_changes(before, mpx::test::open_fd_set()) == "");
+}
+
+// Shared-mapping limit: a forkserver or spawn child is handed each shared mapping its arguments
+// lie in (one descriptor each), at most detail::kMaxMaps = 64 of them. Every Value is a mapping
+// of its own, so a target with n Value parameters needs n.
+template <std::size_t>
+using IntValue = mpx::Value<int>;
+template <std::size_t... I>
+void increment_each(IntValue<I>... v) {
+  (..., v.store(v.load() + 1));
+}
+// A Process whose target adds 1 to values[0], ..., values[n - 1].
+template <std::size_t... I>
+mpx::Process incrementing(mpx::Process::Options opts, const std::vector<mpx::Value<int>>& values,
+                          std::index_sequence<I...>) {
+  return mpx::Process(std::move(opts), &increment_each<I...>, values[I]...);
+}
+
+void check_shared_mapping_limit(mpx::StartMethod method) {
+  const mpx::Process::Options opts{.name = "", .daemon = false, .context = mpx::get_context(method)};
+  {  // the fork server, when there is one, runs before the values are made: they are made by fd
+    mpx::Process warm(opts, &exit_with, 0);
+    warm.start();
+    REQUIRE(warm.join(30s));
+  }
+  const auto before = mpx::test::open_fd_set();
+  {
+    std::vector<mpx::Value<int>> values;
+    for (int i = 0; i < 65; ++i) values.emplace_back(100 * i);
+    // 65 distinct mappings, each with its descriptor.
+    mpx::Bytes encoded;
+    std::vector<mpx::detail::SharedMappingRef> maps;
+    for (const auto& v : values) mpx::detail::encode_target_arg(encoded, maps, v);
+    REQUIRE(maps.size() == 65);
+    CHECK(std::all_of(maps.begin(), maps.end(), [](auto& m) { return m.fd >= 0; }));
+
+    // Exactly at the limit: the child gets all 64 and adds 1 to each; the 65th is not its.
+    mpx::Process at_limit = incrementing(opts, values, std::make_index_sequence<64>{});
+    at_limit.start();
+    REQUIRE(at_limit.join(60s));
+    CHECK(at_limit.exitcode() == 0);
+    for (int i = 0; i < 64; ++i) CHECK(values[static_cast<std::size_t>(i)].load() == 100 * i + 1);
+    CHECK(values[64].load() == 6400);
+
+    // One past it: start() refuses, naming the method and the limit, and starts nothing.
+    mpx::Process over = incrementing(opts, values, std::make_index_sequence<65>{});
+    const auto fds_before_start = mpx::test::open_fd_set();
+    const std::string expected = "start method " + std::string(mpx::to_string(method)) +
+                                 ": the arguments hold more than 64 shared objects";
+    CHECK_THROWS_WITH_AS(over.start(), doctest::Contains(expected.c_str()), mpx::ValueError);
+    CHECK(mpx::test::fd_changes(fds_before_start, mpx::test::open_fd_set()) == "");
+    CHECK_FALSE(over.is_alive());
+    CHECK_FALSE(over.exitcode().has_value());
+    CHECK(mpx::active_children().empty());
+    for (int i = 0; i < 64; ++i) CHECK(values[static_cast<std::size_t>(i)].load() == 100 * i + 1);
+    CHECK(values[64].load() == 6400);
+
+    // A forked child inherits every mapping: no limit there.
+    mpx::Process forked =
+        incrementing({.name = "", .daemon = false, .context = mpx::get_context(mpx::StartMethod::fork)},
+                     values, std::make_index_sequence<65>{});
+    forked.start();
+    REQUIRE(forked.join(60s));
+    CHECK(forked.exitcode() == 0);
+    for (int i = 0; i < 64; ++i) CHECK(values[static_cast<std::size_t>(i)].load() == 100 * i + 2);
+    CHECK(values[64].load() == 6401);
+  }
+  // The values' descriptors went with them; the refused start left none behind either.
+  CHECK(mpx::test::fd_changes(before, mpx::test::open_fd_set()) == "");
+}
+
+// Passed descriptors: the library's own children (the pool's spawner) are handed descriptors
+// through ForwardedStart::fds, at most detail::kMaxPassedFds = 4. The child writes its index to
+// each passed pipe and checks that there is no fifth.
+void write_to_passed_fds(int count) {
+  for (int i = 0; i < count; ++i) {
+    char c = static_cast<char>('0' + i);
+    if (::write(mpx::detail::passed_fd(static_cast<std::size_t>(i)), &c, 1) != 1) std::exit(10 + i);
+  }
+  if (mpx::detail::passed_fd(static_cast<std::size_t>(count)) != -1) std::exit(9);
+}
+
+mpx::detail::ForwardedStart passing(int count, const std::vector<int>& write_ends) {
+  mpx::detail::ForwardedStart req;
+  req.name = "passed-fds";
+  mpx::detail::encode_target(req.target, req.maps, &write_to_passed_fds, std::tuple<int>(count));
+  req.fds = write_ends;
+  return req;
+}
+
+void check_passed_fd_limit(mpx::StartMethod method) {
+  {  // the fork server, when there is one, is not forked while the pipes below are open
+    mpx::Process warm({.name = "", .daemon = false, .context = mpx::get_context(method)}, &exit_with, 0);
+    warm.start();
+    REQUIRE(warm.join(30s));
+  }
+  const auto before = mpx::test::open_fd_set();
+  {
+    std::vector<int> read_ends, write_ends;
+    struct Closer {  // the pipes go even when a REQUIRE ends the test early
+      std::vector<int>& a;
+      std::vector<int>& b;
+      ~Closer() {
+        for (int fd : a) ::close(fd);
+        for (int fd : b) ::close(fd);
+      }
+    } closer{read_ends, write_ends};
+    for (int i = 0; i < 5; ++i) {
+      int p[2];
+      REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+      read_ends.push_back(p[0]);
+      write_ends.push_back(p[1]);
+    }
+    auto four = passing(4, {write_ends.begin(), write_ends.begin() + 4});
+    auto child = mpx::detail::start_forwarded(method, four);
+    REQUIRE(child->wait(30s));
+    CHECK(child->exitcode() == 0);
+    for (int i = 0; i < 4; ++i) {
+      char c = 0;
+      CHECK(::read(read_ends[static_cast<std::size_t>(i)], &c, 1) == 1);
+      CHECK(c == '0' + i);
+    }
+    const auto fds_before_start = mpx::test::open_fd_set();
+    auto five = passing(5, write_ends);
+    CHECK_THROWS_WITH_AS(mpx::detail::start_forwarded(method, five),
+                         doctest::Contains("at most 4 descriptors"), mpx::ValueError);
+    CHECK(mpx::test::fd_changes(fds_before_start, mpx::test::open_fd_set()) == "");
+    for (int fd : write_ends) ::close(fd);
+    write_ends.clear();
+    char c = 0;
+    CHECK(::read(read_ends[4], &c, 1) == 0);  // EOF: no child holds the fifth write end
+  }
   CHECK(mpx::test::fd_changes(before, mpx::test::open_fd_set()) == "");
 }
 }  // namespace
@@ -1130,5 +1268,23 @@ TEST_SUITE("context") {
   TEST_CASE_FIXTURE(SpawnChosen,
                     "spawn: a Pool's workers, initializer and replacements never see a held mutex") {
     check_pool_started_by(mpx::StartMethod::spawn);
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals,
+                    "forkserver: at most 64 shared mappings per child, else start() throws ValueError") {
+    check_shared_mapping_limit(mpx::StartMethod::forkserver);
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen,
+                    "spawn: at most 64 shared mappings per child, else start() throws ValueError") {
+    check_shared_mapping_limit(mpx::StartMethod::spawn);
+  }
+
+  TEST_CASE_FIXTURE(PlainSignals, "forkserver: at most 4 passed descriptors, else ValueError") {
+    check_passed_fd_limit(mpx::StartMethod::forkserver);
+  }
+
+  TEST_CASE_FIXTURE(SpawnChosen, "spawn: at most 4 passed descriptors, else ValueError") {
+    check_passed_fd_limit(mpx::StartMethod::spawn);
   }
 }

@@ -12,7 +12,7 @@
 //
 // Reaping: every child is waited for by pid (never waitpid(-1)), so mpx never steals the status of
 // a child that other code started. The sentinel is a pidfd (pidfd_open), or on kernels without it
-// the read end of a pipe whose write end only the child holds.
+// (or with MPX_NO_PIDFD=1 in the environment, for tests) a pipe's read end only the child holds.
 //
 // Parent death: a daemon child (and every helper mpx forks through detail::fork_child with
 // die_with_parent) gets PR_SET_PDEATHSIG(SIGKILL) and re-checks getppid() to close the race

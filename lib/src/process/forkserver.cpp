@@ -304,7 +304,7 @@ bool serve_one(int sock, std::map<pid_t, ServerChild>& children) {
   for (std::size_t i = 1; i < nfds; ++i) ::close(fds[i]);
   int pidfd = -1;
   if (pid > 0) {
-    pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    if (have_pidfd()) pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
     children[pid] = ServerChild{fds[0]};
   } else {
     ::close(fds[0]);
@@ -469,7 +469,6 @@ std::shared_ptr<ChildProcess> forkserver_start_child(const ForwardedStart& req) 
   if (req.maps.size() > kMaxMaps)
     throw ValueError("Process::start: start method forkserver: the arguments hold more than " +
                      std::to_string(kMaxMaps) + " shared objects made after the fork server started");
-  if (req.fds.size() > kMaxPassedFds) throw ValueError("mpx: a child can be passed at most 4 descriptors");
   write_forwarded(w, req);
 
   int cwd = ::open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);

@@ -17,6 +17,10 @@
 
 namespace mpx::detail {
 
+// Whether children are watched through pidfds (pidfd_open, Linux 5.3) rather than pipes; decided
+// once per process. MPX_NO_PIDFD=1 in the environment forces the pipes, so tests cover them.
+bool have_pidfd();
+
 // What the server needs to fork one child: who it is, whose child it counts as, and its target.
 struct ForwardedStart {
   std::string name;

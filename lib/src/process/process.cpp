@@ -49,8 +49,12 @@ std::string demangle(const char* mangled) {
   return result;
 }
 
+}  // namespace
+
 bool have_pidfd() {
   static const bool have = [] {
+    if (const char* off = std::getenv("MPX_NO_PIDFD"); off && *off && std::strcmp(off, "0") != 0)
+      return false;
     int fd = static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0));
     if (fd < 0) return false;
     ::close(fd);
@@ -58,6 +62,8 @@ bool have_pidfd() {
   }();
   return have;
 }
+
+namespace {
 
 // What this process knows about itself and the Processes it started. A forked child replaces it
 // (another thread of the parent may have held the mutex at fork time); the old one is kept
@@ -408,6 +414,8 @@ int passed_fd(std::size_t i) noexcept {
 void set_passed_fds(std::vector<int> fds) { g_passed_fds = new std::vector<int>(std::move(fds)); }
 
 std::shared_ptr<ChildProcess> start_forwarded(StartMethod method, ForwardedStart& req) {
+  // Both methods: a spawn child given more would die reading its request.
+  if (req.fds.size() > kMaxPassedFds) throw ValueError("mpx: a child can be passed at most 4 descriptors");
   req.parent = current_process();
   ::pthread_sigmask(SIG_SETMASK, nullptr, &req.mask);
   flush_std_streams();
