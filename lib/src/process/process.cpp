@@ -415,7 +415,8 @@ void set_passed_fds(std::vector<int> fds) { g_passed_fds = new std::vector<int>(
 
 std::shared_ptr<ChildProcess> start_forwarded(StartMethod method, ForwardedStart& req) {
   // Both methods: a spawn child given more would die reading its request.
-  if (req.fds.size() > kMaxPassedFds) throw ValueError("mpx: a child can be passed at most 4 descriptors");
+  if (req.fds.size() > kMaxPassedFds)
+    throw ValueError("mpx: a child can be passed at most " + std::to_string(kMaxPassedFds) + " descriptors");
   req.parent = current_process();
   ::pthread_sigmask(SIG_SETMASK, nullptr, &req.mask);
   flush_std_streams();
