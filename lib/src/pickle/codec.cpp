@@ -1625,7 +1625,7 @@ class FastUnpickler {
     depth = std::max<std::uint32_t>(depth, 1);
     if (depth >= limits_.max_depth) return false;
     Dict& d = stack_.back().get<Dict>();
-    d.reserve(d.size() + pairs);
+    detail::DictAccess::reserve(d, pairs);
     for (std::size_t k = 0; k < pairs; ++k) {
       while (*p_ == FRAME) p_ += 9;
       std::string_view key;
