@@ -1661,7 +1661,7 @@ class FastUnpickler {
           --p_;
           std::string_view v;
           if (!direct_str(v)) return false;
-          detail::DictAccess::set_str(d, key, std::string(v));
+          detail::DictAccess::set_str(d, key, v);  // (Object(std::string_view): a str)
         }
       }
     }
