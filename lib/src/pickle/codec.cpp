@@ -1359,6 +1359,8 @@ namespace {
 // plain values without shared structure (what Python's pickle.dumps makes of a dict of
 // scalars, a list of tuples ...). Anything else, or anything wrong, returns nullopt and the
 // general unpickler above (a graph, then values) decides, with its exact error messages.
+// A batch of str -> scalar dict items skips the stack: it goes straight into its dict
+// (direct_items).
 class FastUnpickler {
  public:
   FastUnpickler(std::span<const std::byte> in, const LoadLimits& limits)
