@@ -412,6 +412,93 @@ TEST_CASE("exceptions as Python's server sends them") {
           py::Object(py::Exception{py::ExceptionType::Empty, {}}));
 }
 
+namespace mpx::py::detail {  // lib/src/pickle/codec.cpp: the two paths of loads, one at a time
+std::optional<Object> loads_fast_path(std::span<const std::byte> data, const LoadLimits& limits);
+Object loads_general_path(std::span<const std::byte> data, const LoadLimits& limits);
+}  // namespace mpx::py::detail
+
+namespace {
+
+// loads of `raw`: its repr, or nullopt for an error; the same from either path of loads (the
+// fast one may decline, never differ).
+template <std::size_t N>
+std::optional<std::string> loads_both_ways(const char (&raw)[N], py::LoadLimits limits = {}) {
+  Bytes in = bytes_of(std::string_view(raw, N - 1));
+  std::optional<std::string> general, full;
+  try {
+    general = py::repr(py::detail::loads_general_path(in, limits));
+  } catch (const mpx::Error&) {
+  }
+  try {
+    full = py::repr(py::loads(in, limits));
+  } catch (const mpx::Error&) {
+  }
+  CHECK(full == general);
+  if (auto fast = py::detail::loads_fast_path(in, limits)) CHECK(py::repr(*fast) == general);
+  return general;
+}
+
+}  // namespace
+
+TEST_CASE("a batch of str -> scalar dict items, as the stack would have it") {
+  using S = std::optional<std::string>;
+  CHECK(loads_both_ways("\x80\x04}\x94(\x8c\x01"
+                        "a\x94G\x3f\xf8\x00\x00\x00\x00\x00\x00\x8c\x01"
+                        "bK\x05u.") == S("{'a': 1.5, 'b': 5}"));
+  // Every scalar, a str value, BINUNICODE, a key set twice (its first place, its last value).
+  CHECK(loads_both_ways("\x80\x04}(\x8c\x01"
+                        "aN\x8c\x01"
+                        "b\x88\x8c\x01"
+                        "c\x89\x8c\x01"
+                        "dJ\xfe\xff\xff\xff"
+                        "\x8c\x01"
+                        "eM\x01\x02X\x01\x00\x00\x00"
+                        "f\x8c\x02"
+                        "xy\x8c\x01"
+                        "aK\x07u.") == S("{'a': 7, 'b': True, 'c': False, 'd': -2, 'e': 513, 'f': 'xy'}"));
+  // The memo: MEMOIZE, BINPUT, LONG_BINPUT of keys and str values, read back by BINGET.
+  CHECK(loads_both_ways("\x80\x04](}(\x8c\x01"
+                        "a\x94K\x01\x8c\x01"
+                        "bq\x05\x8c\x01"
+                        "cr\x07\x00\x00\x00uh\x00h\x05h\x07"
+                        "e.") == S("[{'a': 1, 'b': 'c'}, 'a', 'b', 'c']"));
+  // A FRAME between any two opcodes of the batch.
+  CHECK(loads_both_ways("\x80\x04}(\x8c\x01"
+                        "a\x95\x01\x00\x00\x00\x00\x00\x00\x00K\x01\x95\x01\x00\x00\x00\x00\x00"
+                        "\x00\x00u.") == S("{'a': 1}"));
+  // Items above a MARK on a dict that end in something other than SETITEMS are not the dict's.
+  CHECK(loads_both_ways("\x80\x04](}(\x8c\x01"
+                        "aK\x01te.") == S("[{}, ('a', 1)]"));
+  CHECK(loads_both_ways("\x80\x04}(\x8c\x01"
+                        "a}(\x8c\x01"
+                        "bK\x01uu.") == S("{'a': {'b': 1}}"));
+  CHECK(loads_both_ways("\x80\x04}(\x8c\x01"
+                        "aK\x01\x8c\x01"
+                        "b](K\x02"
+                        "eu.") == S("{'a': 1, 'b': [2]}"));
+  // Errors: a key that is not UTF-8, a truncated batch, an odd one, a memoized scalar value.
+  CHECK(loads_both_ways("\x80\x04}(\x8c\x01\xffK\x01u.") == S());
+  CHECK(loads_both_ways("\x80\x04}(\x8c\x01"
+                        "aK\x01") == S());
+  CHECK(loads_both_ways("\x80\x04}(\x8c\x01"
+                        "aK\x01\x8c\x01"
+                        "bu.") == S());
+  CHECK(loads_both_ways("\x80\x04](}(\x8c\x01"
+                        "aK\x01\x94uh\x00"
+                        "e.") == S("[{'a': 1}, 1]"));
+  CHECK(loads_both_ways("\x80\x04}(\x8c\x01"
+                        "aK\x01u\x95\xff\x00\x00\x00\x00\x00\x00\x00.") == S());
+  // The limits, as for items through the stack.
+  const char two[] =
+      "\x80\x04}(\x8c\x01"
+      "aK\x01\x8c\x01"
+      "bK\x02u.";
+  for (std::size_t objects = 1; objects <= 6; ++objects)
+    CHECK(loads_both_ways(two, {1000, objects}).has_value() == (objects >= 5));
+  CHECK(loads_both_ways(two, {1, 0}) == S("{'a': 1, 'b': 2}"));  // scalars are no deeper
+  CHECK(loads_both_ways(two, {2, 0}) == S("{'a': 1, 'b': 2}"));
+}
+
 TEST_CASE("hostile pickles: clean errors, never a crash or a wrong value") {
   using PE = mpx::ProtocolError;
   // Truncated at every length.

@@ -101,6 +101,10 @@ enum class ExceptionType : std::uint8_t {
 };
 const char* exception_name(ExceptionType t) noexcept;  // "KeyError", "queue.Empty", ...
 
+namespace detail {
+struct DictAccess;  // lib/src/pickle: the unpickler fills a Dict through it
+}  // namespace detail
+
 // dict: keys in insertion order, a key set twice keeps its first place (as in Python).
 class Dict {
  public:
@@ -122,6 +126,7 @@ class Dict {
   bool operator==(const Dict& other) const;  // same items, order ignored (as in Python)
 
  private:
+  friend struct detail::DictAccess;
   std::ptrdiff_t index_of(const Object& key, std::size_t hash) const noexcept;
   void rehash(std::size_t buckets);
   std::vector<Object> keys_, values_;

@@ -10,6 +10,8 @@
 #include <mpx/pickle.hpp>
 #include <mpx/proto/codec.hpp>
 
+#include "dict_access.hpp"
+
 #include <algorithm>
 #include <bit>
 #include <charconv>
@@ -1357,6 +1359,8 @@ namespace {
 // plain values without shared structure (what Python's pickle.dumps makes of a dict of
 // scalars, a list of tuples ...). Anything else, or anything wrong, returns nullopt and the
 // general unpickler above (a graph, then values) decides, with its exact error messages.
+// A batch of str -> scalar dict items skips the stack: it goes straight into its dict
+// (direct_items).
 class FastUnpickler {
  public:
   FastUnpickler(std::span<const std::byte> in, const LoadLimits& limits)
@@ -1459,6 +1463,217 @@ class FastUnpickler {
     last_str_ = nullptr;
     return true;
   }
+  // ---- a batch of str -> scalar items straight into the dict below the MARK just read
+  //
+  // MARK, then pairs of a str key (memoized or not) and a scalar or str value, then SETITEMS:
+  // what Python writes for a dict of str keys, 1,000 items a batch. Such a batch goes into the
+  // dict without the stack (an Object per key and value, hashed, moved and destroyed), each key
+  // and value built in its place in the dict. Only a whole batch up to its SETITEMS: the items
+  // above a MARK may as well end up in a TUPLE. Memo, budget and depth come out as the stack
+  // would have left them; anything else (a truncated or malformed batch too) is left to it.
+  // A FRAME may come before any key or value (a memo op follows its str at once, in Python's
+  // pickles), the batch is read twice: checked and counted, then loaded.
+
+  std::size_t left(const unsigned char* q) const { return static_cast<std::size_t>(end_ - q); }
+  // Past the FRAMEs at q; false at the end of the input or at a FRAME longer than the rest.
+  bool skip_frames(const unsigned char*& q) const {
+    while (q < end_ && *q == FRAME) {
+      if (left(q) < 9) return false;
+      std::uint64_t n;
+      std::memcpy(&n, q + 1, 8);
+      if (n > left(q) - 9) return false;
+      q += 9;
+    }
+    return q < end_;
+  }
+  // Past the str opcode at q, if one is there whole.
+  bool skip_str(const unsigned char*& q) const {
+    if (*q == SHORT_BINUNICODE) {
+      if (left(q) < 2 || left(q) - 2 < q[1]) return false;
+      q += 2 + q[1];
+      return true;
+    }
+    if (*q == BINUNICODE) {
+      if (left(q) < 5) return false;
+      std::uint32_t n;
+      std::memcpy(&n, q + 1, 4);
+      if (left(q) - 5 < n) return false;
+      q += 5 + static_cast<std::size_t>(n);
+      return true;
+    }
+    return false;
+  }
+  // Past the memo op at q, if one is there whole.
+  bool skip_memo(const unsigned char*& q) const {
+    std::size_t n = *q == MEMOIZE ? 1 : *q == BINPUT ? 2 : *q == LONG_BINPUT ? 5 : 0;
+    if (n == 0 || left(q) < n) return false;
+    q += n;
+    return true;
+  }
+  // Past the scalar opcode at q, if one is there whole.
+  bool skip_scalar(const unsigned char*& q) const {
+    std::size_t n;
+    switch (*q) {
+      case BINFLOAT:
+        n = 9;
+        break;
+      case BININT:
+        n = 5;
+        break;
+      case BININT2:
+        n = 3;
+        break;
+      case BININT1:
+        n = 2;
+        break;
+      case NONE:
+      case NEWTRUE:
+      case NEWFALSE:
+        n = 1;
+        break;
+      default:
+        return false;
+    }
+    if (left(q) < n) return false;
+    q += n;
+    return true;
+  }
+
+  // Counts the batch's pairs from p_; 0 when it is not such a batch.
+  std::size_t count_direct_items() const {
+    const unsigned char* q = p_;
+    std::size_t pairs = 0;
+    for (;;) {
+      if (!skip_frames(q)) return 0;
+      if (*q == SETITEMS) return pairs;
+      if (!skip_str(q)) return 0;
+      if (q < end_) skip_memo(q);
+      if (!skip_frames(q)) return 0;
+      if (!skip_scalar(q)) {
+        if (!skip_str(q)) return 0;
+        if (q < end_) skip_memo(q);
+      }
+      ++pairs;
+    }
+  }
+
+  // Loads the memo op at p_, if any (checked by count_direct_items): its entry is `entry`, as
+  // put() would make it.
+  bool direct_memo(const Memo& entry) {
+    std::size_t i;
+    if (*p_ == MEMOIZE) {
+      ++p_;
+      i = memo_.size();
+    } else if (*p_ == BINPUT) {
+      i = p_[1];
+      p_ += 2;
+    } else if (*p_ == LONG_BINPUT) {
+      ++p_;
+      i = le<std::uint32_t>();
+    } else {
+      return true;
+    }
+    if (i >= static_cast<std::size_t>(end_ - begin_)) return false;
+    if (i == memo_.size())
+      memo_.push_back(entry);
+    else {
+      if (i > memo_.size()) memo_.resize(i + 1);
+      memo_[i] = entry;
+    }
+    return true;
+  }
+
+  // valid_utf8(p, n), for a short ASCII str (a dict key, mostly) in two loads and a test:
+  // the input goes on past it (its SETITEMS at least), so reading 16 bytes from p is safe then.
+  bool ascii_or_utf8(const unsigned char* p, std::size_t n) const {
+    if (n > 16 || left(p) < 16) return valid_utf8(p, n);
+    std::uint64_t a, b;
+    std::memcpy(&a, p, 8);
+    std::memcpy(&b, p + 8, 8);
+    if (n < 8) {
+      a &= (std::uint64_t{1} << (8 * n)) - 1;
+      b = 0;
+    } else if (n < 16) {
+      b &= (std::uint64_t{1} << (8 * (n - 8))) - 1;
+    }
+    return ((a | b) & 0x8080808080808080ULL) == 0 || valid_utf8(p, n);
+  }
+
+  // The str at p_ (checked by count_direct_items) as UTF-8, and its memo op if any.
+  bool direct_str(std::string_view& s) {
+    std::size_t n;
+    if (*p_ == SHORT_BINUNICODE) {
+      n = p_[1];
+      p_ += 2;
+    } else {
+      std::uint32_t n32;
+      std::memcpy(&n32, p_ + 1, 4);
+      n = n32;
+      p_ += 5;
+    }
+    if (!ascii_or_utf8(p_, n)) return false;
+    Memo entry{Memo::str, static_cast<std::uint32_t>(p_ - begin_), static_cast<std::uint32_t>(n)};
+    s = {reinterpret_cast<const char*>(p_), n};
+    p_ += n;
+    return p_ == end_ || direct_memo(entry);
+  }
+
+  // false: the input is for the general path; `done`: the batch went in (else: for the stack).
+  bool direct_items(bool& done) {
+    std::size_t pairs = count_direct_items();
+    if (pairs == 0 || pairs > budget_ / 2) return true;
+    done = true;
+    std::uint32_t& depth = depth_.back();
+    depth = std::max<std::uint32_t>(depth, 1);
+    if (depth >= limits_.max_depth) return false;
+    Dict& d = stack_.back().get<Dict>();
+    detail::DictAccess::reserve(d, pairs);
+    for (std::size_t k = 0; k < pairs; ++k) {
+      while (*p_ == FRAME) p_ += 9;
+      std::string_view key;
+      if (!direct_str(key)) return false;
+      while (*p_ == FRAME) p_ += 9;
+      unsigned op = *p_;
+      if (op == BINFLOAT) {  // the common case first, past the switch's jump
+        ++p_;
+        detail::DictAccess::set_str(d, key, std::bit_cast<double>(__builtin_bswap64(le<std::uint64_t>())));
+        continue;
+      }
+      ++p_;
+      switch (op) {
+        case BININT:
+          detail::DictAccess::set_str(d, key, static_cast<std::int64_t>(le<std::int32_t>()));
+          break;
+        case BININT2:
+          detail::DictAccess::set_str(d, key, static_cast<std::int64_t>(le<std::uint16_t>()));
+          break;
+        case BININT1:
+          detail::DictAccess::set_str(d, key, static_cast<std::int64_t>(*p_++));
+          break;
+        case NONE:
+          detail::DictAccess::set_str(d, key, None{});
+          break;
+        case NEWTRUE:
+          detail::DictAccess::set_str(d, key, true);
+          break;
+        case NEWFALSE:
+          detail::DictAccess::set_str(d, key, false);
+          break;
+        default: {  // a str
+          --p_;
+          std::string_view v;
+          if (!direct_str(v)) return false;
+          detail::DictAccess::set_str(d, key, v);  // (Object(std::string_view): a str)
+        }
+      }
+    }
+    budget_ -= 2 * pairs;
+    while (*p_ == FRAME) p_ += 9;
+    ++p_;  // SETITEMS
+    last_str_ = nullptr;
+    return true;
+  }
+
   bool tuple(std::size_t n) {
     if (stack_.size() < floor() + n) return false;
     std::size_t first = stack_.size() - n;
@@ -1506,6 +1721,11 @@ class FastUnpickler {
       case FRAME:
         return need(8) && le<std::uint64_t>() <= static_cast<std::size_t>(end_ - p_);
       case MARK:
+        if (stack_.size() > floor() && stack_.back().kind() == Kind::dict) {
+          bool done = false;
+          if (!direct_items(done)) return false;
+          if (done) return true;
+        }
         marks_.push_back(stack_.size());
         last_str_ = nullptr;
         return true;

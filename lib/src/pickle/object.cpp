@@ -3,6 +3,8 @@
 // Includes only <mpx/pickle.hpp>, <mpx/errors.hpp> and mpx::proto's byte codec.
 #include <mpx/pickle.hpp>
 
+#include "dict_access.hpp"
+
 #include <bit>
 #include <cmath>
 #include <cstdio>
@@ -106,34 +108,7 @@ bool number_equal(const Object& a, const Object& b) {
   return static_cast<std::int64_t>(d) == i;
 }
 
-std::size_t mix(std::size_t h, std::size_t v) {
-  return h ^ (v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2));
-}
-
-// A str's hash: short ones (dict keys, mostly) by a multiply of their bytes, inline, where
-// std::hash would call out to a loop; longer ones as std::hash has them.
-std::size_t str_hash(const std::string& s) {
-  std::size_t n = s.size();
-  if (n > 16) return std::hash<std::string>{}(s);
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  std::uint64_t a = 0, b = 0;
-  if (n >= 8) {
-    std::memcpy(&a, p, 8);
-    std::memcpy(&b, p + n - 8, 8);
-  } else if (n >= 4) {
-    std::uint32_t x, y;
-    std::memcpy(&x, p, 4);
-    std::memcpy(&y, p + n - 4, 4);
-    a = x;
-    b = y;
-  } else if (n > 0) {
-    a = p[0] | (std::uint64_t{p[n / 2]} << 8) | (std::uint64_t{p[n - 1]} << 16);
-  }
-  std::uint64_t h = a * 0x9e3779b97f4a7c15ULL ^ std::rotl((b + n) * 0xc2b2ae3d27d4eb4fULL, 31);
-  h ^= h >> 32;
-  h *= 0xd6e8feb86659fd93ULL;
-  return static_cast<std::size_t>(h ^ (h >> 32));
-}
+using detail::hash_mix;
 
 std::size_t bytes_hash(const void* p, std::size_t n) {
   return std::hash<std::string_view>{}(std::string_view(static_cast<const char*>(p), n));
@@ -194,14 +169,14 @@ std::size_t Object::hash() const {
       return std::hash<double>{}(d);
     }
     case Kind::str:
-      return mix(1, str_hash(std::get<std::string>(v_)));
+      return detail::str_object_hash(std::get<std::string>(v_).data(), std::get<std::string>(v_).size());
     case Kind::bytes: {
       const Bytes& b = std::get<Bytes>(v_);
-      return mix(2, bytes_hash(b.data(), b.size()));
+      return hash_mix(2, bytes_hash(b.data(), b.size()));
     }
     case Kind::tuple: {
       std::size_t h = 3;
-      for (const auto& x : get<List>()) h = mix(h, x.hash());
+      for (const auto& x : get<List>()) h = hash_mix(h, x.hash());
       return h;
     }
     case Kind::frozenset: {
