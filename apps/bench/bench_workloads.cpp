@@ -71,7 +71,7 @@ double tree_cpu_seconds() {
 template <class Serial, class Threads, class Parallel>
 void compare(mpx::bench::Context& ctx, const std::string& name, std::size_t tasks, Serial&& serial,
              Threads&& threads, Parallel&& parallel) {
-  const int runs = ctx.runs(3);
+  const int runs = ctx.runs(7);  // short runs on a shared machine: more of them for a steady median
   std::vector<double> cs, cp;
   auto timed = [&](auto& fn, std::vector<double>& cpu) {
     const double c0 = tree_cpu_seconds();

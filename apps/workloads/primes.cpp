@@ -89,7 +89,7 @@ std::vector<SieveRange> split_range(std::uint64_t n, std::uint64_t segment) {
 }
 
 std::uint64_t default_segment(std::uint64_t n, unsigned processes) {
-  const std::uint64_t per = 16 * std::uint64_t{std::max(1U, processes)};
+  const std::uint64_t per = 64 * std::uint64_t{std::max(1U, processes)};
   return std::clamp<std::uint64_t>(n / per, std::uint64_t{1} << 16, std::uint64_t{1} << 24);
 }
 
