@@ -37,14 +37,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Children inherit signal handlers, among them the test framework's crash reporter: children
-// these tests terminate should just die.
-struct PlainSignals {
-  PlainSignals() {
-    ::signal(SIGTERM, SIG_DFL);
-    ::signal(SIGABRT, SIG_DFL);
-  }
-};
+using mpx::test::PlainSignals;
 
 mpx::Process::Options forkserver(bool daemon = false) {
   return {.name = "", .daemon = daemon, .context = mpx::get_context(mpx::StartMethod::forkserver)};

@@ -86,13 +86,7 @@ bool gone(pid_t pid, std::chrono::milliseconds within) {
   return false;
 }
 
-pid_t parent_of(pid_t pid) {
-  std::ifstream st("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  std::getline(st, line);
-  auto p = line.rfind(')');
-  return static_cast<pid_t>(std::atoi(line.c_str() + p + 4));
-}
+using mpx::test::parent_of;
 
 }  // namespace
 

@@ -27,15 +27,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Children inherit signal handlers, among them the test framework's crash reporter: children
-// these tests terminate should just die.
-struct PlainSignals {
-  PlainSignals() {
-    ::signal(SIGTERM, SIG_DFL);
-    ::signal(SIGABRT, SIG_DFL);
-    // Spawn children can be given only shared objects made after the program chose spawn.
-    (void)mpx::get_context(mpx::StartMethod::spawn);
-  }
+// Spawn children can be given only shared objects made after the program chose spawn.
+struct PlainSignals : mpx::test::PlainSignals {
+  PlainSignals() { (void)mpx::get_context(mpx::StartMethod::spawn); }
 };
 
 const mpx::StartMethod kMethods[] = {mpx::StartMethod::fork, mpx::StartMethod::forkserver,
@@ -67,14 +61,6 @@ int pidfds_open(pid_t pid = 0) {
     if (!ec && target.string().find("pidfd") != std::string::npos) ++n;
   }
   return n;
-}
-
-pid_t parent_of(pid_t pid) {
-  std::ifstream st("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  std::getline(st, line);
-  auto p = line.rfind(')');
-  return p == std::string::npos ? 0 : static_cast<pid_t>(std::atoi(line.c_str() + p + 4));
 }
 
 // Readable within `ms` (0: now)?
@@ -127,7 +113,7 @@ void check_pool_replaces_a_killed_worker(mpx::Pool& pool) {
   pid_t victim = *before.begin();
   // Whoever watches the workers (this process, or a forkserver or spawn pool's spawner) holds
   // no pidfd for them.
-  pid_t watcher = parent_of(victim);
+  pid_t watcher = mpx::test::parent_of(victim);
   REQUIRE(watcher > 0);
   CHECK(pidfds_open(watcher) == 0);
   REQUIRE(::kill(victim, SIGKILL) == 0);

@@ -122,6 +122,20 @@ std::optional<int> run(const std::vector<std::string>& args, const std::string& 
 Subreaper::Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
 Subreaper::~Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 0); }
 
+pid_t parent_of(pid_t pid) {
+  std::ifstream st("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(st, line);
+  auto p = line.rfind(')');  // the command name before it may hold spaces and parentheses
+  return p == std::string::npos || p + 4 > line.size() ? 0
+                                                       : static_cast<pid_t>(std::atoi(line.c_str() + p + 4));
+}
+
+PlainSignals::PlainSignals() {
+  ::signal(SIGTERM, SIG_DFL);
+  ::signal(SIGABRT, SIG_DFL);
+}
+
 int reap_adopted(pid_t pid, std::chrono::milliseconds limit) {
   auto end = std::chrono::steady_clock::now() + limit;
   int status = 0;

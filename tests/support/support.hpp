@@ -135,4 +135,13 @@ std::string fd_changes(const FdSet& before, const FdSet& after);
 // Resident memory of a process, in bytes (0 if it is gone).
 std::size_t resident_bytes(pid_t pid);
 
+// The parent of a live process (from /proc/<pid>/stat), 0 if it cannot be read.
+pid_t parent_of(pid_t pid);
+
+// A fixture: children inherit signal handlers, among them the test framework's crash reporter;
+// children the tests terminate should just die.
+struct PlainSignals {
+  PlainSignals();
+};
+
 }  // namespace mpx::test
