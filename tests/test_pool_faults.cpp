@@ -71,20 +71,7 @@ std::size_t checksum(const std::string& s) {
   return h;
 }
 
-bool gone(pid_t pid, std::chrono::milliseconds within) {
-  auto until = std::chrono::steady_clock::now() + within;
-  while (std::chrono::steady_clock::now() < until) {
-    if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
-    // a zombie whose parent is gone is reaped by init quickly; one of ours would linger
-    std::ifstream st("/proc/" + std::to_string(pid) + "/stat");
-    std::string line;
-    if (!std::getline(st, line)) return true;
-    auto p = line.rfind(')');
-    if (p != std::string::npos && p + 2 < line.size() && line[p + 2] == 'Z') return true;
-    std::this_thread::sleep_for(10ms);
-  }
-  return false;
-}
+using mpx::test::gone;
 
 using mpx::test::parent_of;
 

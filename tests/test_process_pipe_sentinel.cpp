@@ -83,19 +83,7 @@ void wait_then_exit(mpx::Event go) { std::exit(go.wait(60s) ? 3 : 4); }
 int square(int x) { return x * x; }
 int pid_of(int) { return static_cast<int>(::getpid()); }
 
-bool gone(pid_t pid, std::chrono::milliseconds within) {
-  auto until = std::chrono::steady_clock::now() + within;
-  while (std::chrono::steady_clock::now() < until) {
-    if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
-    std::ifstream st("/proc/" + std::to_string(pid) + "/stat");
-    std::string line;
-    if (!std::getline(st, line)) return true;
-    auto p = line.rfind(')');
-    if (p != std::string::npos && p + 2 < line.size() && line[p + 2] == 'Z') return true;  // a zombie
-    std::this_thread::sleep_for(10ms);
-  }
-  return false;
-}
+using mpx::test::gone;
 
 // pool(2) maps; one of its workers, SIGKILLed while idle, is replaced and the pool keeps working.
 void check_pool_replaces_a_killed_worker(mpx::Pool& pool) {

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <fstream>
@@ -121,6 +122,20 @@ std::optional<int> run(const std::vector<std::string>& args, const std::string& 
 
 Subreaper::Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
 Subreaper::~Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 0); }
+
+bool gone(pid_t pid, std::chrono::milliseconds within) {
+  auto until = std::chrono::steady_clock::now() + within;
+  while (std::chrono::steady_clock::now() < until) {
+    if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
+    std::ifstream st("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(st, line)) return true;
+    auto p = line.rfind(')');
+    if (p != std::string::npos && p + 2 < line.size() && line[p + 2] == 'Z') return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
 
 pid_t parent_of(pid_t pid) {
   std::ifstream st("/proc/" + std::to_string(pid) + "/stat");

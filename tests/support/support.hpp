@@ -135,6 +135,9 @@ std::string fd_changes(const FdSet& before, const FdSet& after);
 // Resident memory of a process, in bytes (0 if it is gone).
 std::size_t resident_bytes(pid_t pid);
 
+// Whether process `pid` is gone (or a zombie: ended, not yet reaped) within `within`.
+bool gone(pid_t pid, std::chrono::milliseconds within);
+
 // The parent of a live process (from /proc/<pid>/stat), 0 if it cannot be read.
 pid_t parent_of(pid_t pid);
 
